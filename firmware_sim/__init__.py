@@ -1,0 +1,1 @@
+"""Simulators of every wire the gateway touches (button box, GPIO, broker, center)."""
