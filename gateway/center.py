@@ -1,0 +1,344 @@
+"""The reference command-center receiver (shared/spec/PROTOCOL.md, OPERATOR.md ``center``).
+
+Subscribes to every gateway under the prefix, verifies each envelope against its registry
+(which kids may sign for which gateway), applies the de-duplicate/anti-replay rules with its
+state in SQLite (so they survive a restart), acknowledges accepted events with a signed
+``ack``, prints one readable line per envelope (or one JSON object with ``--json``) and logs
+every rejection with its reason. A garbage payload is a rejection, never a crash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import structlog
+
+from gateway.envelope import EVENT_TYPES, Envelope, build, parse, parse_ts, verify
+from gateway.errors import EnvelopeError
+from gateway.seq import SeqCounter
+from gateway.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key
+from gateway.topics import parse_topic, topic
+from gateway.uplink import MqttSettings, Uplink
+
+log = structlog.get_logger("alarmgw.center")
+
+WINDOW = 65_536  # PROTOCOL.md: the center remembers which of the 65,536 seqs below the top it saw
+TOPIC_TYPES = {
+    "event": EVENT_TYPES,
+    "heartbeat": frozenset({"heartbeat"}),
+    "state": frozenset({"state"}),
+}
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS accepted (
+    kid TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (kid, seq)
+);
+CREATE TABLE IF NOT EXISTS signer (kid TEXT PRIMARY KEY, high INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS gateway_state (
+    site TEXT NOT NULL, gw TEXT NOT NULL, session INTEGER NOT NULL, status TEXT NOT NULL,
+    at REAL NOT NULL, PRIMARY KEY (site, gw)
+);
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What the center decided about one received payload."""
+
+    result: str  # accepted | duplicate | rejected
+    topic: str
+    reason: str | None = None
+    detail: str = ""
+    env: Envelope | None = None
+    latency_ms: float | None = None
+    stale: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        env = self.env
+        out: dict[str, Any] = {
+            "result": self.result,
+            "reason": self.reason,
+            "type": env.type if env else None,
+            "id": env.id if env else None,
+            "site": env.site if env else None,
+            "gw": env.gw if env else None,
+            "seq": env.seq if env else None,
+            "latency_ms": self.latency_ms,
+            "topic": self.topic,
+        }
+        if self.detail:
+            out["detail"] = self.detail
+        if env is not None and env.type in ("alarm", "test", "trouble", "restore"):
+            out["code"] = env.body.get("code")
+            out["test"] = env.type == "test" or bool(env.body.get("test"))
+        if env is not None and env.type == "state":
+            out["status"] = env.body.get("status")
+            out["session"] = env.body.get("session")
+            out["stale"] = self.stale
+        return out
+
+
+@dataclass(slots=True)
+class Registry:
+    """Which kids may sign for which gateway (site, gw)."""
+
+    keys: dict[tuple[str, str], dict[str, VerifyKey]] = field(default_factory=dict)
+    heartbeat_s: dict[tuple[str, str], float] = field(default_factory=dict)
+
+    def add(self, site: str, gw: str, key: VerifyKey, heartbeat_s: float = 30.0) -> None:
+        self.keys.setdefault((site, gw), {})[key.kid] = key
+        self.heartbeat_s[(site, gw)] = heartbeat_s
+
+
+class CenterState:
+    """Anti-replay and de-duplication state in SQLite (survives restarts)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.executescript(_SCHEMA)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def seen(self, kid: str, seq: int) -> str | None:
+        row = self._db.execute(
+            "SELECT id FROM accepted WHERE kid = ? AND seq = ?", (kid, seq)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def high(self, kid: str) -> int:
+        row = self._db.execute("SELECT high FROM signer WHERE kid = ?", (kid,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def accept(self, env: Envelope) -> None:
+        """Record (kid, seq, id) durably before anything is acknowledged."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.execute(
+                "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?,?,?,?,?)",
+                (env.kid, env.seq, env.id, env.type, time.time()),
+            )
+            self._db.execute(
+                "INSERT INTO signer (kid, high) VALUES (?, ?) "
+                "ON CONFLICT(kid) DO UPDATE SET high = MAX(high, excluded.high)",
+                (env.kid, env.seq),
+            )
+            # Rows below the window can never matter again (those seqs are rejected outright).
+            self._db.execute(
+                "DELETE FROM accepted WHERE kid = ? AND seq <= ?", (env.kid, env.seq - WINDOW)
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._db.execute("ROLLBACK")
+            raise
+
+    def session(self, site: str, gw: str) -> int:
+        row = self._db.execute(
+            "SELECT session FROM gateway_state WHERE site = ? AND gw = ?", (site, gw)
+        ).fetchone()
+        return -1 if row is None else int(row[0])
+
+    def set_state(self, site: str, gw: str, session: int, status: str) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO gateway_state (site, gw, session, status, at) "
+            "VALUES (?,?,?,?,?)",
+            (site, gw, session, status, time.time()),
+        )
+
+
+class Center:
+    """Verifies, de-duplicates, acknowledges and reports. Pure decisions in ``receive``;
+    the MQTT session is attached with ``attach``."""
+
+    def __init__(
+        self,
+        *,
+        prefix: str,
+        key: SigningKey,
+        seq: SeqCounter,
+        state: CenterState,
+        registry: Registry,
+    ) -> None:
+        self.prefix = prefix
+        self._key = key
+        self._seq = seq
+        self.state = state
+        self.registry = registry
+        self._uplink: Uplink | None = None
+        self.listeners: list[Callable[[Verdict], None]] = []
+
+    def attach(self, uplink: Uplink) -> None:
+        self._uplink = uplink
+
+    def subscriptions(self) -> list[str]:
+        return [f"{self.prefix}/+/+/{kind}" for kind in TOPIC_TYPES]
+
+    def on_message(self, name: str, payload: bytes) -> None:
+        verdict = self.receive(name, payload)
+        if verdict.result != "rejected" and verdict.env and verdict.env.type in EVENT_TYPES:
+            self._ack(verdict.env)
+        if verdict.result == "rejected":
+            log.warning(
+                "rejected envelope", topic=name, reason=verdict.reason, detail=verdict.detail
+            )
+        for listener in self.listeners:
+            listener(verdict)
+
+    def receive(self, name: str, payload: bytes) -> Verdict:
+        """Decide about one payload received on topic ``name``; never raises."""
+        received = time.time()
+        where = parse_topic(self.prefix, name)
+        if where is None:
+            return Verdict("rejected", name, "bad-topic", "not a gateway topic under the prefix")
+        site, gw, kind = where
+        try:
+            env = parse(payload)
+        except EnvelopeError as err:
+            return Verdict("rejected", name, err.reason, err.detail)
+        try:
+            self._check(env, site, gw, kind)
+        except EnvelopeError as err:
+            return Verdict("rejected", name, err.reason, err.detail, env)
+        latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
+        earlier = self.state.seen(env.kid, env.seq)
+        if earlier is not None:
+            if earlier == env.id:
+                return Verdict("duplicate", name, env=env, latency_ms=latency)
+            return Verdict(
+                "rejected",
+                name,
+                "replayed-seq",
+                f"seq {env.seq} of kid {env.kid} was accepted with another id",
+                env,
+            )
+        if env.seq <= self.state.high(env.kid) - WINDOW:
+            return Verdict(
+                "rejected", name, "seq-below-window", f"seq {env.seq} is too old", env
+            )
+        self.state.accept(env)
+        stale = False
+        if env.type == "state":
+            # PROTOCOL.md: a state with a lower session than the latest seen is stale (a late
+            # will must not mark a live gateway offline).
+            session = int(env.body["session"])
+            stale = session < self.state.session(site, gw)
+            if not stale:
+                self.state.set_state(site, gw, session, str(env.body["status"]))
+        return Verdict("accepted", name, env=env, latency_ms=latency, stale=stale)
+
+    def _check(self, env: Envelope, site: str, gw: str, kind: str) -> None:
+        if (env.site, env.gw) != (site, gw):
+            raise EnvelopeError(
+                "topic-mismatch", f"envelope says {env.site}/{env.gw}, topic says {site}/{gw}"
+            )
+        if env.type not in TOPIC_TYPES.get(kind, ()):
+            raise EnvelopeError("wrong-topic", f"{env.type} published on {kind}")
+        keys = self.registry.keys.get((site, gw))
+        if keys is None:
+            raise EnvelopeError("unknown-gateway", f"{site}/{gw} is not in the registry")
+        if env.kid not in keys:
+            raise EnvelopeError("kid-not-registered", f"kid {env.kid} may not sign for {gw}")
+        verify(env, keys)
+
+    def _ack(self, env: Envelope) -> None:
+        if self._uplink is None or not self._uplink.connected:
+            return  # the gateway re-sends; we will ack the duplicate then
+        ack = build(
+            type="ack",
+            site=env.site,
+            gw=env.gw,
+            seq=self._seq.next(),
+            body={"ids": [env.id]},
+            key=self._key,
+        )
+        fut = self._uplink.publish(topic(self.prefix, env.site, env.gw, "ack"), ack.to_bytes())
+        fut.add_done_callback(_ignore_failure)
+
+
+def _ignore_failure(fut: asyncio.Future[int]) -> None:
+    if not fut.cancelled() and fut.exception() is not None:
+        log.warning("ack not delivered to the broker", error=str(fut.exception()))
+
+
+# -- presentation ----------------------------------------------------------------------
+
+
+def human_line(v: Verdict) -> str:
+    """One line a dispatcher can read."""
+    env = v.env
+    when = time.strftime("%H:%M:%S")
+    if v.result == "rejected":
+        who = f"{env.site}/{env.gw} seq {env.seq}" if env else v.topic
+        return f"{when}  REJECTED   {who}: {v.reason}" + (f" ({v.detail})" if v.detail else "")
+    assert env is not None
+    who = f"{env.site}/{env.gw}"
+    lat = f"{v.latency_ms:.0f} ms" if v.latency_ms is not None else "?"
+    if v.result == "duplicate":
+        return f"{when}  duplicate  {who} {env.type} {env.id} (re-acked, not dispatched again)"
+    body = env.body
+    if env.type in ("alarm", "test"):
+        loc = body["location"]
+        label = "TEST (not dispatched)" if env.type == "test" else "ALARM"
+        return (
+            f"{when}  {label:<9} {who}  {body['kind']} ({body['code']}) at {loc['name']}, "
+            f"{loc['address']}  input {body['input']}  phone {body['contact']['phone']}  "
+            f"[verified {env.kid}, seq {env.seq}, {lat}]"
+        )
+    if env.type in ("trouble", "restore"):
+        return (
+            f"{when}  {env.type.upper():<9} {who}  {body['code']} {body['device']}: "
+            f"{body['detail']}  [{lat}]"
+        )
+    if env.type == "state":
+        stale = "  (stale session, ignored)" if v.stale else ""
+        return f"{when}  {body['status']:<9} {who}  session {body['session']}{stale}"
+    return f"{when}  {env.type:<9} {who}  seq {env.seq}"
+
+
+async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    """``alarmgw center --config FILE``: run until cancelled."""
+    from gateway.config import load_center_config  # noqa: PLC0415 - keeps import light for tests
+
+    cfg = load_center_config(config_path)
+    key = load_signing_key(cfg.center.key_file)
+    registry = Registry()
+    for entry in cfg.gateways:
+        for pub in entry.public_keys:
+            registry.add(entry.site, entry.id, load_verify_key(pub), entry.heartbeat_s)
+    state_dir = Path(cfg.center.state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    seq = SeqCounter(state_dir / "seq.json")
+    center = Center(
+        prefix=cfg.mqtt.prefix,
+        key=key,
+        seq=seq,
+        state=CenterState(state_dir / "center.sqlite"),
+        registry=registry,
+    )
+
+    def show(v: Verdict) -> None:
+        out.write((json.dumps(v.to_json()) if as_json else human_line(v)) + "\n")
+        out.flush()
+
+    center.listeners.append(show)
+    settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{key.kid}")
+    uplink = Uplink(settings, subscriptions=center.subscriptions(), on_message=center.on_message)
+    center.attach(uplink)
+    log.info("center starting", kid=key.kid, gateways=len(cfg.gateways))
+    try:
+        await uplink.run()
+    finally:
+        seq.close()
+        center.state.close()

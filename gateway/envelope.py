@@ -1,0 +1,278 @@
+"""Envelopes of shared/spec/PROTOCOL.md "Envelope": build, canonicalise (RFC 8785), sign,
+parse and verify.
+
+The wire payload is the RFC 8785 canonical form of the whole signed object (so it is
+deterministic and compact); the signature covers the canonical form without ``sig``.
+Parsing and verification are pure functions, so the center and ``alarmgw verify`` share them.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import rfc8785
+
+from gateway.errors import EnvelopeError
+from gateway.signing import SigningKey, VerifyKey
+
+VERSION = 1
+TYPES = frozenset({"alarm", "test", "trouble", "restore", "heartbeat", "state", "ack"})
+EVENT_TYPES = frozenset({"alarm", "test", "trouble", "restore"})
+FIELDS = ("v", "id", "type", "site", "gw", "seq", "ts", "kid", "body", "sig")
+MAX_SEQ = 2**53 - 1
+MAX_PAYLOAD = 64 * 1024  # far above any real envelope; bounds what a peer can make us parse
+
+ALARM_CODES = frozenset({"120", "121", "122", "123"})
+TEST_CODES = frozenset({"601"})
+TROUBLE_CODES = frozenset({"137", "301", "302", "330", "350", "380", "393", "626"})
+
+IDENT_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+UUID7_RE = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+TS_RE = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
+KID_RE = re.compile(r"^[0-9a-f]{16}$")
+INPUT_RE = re.compile(r"^(gpio|serial):[a-z0-9][a-z0-9_-]{0,31}$")
+DEVICE_RE = re.compile(r"^(button|bollard|camera|gateway|serial:[a-z0-9][a-z0-9_-]{0,31})$")
+
+
+def uuid7(now_ms: int | None = None) -> str:
+    """A UUIDv7 (RFC 9562): 48-bit Unix milliseconds, version 7, variant 10, 74 random bits."""
+    ms = int(time.time() * 1000) if now_ms is None else now_ms
+    rand = int.from_bytes(os.urandom(10), "big")
+    value = (ms & 0xFFFF_FFFF_FFFF) << 80
+    value |= 0x7 << 76 | ((rand >> 62) & 0xFFF) << 64
+    value |= 0b10 << 62 | (rand & (2**62 - 1))
+    h = f"{value:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+def format_ts(when: datetime | float | None = None) -> str:
+    """RFC 3339 UTC with milliseconds and ``Z``; a float is Unix seconds."""
+    if when is None:
+        when = time.time()
+    if isinstance(when, float | int):
+        when = datetime.fromtimestamp(when, UTC)
+    when = when.astimezone(UTC)
+    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+
+
+def parse_ts(ts: str) -> datetime:
+    if not TS_RE.match(ts):
+        raise ValueError(f"not RFC 3339 UTC with milliseconds: {ts!r}")
+    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+
+
+def canonical(obj: Mapping[str, Any]) -> bytes:
+    """RFC 8785 (JCS) canonical UTF-8 bytes."""
+    return bytes(rfc8785.dumps(obj))
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """A signed envelope. Construct with ``build`` or ``parse``; fields mirror the spec."""
+
+    v: int
+    id: str
+    type: str
+    site: str
+    gw: str
+    seq: int
+    ts: str
+    kid: str
+    body: Mapping[str, Any]
+    sig: str
+
+    def unsigned(self) -> dict[str, Any]:
+        return {
+            "v": self.v,
+            "id": self.id,
+            "type": self.type,
+            "site": self.site,
+            "gw": self.gw,
+            "seq": self.seq,
+            "ts": self.ts,
+            "kid": self.kid,
+            "body": self.body,
+        }
+
+    def signing_bytes(self) -> bytes:
+        """What ``sig`` covers: the JCS form of the envelope without ``sig``."""
+        return canonical(self.unsigned())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**self.unsigned(), "sig": self.sig}
+
+    def to_bytes(self) -> bytes:
+        """The MQTT payload."""
+        return canonical(self.to_dict())
+
+
+def build(
+    *,
+    type: str,  # noqa: A002 - the spec's field name
+    site: str,
+    gw: str,
+    seq: int,
+    body: Mapping[str, Any],
+    key: SigningKey,
+    ts: str | None = None,
+    id: str | None = None,  # noqa: A002 - the spec's field name
+) -> Envelope:
+    """Build and sign an envelope; validates every field first, so an invalid one cannot exist."""
+    fields: dict[str, Any] = {
+        "v": VERSION,
+        "id": id or uuid7(),
+        "type": type,
+        "site": site,
+        "gw": gw,
+        "seq": seq,
+        "ts": ts or format_ts(),
+        "kid": key.kid,
+        "body": dict(body),
+    }
+    try:
+        _check_fields({**fields, "sig": "x"})
+    except EnvelopeError as err:
+        raise ValueError(f"cannot build envelope: {err}") from err
+    sig = key.sign(canonical(fields))
+    return Envelope(sig=sig, **fields)
+
+
+def parse(payload: bytes | str) -> Envelope:
+    """Decode and structurally validate a payload (no signature check yet).
+
+    Raises EnvelopeError with reason ``too-large``, ``not-json`` or ``malformed``."""
+    if len(payload) > MAX_PAYLOAD:
+        raise EnvelopeError("too-large", f"{len(payload)} bytes")
+    try:
+        obj = json.loads(payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+        raise EnvelopeError("not-json", str(err)[:80]) from None
+    if not isinstance(obj, dict):
+        raise EnvelopeError("malformed", "not a JSON object")
+    _check_fields(obj)
+    return Envelope(**{k: obj[k] for k in FIELDS})
+
+
+def verify(env: Envelope, keys: Mapping[str, VerifyKey]) -> None:
+    """Check the signature against the key named by ``env.kid`` among ``keys``.
+
+    Raises EnvelopeError ``unknown-kid`` or ``bad-signature``."""
+    key = keys.get(env.kid)
+    if key is None:
+        raise EnvelopeError("unknown-kid", f"kid {env.kid} is not trusted here")
+    try:
+        data = env.signing_bytes()
+    except (TypeError, ValueError) as err:  # e.g. a float JCS cannot represent
+        raise EnvelopeError("malformed", f"cannot canonicalise: {err}") from None
+    if not key.verify(data, env.sig):
+        raise EnvelopeError("bad-signature", f"signature does not verify with kid {env.kid}")
+
+
+def parse_and_verify(payload: bytes | str, keys: Mapping[str, VerifyKey]) -> Envelope:
+    env = parse(payload)
+    verify(env, keys)
+    return env
+
+
+def _reject_constant(name: str) -> None:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_fields(obj: Mapping[str, Any]) -> None:
+    extra = set(obj) - set(FIELDS)
+    missing = [k for k in FIELDS if k not in obj]
+    if missing:
+        raise EnvelopeError("malformed", f"missing field(s): {', '.join(missing)}")
+    if extra:
+        raise EnvelopeError("malformed", f"unexpected field(s): {', '.join(sorted(extra))}")
+    if not _is_int(obj["v"]) or obj["v"] != VERSION:
+        raise EnvelopeError("malformed", f"v must be {VERSION}")
+    checks: list[tuple[str, re.Pattern[str]]] = [
+        ("id", UUID7_RE),
+        ("site", IDENT_RE),
+        ("gw", IDENT_RE),
+        ("ts", TS_RE),
+        ("kid", KID_RE),
+    ]
+    for name, pattern in checks:
+        value = obj[name]
+        if not isinstance(value, str) or not pattern.match(value):
+            raise EnvelopeError("malformed", f"{name} is not valid: {str(value)[:40]!r}")
+    if obj["type"] not in TYPES:
+        raise EnvelopeError("malformed", f"unknown type {str(obj['type'])[:20]!r}")
+    if not _is_int(obj["seq"]) or not 1 <= obj["seq"] <= MAX_SEQ:
+        raise EnvelopeError("malformed", "seq must be an integer in 1..2^53-1")
+    if not isinstance(obj["sig"], str):
+        raise EnvelopeError("malformed", "sig must be a string")
+    try:
+        parse_ts(obj["ts"])
+    except ValueError:
+        raise EnvelopeError("malformed", f"ts is not a valid time: {obj['ts']!r}") from None
+    if not isinstance(obj["body"], dict):
+        raise EnvelopeError("malformed", "body must be an object")
+    _check_body(obj["type"], obj["body"])
+
+
+def _need(body: Mapping[str, Any], key: str, kind: type | tuple[type, ...]) -> Any:
+    value = body.get(key)
+    ok = isinstance(value, kind) and not (isinstance(value, bool) and kind in (int, float))
+    if not ok:
+        raise EnvelopeError("malformed", f"body.{key} missing or of the wrong type")
+    return value
+
+
+def _finite(body: Mapping[str, Any], key: str) -> float:
+    value = body.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise EnvelopeError("malformed", f"body.{key} must be a finite number")
+    return float(value)
+
+
+def _check_body(kind: str, body: Mapping[str, Any]) -> None:
+    """Per-type body rules of PROTOCOL.md "Bodies" (only what the center relies on)."""
+    if kind in ("alarm", "test"):
+        code = _need(body, "code", str)
+        is_test = _need(body, "test", bool)
+        if kind == "test" and (code not in TEST_CODES | ALARM_CODES or not is_test):
+            raise EnvelopeError("malformed", "a test envelope must have test=true")
+        if kind == "alarm" and (code not in ALARM_CODES or is_test):
+            raise EnvelopeError("malformed", f"alarm with code {code!r} or test=true")
+        _need(body, "kind", str)
+        if not INPUT_RE.match(_need(body, "input", str)):
+            raise EnvelopeError("malformed", "body.input must be gpio:<name> or serial:<name>")
+        location = _need(body, "location", dict)
+        _need(location, "name", str)
+        _need(location, "address", str)
+        _finite(location, "lat")
+        _finite(location, "lon")
+        _need(_need(body, "contact", dict), "phone", str)
+    elif kind in ("trouble", "restore"):
+        if _need(body, "code", str) not in TROUBLE_CODES:
+            raise EnvelopeError("malformed", f"unknown trouble code {body['code']!r}")
+        if not DEVICE_RE.match(_need(body, "device", str)):
+            raise EnvelopeError("malformed", f"unknown device {body['device'][:40]!r}")
+        _need(body, "detail", str)
+    elif kind == "ack":
+        ids = _need(body, "ids", list)
+        if not ids or not all(isinstance(i, str) and UUID7_RE.match(i) for i in ids):
+            raise EnvelopeError("malformed", "body.ids must be a non-empty list of envelope ids")
+    elif kind == "state":
+        if body.get("status") not in ("online", "offline"):
+            raise EnvelopeError("malformed", "body.status must be online or offline")
+        if not _is_int(body.get("session")):
+            raise EnvelopeError("malformed", "body.session must be an integer")
+    elif kind == "heartbeat":
+        if not _is_int(body.get("session")):
+            raise EnvelopeError("malformed", "body.session must be an integer")

@@ -1,0 +1,356 @@
+"""The alarm path: raise → sign → commit → publish → center ack → presser feedback.
+
+``Relay`` is the ``AlarmSink`` the inputs call (gateway/feedback.py). It owns the order of
+shared/spec/PROTOCOL.md "Delivery semantics": an alarm is signed and committed to the outbox
+before the presser hears "registered" (LED ``blink``); it is published and re-published with
+backoff (same bytes: same id, seq, sig) until a center ack signed by a trusted kid names its
+id; then it is forgotten and the LED goes ``solid``. No ack within ``ack_timeout_s`` turns
+the LED ``fast``; re-sending goes on regardless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from gateway import __version__
+from gateway.envelope import Envelope, build, parse_and_verify
+from gateway.errors import EnvelopeError, OutboxError
+from gateway.feedback import Feedback, Raised
+from gateway.outbox import PRIORITY, Outbox, Pending
+from gateway.seq import SeqCounter
+from gateway.signing import SigningKey, VerifyKey
+from gateway.topics import topic
+from gateway.uplink import NotConnected, PublishRefused, Session, Uplink
+
+log = structlog.get_logger("alarmgw.relay")
+
+MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
+
+
+@dataclass(slots=True)
+class _Tracked:
+    """In-memory bookkeeping for one queued event during this run."""
+
+    registered_at: float  # loop time when committed (or recovered at start)
+    attempts: int = 0
+    next_due: float = 0.0
+    first_sent_at: float | None = None
+    feedback: list[Feedback] = field(default_factory=list)
+    overdue: asyncio.TimerHandle | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    site: str
+    gw: str
+    prefix: str
+
+
+class Relay:
+    """Implements ``AlarmSink`` and drives the outbox over an ``Uplink``."""
+
+    def __init__(
+        self,
+        *,
+        ident: Identity,
+        key: SigningKey,
+        seq: SeqCounter,
+        outbox: Outbox,
+        center_keys: Mapping[str, VerifyKey],
+        location: Mapping[str, Any],
+        contact: Mapping[str, Any],
+        ack_timeout_s: float = 15.0,
+        resend_initial_s: float = 2.0,
+        resend_max_s: float = 60.0,
+    ) -> None:
+        self.ident = ident
+        self._key = key
+        self._seq = seq
+        self.outbox = outbox
+        self._center_keys = dict(center_keys)
+        self._location = dict(location)
+        self._contact = dict(contact)
+        self._ack_timeout_s = ack_timeout_s
+        self._resend_initial_s = resend_initial_s
+        self._resend_max_s = resend_max_s
+        self._uplink: Uplink | None = None
+        self._tracked: dict[str, _Tracked] = {}
+        self._inflight: dict[str, asyncio.Future[int]] = {}
+        # Envelopes that could not be committed (disk full, I/O error): still sent live.
+        self._memory: dict[str, Pending] = {}
+        self._wake = asyncio.Event()
+        self._will: tuple[str, bytes] | None = None
+        self.session = 0
+        self.stats: dict[str, int] = {
+            "alarms_raised": 0,
+            "events_sent": 0,
+            "events_acked": 0,
+            "publish_refused": 0,
+            "acks_rejected": 0,
+        }
+        self.last_alarm: dict[str, Any] | None = None
+
+    def attach(self, uplink: Uplink) -> None:
+        self._uplink = uplink
+
+    def _topic(self, kind: str) -> str:
+        return topic(self.ident.prefix, self.ident.site, self.ident.gw, kind)  # type: ignore[arg-type]
+
+    def _build(self, kind: str, body: Mapping[str, Any], ts: str | None = None) -> Envelope:
+        return build(
+            type=kind,
+            site=self.ident.site,
+            gw=self.ident.gw,
+            seq=self._seq.next(),
+            body=body,
+            key=self._key,
+            ts=ts,
+        )
+
+    # -- AlarmSink ------------------------------------------------------------------
+
+    def raise_alarm(
+        self,
+        *,
+        input_ref: str,
+        feedback: Feedback | None,
+        code: str = "120",
+        kind: str = "panic",
+        test: bool = False,
+        dedupe_key: str | None = None,
+        dedupe_window_s: float = 30.0,
+    ) -> Raised:
+        if dedupe_key is not None:
+            earlier = self.outbox.dedupe_lookup(dedupe_key, window_s=dedupe_window_s)
+            if earlier is not None:
+                self._feedback_for_repeat(earlier, feedback)
+                return Raised(earlier, False)
+        location = {**self._location}
+        body = {
+            "code": code,
+            "kind": kind,
+            "input": input_ref,
+            "test": test,
+            "location": location,
+            "contact": self._contact,
+        }
+        env = self._build("test" if test else "alarm", body)
+        self._commit(env, dedupe_key)
+        self.stats["alarms_raised"] += 1
+        self.last_alarm = {"id": env.id, "input": input_ref, "ts": env.ts, "acked_at": None}
+        tracked = self._tracked[env.id]
+        if feedback is not None:
+            tracked.feedback.append(feedback)
+            if env.id not in self._memory:  # "blink" means durable: not for a memory-only alarm
+                feedback.led("blink")
+        loop = asyncio.get_running_loop()
+        tracked.overdue = loop.call_later(self._ack_timeout_s, self._ack_overdue, env.id)
+        log.info("alarm registered", id=env.id, seq=env.seq, input=input_ref, test=test)
+        return Raised(env.id, True)
+
+    def forget_dedupe(self, prefix: str) -> None:
+        self.outbox.forget_dedupe(prefix)
+
+    def raise_event(self, kind: str, body: Mapping[str, Any], ts: str | None = None) -> str:
+        """Queue a durable ``trouble``/``restore`` (or ``test``) envelope; returns its id."""
+        if PRIORITY.get(kind) is None:
+            raise ValueError(f"{kind} is not a queued event type")
+        env = self._build(kind, body, ts)
+        self._commit(env, None)
+        return env.id
+
+    def _commit(self, env: Envelope, dedupe_key: str | None) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            self.outbox.add(env, dedupe_key=dedupe_key)
+        except OutboxError as err:
+            # Never lose it: keep it in memory and send it live; say so loudly.
+            log.critical("event NOT durable, sending from memory", id=env.id, error=str(err))
+            self._memory[env.id] = Pending(
+                env.id, env.type, env.seq, env.to_bytes(), time.time(), 0, str(err)
+            )
+        self._tracked[env.id] = _Tracked(registered_at=loop.time())
+        self._wake.set()
+
+    def _feedback_for_repeat(self, event_id: str, feedback: Feedback | None) -> None:
+        tracked = self._tracked.get(event_id)
+        queued = tracked is not None or self.outbox.get(event_id) is not None
+        if feedback is None:
+            return
+        if not queued:
+            feedback.led("solid")  # the center acknowledged it already
+            return
+        if tracked is None:  # queued before a restart: track it again
+            tracked = self._tracked.setdefault(
+                event_id, _Tracked(registered_at=asyncio.get_running_loop().time())
+            )
+        if feedback not in tracked.feedback:
+            tracked.feedback.append(feedback)
+        feedback.led("blink")
+
+    def _ack_overdue(self, event_id: str) -> None:
+        tracked = self._tracked.get(event_id)
+        if tracked is None:
+            return
+        tracked.overdue = None
+        log.warning(
+            "no ack from the center yet; still re-sending",
+            id=event_id,
+            waited_s=self._ack_timeout_s,
+            attempts=tracked.attempts,
+        )
+        for fb in tracked.feedback:
+            fb.led("fast")
+
+    # -- MQTT session -----------------------------------------------------------------
+
+    def prepare_session(self) -> Session:
+        """Before each connect: bump the persisted session, sign birth and will."""
+        self.session = self.outbox.incr("session")
+        state = {"session": self.session, "version": __version__}
+        birth = self._build("state", {"status": "online", **state})
+        will = self._build("state", {"status": "offline", **state})
+        self._will = (self._topic("state"), will.to_bytes())
+        return Session(
+            will_topic=self._will[0],
+            will_payload=self._will[1],
+            birth_topic=self._topic("state"),
+            birth_payload=birth.to_bytes(),
+        )
+
+    @property
+    def will(self) -> tuple[str, bytes] | None:
+        """The signed ``offline`` state of the current session (published on clean stop)."""
+        return self._will
+
+    def on_link(self, up: bool) -> None:
+        if up:
+            # A new session: whatever waited for a center ack is worth sending again now.
+            for tracked in self._tracked.values():
+                tracked.next_due = 0.0
+            self._wake.set()
+
+    def on_message(self, name: str, payload: bytes) -> None:
+        if name != self._topic("ack"):
+            return
+        try:
+            env = parse_and_verify(payload, self._center_keys)
+            if env.type != "ack" or (env.site, env.gw) != (self.ident.site, self.ident.gw):
+                raise EnvelopeError("wrong-target", f"{env.type} for {env.site}/{env.gw}")
+        except EnvelopeError as err:
+            # PROTOCOL.md: the gateway ignores an ack it cannot verify.
+            self.stats["acks_rejected"] += 1
+            log.warning("ignored ack", reason=err.reason, detail=err.detail)
+            return
+        self._acked(list(env.body["ids"]))
+
+    def _acked(self, ids: list[str]) -> None:
+        removed = set(self.outbox.remove(ids))
+        loop_now = asyncio.get_running_loop().time()
+        for event_id in ids:
+            in_memory = self._memory.pop(event_id, None) is not None
+            tracked = self._tracked.pop(event_id, None)
+            if not (event_id in removed or in_memory or tracked):
+                continue  # an ack for something long forgotten (a duplicate ack)
+            self.stats["events_acked"] += 1
+            if tracked is not None:
+                if tracked.overdue is not None:
+                    tracked.overdue.cancel()
+                for fb in tracked.feedback:
+                    fb.led("solid")
+                log.info(
+                    "acknowledged by the center",
+                    id=event_id,
+                    attempts=tracked.attempts,
+                    ack_ms=round((loop_now - tracked.registered_at) * 1000, 1),
+                )
+            if self.last_alarm and self.last_alarm["id"] == event_id:
+                self.last_alarm["acked_at"] = time.time()
+        self._wake.set()
+
+    # -- the pump -------------------------------------------------------------------
+
+    def _backoff(self, attempts: int) -> float:
+        delay = min(self._resend_initial_s * 2 ** max(attempts - 1, 0), self._resend_max_s)
+        return delay * (0.8 + 0.4 * random.random())
+
+    def _due(self, now: float, free: int) -> list[Pending]:
+        """Up to ``free`` envelopes to send now: alarms first, then oldest first."""
+        chosen: list[Pending] = []
+        candidates = sorted(self._memory.values(), key=lambda p: (PRIORITY[p.type], p.created))
+        for p in candidates:
+            if len(chosen) >= free:
+                return chosen
+            t = self._tracked.get(p.id)
+            if p.id not in self._inflight and (t is None or t.next_due <= now):
+                chosen.append(p)
+        skip = set(self._inflight) | {i for i, t in self._tracked.items() if t.next_due > now}
+        chosen.extend(self.outbox.pending(limit=free - len(chosen), exclude=skip))
+        merged = sorted(chosen, key=lambda p: (PRIORITY[p.type], p.created))
+        return merged[:free]
+
+    async def pump(self) -> None:
+        """Publish what is due whenever connected; returns only when cancelled."""
+        assert self._uplink is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._uplink.wait_connected()
+            self._wake.clear()
+            now = loop.time()
+            free = MAX_INFLIGHT - len(self._inflight)
+            if free > 0:
+                for p in self._due(now, free):
+                    self._send(p)
+            waits = [t.next_due - now for t in self._tracked.values() if t.next_due > now]
+            timeout = min(waits) if waits else None
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    def _send(self, p: Pending) -> None:
+        assert self._uplink is not None
+        loop = asyncio.get_running_loop()
+        tracked = self._tracked.setdefault(p.id, _Tracked(registered_at=loop.time()))
+        tracked.attempts += 1
+        if tracked.first_sent_at is None:
+            tracked.first_sent_at = loop.time()
+        fut = self._uplink.publish(self._topic("event"), p.payload)
+        self._inflight[p.id] = fut
+        self.stats["events_sent"] += 1
+        fut.add_done_callback(lambda f, event_id=p.id: self._sent(event_id, f))
+
+    def _sent(self, event_id: str, fut: asyncio.Future[int]) -> None:
+        self._inflight.pop(event_id, None)
+        tracked = self._tracked.get(event_id)
+        self._wake.set()
+        if tracked is None:
+            return  # acked while the publish was in flight
+        now = asyncio.get_running_loop().time()
+        err = fut.exception()
+        if err is None:
+            # PUBACK only ends this attempt; the center's ack ends the event (PROTOCOL.md).
+            tracked.next_due = now + self._backoff(tracked.attempts)
+            return
+        if isinstance(err, NotConnected):
+            tracked.next_due = 0.0  # re-send as soon as the session is back
+            return
+        if isinstance(err, PublishRefused):
+            self.stats["publish_refused"] += 1
+        tracked.next_due = now + self._backoff(tracked.attempts)
+        try:
+            self.outbox.note_attempt(event_id, str(err))
+        except OutboxError as db_err:
+            log.error("cannot record publish error", id=event_id, error=str(db_err))
+
+    # -- status ---------------------------------------------------------------------
+
+    def pending_count(self) -> int:
+        return self.outbox.count() + len(self._memory)

@@ -1,0 +1,422 @@
+"""The MQTT session to the command center's broker (shared/spec/PROTOCOL.md "Transport").
+
+paho-mqtt 2 (``CallbackAPIVersion.VERSION2``) driven from the asyncio loop, the way aiomqtt
+does it: the client's socket is registered with ``add_reader``/``add_writer`` and
+``loop_misc`` runs once a second, so every paho callback runs on the event-loop thread and
+there is no hidden network thread that an exception could silently kill (FIELD-NOTES: an
+exception in a ``loop_start`` callback kills that thread while ``is_connected()`` stays True).
+Only the blocking TCP/TLS connect runs in a worker thread.
+
+A fresh paho client per connection: paho keeps unacked QoS 1 messages in RAM and numbers
+them per client object, so the durable outbox, not paho, owns re-sending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import socket
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import structlog
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from gateway.errors import AlarmgwError
+
+log = structlog.get_logger("alarmgw.uplink")
+
+# MQTT 5 reason codes >= 0x80 are failures; 16 "no matching subscribers" is a success
+# (FIELD-NOTES), 135 "not authorized" is how an ACL refusal shows up.
+NOT_AUTHORIZED = 135
+
+
+class PublishRefused(AlarmgwError):
+    """The broker answered a publish with a failure reason code (e.g. 135 not authorised)."""
+
+    def __init__(self, topic: str, code: int, name: str) -> None:
+        self.topic = topic
+        self.code = code
+        super().__init__(f"broker refused publish to {topic}: reason {code} ({name})")
+
+
+class NotConnected(AlarmgwError):
+    """The session dropped before the broker acknowledged a publish."""
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    """What one connection needs from the gateway: set before each connect attempt."""
+
+    will_topic: str
+    will_payload: bytes
+    birth_topic: str
+    birth_payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MqttSettings:
+    """The subset of the ``[mqtt]`` config the session uses (gateway and center alike)."""
+
+    host: str
+    port: int
+    keepalive_s: int
+    client_id: str
+    protocol: str = "5"
+    tls: bool = False
+    ca_file: str | None = None
+    cert_file: str | None = None
+    key_file: str | None = None
+    username: str | None = None
+    password: str | None = None
+    backoff_initial_s: float = 0.5
+    backoff_max_s: float = 30.0
+
+    @classmethod
+    def from_config(cls, section: Any, client_id: str) -> MqttSettings:
+        def opt(name: str) -> str | None:
+            value = getattr(section, name, None)
+            return None if value is None else str(value)
+
+        return cls(
+            host=section.host,
+            port=section.port,
+            keepalive_s=getattr(section, "keepalive_s", 10),
+            client_id=getattr(section, "client_id", None) or client_id,
+            protocol=getattr(section, "protocol", "5"),
+            tls=getattr(section, "tls", False),
+            ca_file=opt("ca_file"),
+            cert_file=opt("cert_file"),
+            key_file=opt("key_file"),
+            username=opt("username"),
+            password=opt("password"),
+        )
+
+
+def tls_context(settings: MqttSettings) -> ssl.SSLContext:
+    """TLS 1.2+ with the configured CA; client certificate for mTLS when configured."""
+    ctx = ssl.create_default_context(cafile=settings.ca_file)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.cert_file:
+        ctx.load_cert_chain(settings.cert_file, settings.key_file)
+    return ctx
+
+
+def jittered(delay: float) -> float:
+    """Full jitter between half and all of ``delay`` so a fleet does not reconnect in step."""
+    return delay * (0.5 + random.random() / 2)
+
+
+class Uplink:
+    """Keeps one MQTT session up, forever, with jittered exponential backoff.
+
+    ``prepare`` is called before every connect attempt and returns the birth/will pair (the
+    gateway signs a new ``state`` with a new session number each time; the center passes
+    None). ``on_message(topic, payload)`` and ``on_state(connected)`` are called on the loop.
+    """
+
+    def __init__(
+        self,
+        settings: MqttSettings,
+        *,
+        subscriptions: list[str],
+        on_message: Callable[[str, bytes], None],
+        prepare: Callable[[], Session | None] = lambda: None,
+        on_state: Callable[[bool], None] = lambda _up: None,
+    ) -> None:
+        self.settings = settings
+        self._subscriptions = subscriptions
+        self._on_message = on_message
+        self._prepare = prepare
+        self._on_state = on_state
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread = 0
+        self._client: mqtt.Client | None = None
+        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._connected = asyncio.Event()
+        self._lost: asyncio.Event = asyncio.Event()
+        self._session: Session | None = None
+        self.reconnects = 0
+        self.last_error: str | None = None
+        self.loop_heartbeat = 0.0  # loop time of the last misc tick: a stuck loop shows here
+
+    # -- public ---------------------------------------------------------------------
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    def publish(
+        self,
+        topic: str,
+        payload: bytes,
+        *,
+        retain: bool = False,
+        expiry_s: int | None = None,
+    ) -> asyncio.Future[int]:
+        """QoS 1 publish; the future resolves with the PUBACK reason code, or fails with
+        ``PublishRefused`` (reason >= 128) or ``NotConnected`` (session lost first)."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[int] = loop.create_future()
+        client = self._client
+        if client is None or not self.connected:
+            fut.set_exception(NotConnected("not connected to the broker"))
+            return fut
+        props = None
+        if expiry_s is not None and self.settings.protocol == "5":
+            props = Properties(PacketTypes.PUBLISH)
+            props.MessageExpiryInterval = int(expiry_s)
+        info = client.publish(topic, payload, qos=1, retain=retain, properties=props)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            fut.set_exception(NotConnected(f"publish failed locally: {mqtt.error_string(info.rc)}"))
+            return fut
+        self._pending[info.mid] = fut
+        fut.add_done_callback(lambda _f, mid=info.mid: self._pending.pop(mid, None))
+        fut.topic = topic  # type: ignore[attr-defined]
+        return fut
+
+    async def run(self) -> None:
+        """Connect, stay connected, reconnect with backoff; returns only when cancelled."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        delay = self.settings.backoff_initial_s
+        misc = asyncio.create_task(self._misc_loop(), name="uplink-misc")
+        try:
+            while True:
+                self._lost.clear()
+                try:
+                    await self._connect_once()
+                    await asyncio.wait_for(self._connected.wait(), self.settings.keepalive_s * 2)
+                except (OSError, ssl.SSLError, TimeoutError, ConnectionError, mqtt.WebsocketConnectionError) as err:
+                    self.last_error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                    log.warning(
+                        "broker unreachable",
+                        host=self.settings.host,
+                        port=self.settings.port,
+                        error=self.last_error,
+                        retry_in_s=round(delay, 1),
+                    )
+                    self._teardown()
+                    await asyncio.sleep(jittered(delay))
+                    delay = min(delay * 2, self.settings.backoff_max_s)
+                    continue
+                delay = self.settings.backoff_initial_s
+                await self._lost.wait()
+                self._teardown()
+                self.reconnects += 1
+                await asyncio.sleep(jittered(delay))
+        finally:
+            misc.cancel()
+            await self.close()
+
+    async def close(self, *, final: tuple[str, bytes] | None = None) -> None:
+        """Clean shutdown: optionally publish a last retained message (the gateway's
+        ``offline`` state), wait briefly for its PUBACK, then disconnect."""
+        client = self._client
+        if client is None:
+            return
+        if final is not None and self.connected:
+            try:
+                await asyncio.wait_for(self.publish(final[0], final[1], retain=True), 2.0)
+            except (TimeoutError, AlarmgwError) as err:
+                log.warning("offline state not confirmed", error=str(err))
+        if self.connected:
+            client.disconnect()
+            client.loop_write()
+        self._teardown()
+
+    # -- connection ------------------------------------------------------------------
+
+    def _new_client(self) -> mqtt.Client:
+        s = self.settings
+        proto = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=proto, clean_session=None if proto == mqtt.MQTTv5 else True
+        )
+        client.suppress_exceptions = True  # belt and braces: our callbacks also catch
+        if s.username:
+            client.username_pw_set(s.username, s.password)
+        if s.tls:
+            client.tls_set_context(tls_context(s))
+        # Our outbox owns flow control; keep paho's window at Mosquitto's default (FIELD-NOTES).
+        client.max_inflight_messages_set(20)
+        client.on_connect = self._cb(self._handle_connect)
+        client.on_disconnect = self._cb(self._handle_disconnect)
+        client.on_publish = self._cb(self._handle_publish)
+        client.on_message = self._cb(self._handle_message)
+        client.on_socket_open = self._cb(self._socket_open)
+        client.on_socket_close = self._cb(self._socket_close)
+        client.on_socket_register_write = self._cb(self._register_write)
+        client.on_socket_unregister_write = self._cb(self._unregister_write)
+        return client
+
+    async def _connect_once(self) -> None:
+        assert self._loop is not None
+        self._session = self._prepare()
+        client = self._new_client()
+        self._client = client
+        if self._session is not None:
+            client.will_set(self._session.will_topic, self._session.will_payload, qos=1, retain=True)
+        s = self.settings
+        kwargs: dict[str, Any] = {"keepalive": s.keepalive_s}
+        if s.protocol == "5":
+            kwargs["clean_start"] = True
+        # The TCP (and TLS) handshake blocks: keep it off the loop so presses keep flowing.
+        await self._loop.run_in_executor(None, lambda: client.connect(s.host, s.port, **kwargs))
+
+    def _teardown(self) -> None:
+        client, self._client = self._client, None
+        was_up = self._connected.is_set()
+        self._connected.clear()
+        for fut in list(self._pending.values()):
+            if not fut.done():
+                fut.set_exception(NotConnected("connection lost before PUBACK"))
+        self._pending.clear()
+        if client is not None:
+            sock = client.socket()
+            if sock is not None and self._loop is not None:
+                self._loop.remove_reader(sock)
+                self._loop.remove_writer(sock)
+            try:
+                client._sock_close()  # noqa: SLF001 - paho has no public close-without-DISCONNECT
+            except OSError:
+                pass
+        if was_up:
+            self._on_state(False)
+
+    async def _misc_loop(self) -> None:
+        # paho's keepalive (PINGREQ, and dropping a link whose PINGRESP never comes) lives in
+        # loop_misc; it must run about once a second.
+        assert self._loop is not None
+        while True:
+            self.loop_heartbeat = self._loop.time()
+            client = self._client
+            if client is not None and client.socket() is not None:
+                try:
+                    client.loop_misc()
+                except Exception as err:
+                    log.error("mqtt housekeeping failed", error=repr(err))
+            await asyncio.sleep(1.0)
+
+    # -- paho callbacks (all on the loop thread, or handed to it) ----------------------
+
+    def _cb(self, fn: Callable[..., None]) -> Callable[..., None]:
+        """Wrap a callback: run it on the loop thread and never let it raise into paho."""
+
+        def wrapper(*args: Any) -> None:
+            loop = self._loop
+            if loop is not None and threading.get_ident() != self._loop_thread:
+                loop.call_soon_threadsafe(self._safe, fn, args)
+            else:
+                self._safe(fn, args)
+
+        return wrapper
+
+    def _safe(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        try:
+            fn(*args)
+        except Exception:
+            log.exception("mqtt callback failed", callback=fn.__name__)
+
+    def _socket_open(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
+        if client is not self._client or self._loop is None:
+            return
+        try:
+            raw = sock if isinstance(sock, socket.socket) else None
+            if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass  # a socket without Nagle control still works, only slower
+        self._loop.add_reader(sock, self._read, client)
+
+    def _socket_close(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_reader(sock)
+            self._loop.remove_writer(sock)
+
+    def _register_write(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
+        if client is self._client and self._loop is not None:
+            self._loop.add_writer(sock, self._write, client)
+
+    def _unregister_write(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop.remove_writer(sock)
+
+    def _read(self, client: mqtt.Client) -> None:
+        try:
+            rc = client.loop_read()
+        except Exception:
+            log.exception("mqtt read failed")
+            rc = mqtt.MQTT_ERR_CONN_LOST
+        if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
+            self._mark_lost(f"read: {mqtt.error_string(rc)}")
+
+    def _write(self, client: mqtt.Client) -> None:
+        try:
+            rc = client.loop_write()
+        except Exception:
+            log.exception("mqtt write failed")
+            rc = mqtt.MQTT_ERR_CONN_LOST
+        if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
+            self._mark_lost(f"write: {mqtt.error_string(rc)}")
+
+    def _mark_lost(self, why: str) -> None:
+        if not self._lost.is_set():
+            self.last_error = why
+            if self._connected.is_set():
+                log.warning("broker connection lost", error=why)
+            self._lost.set()
+
+    def _handle_connect(
+        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if client is not self._client:
+            return
+        if reason.is_failure:
+            self.last_error = f"connect refused: {reason}"
+            log.error("broker refused connection", reason=str(reason), code=reason.value)
+            self._mark_lost(self.last_error)
+            return
+        for sub in self._subscriptions:
+            client.subscribe(sub, qos=1)
+        self._connected.set()
+        self.last_error = None
+        log.info("connected to broker", host=self.settings.host, port=self.settings.port)
+        if self._session is not None:
+            self.publish(self._session.birth_topic, self._session.birth_payload, retain=True)
+        self._on_state(True)
+
+    def _handle_disconnect(
+        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+    ) -> None:
+        if client is self._client:
+            self._mark_lost(f"disconnected: {reason}")
+
+    def _handle_publish(
+        self, client: mqtt.Client, _ud: Any, mid: int, reason: ReasonCode, _props: Any
+    ) -> None:
+        fut = self._pending.pop(mid, None)
+        if fut is None or fut.done():
+            return
+        code = int(reason.value) if isinstance(reason, ReasonCode) else int(reason)
+        if code >= 0x80:
+            topic = getattr(fut, "topic", "?")
+            err = PublishRefused(topic, code, str(reason))
+            # Loud on purpose: an ACL refusal must never look like a delivered alarm.
+            log.error("broker refused publish", topic=topic, code=code, reason=str(reason))
+            fut.set_exception(err)
+        else:
+            fut.set_result(code)
+
+    def _handle_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
+        self._on_message(msg.topic, bytes(msg.payload))
