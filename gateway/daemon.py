@@ -1,0 +1,182 @@
+"""``alarmgw run``: wires config, keys, outbox, uplink, relay and inputs, and shuts down
+cleanly (inputs first, then the signed ``offline`` state, then the session)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from gateway import __version__
+from gateway.config import GatewayConfig
+from gateway.errors import AlarmgwError
+from gateway.outbox import Outbox
+from gateway.relay import Identity, Relay
+from gateway.sdnotify import notify
+from gateway.seq import SeqCounter
+from gateway.signing import key_mode_problem, load_signing_key, load_verify_key
+from gateway.topics import topic
+from gateway.uplink import MqttSettings, Uplink
+
+log = structlog.get_logger("alarmgw.daemon")
+
+
+class Gateway:
+    """One running gateway. ``start`` opens everything; ``run`` until ``stop``."""
+
+    def __init__(self, cfg: GatewayConfig) -> None:
+        self.cfg = cfg
+        g = cfg.gateway
+        self.key = load_signing_key(g.key_file)
+        problem = key_mode_problem(Path(g.key_file))
+        if problem:
+            log.warning("key file permissions", problem=problem)
+        center_keys = [load_verify_key(p) for p in cfg.mqtt.center_keys]
+        state_dir = Path(g.state_dir)
+        try:
+            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        except OSError as err:
+            raise AlarmgwError(f"{state_dir}: cannot create state_dir: {err.strerror}") from err
+        self.seq = SeqCounter(state_dir / "seq.json")
+        self.outbox = Outbox(state_dir / "outbox.sqlite")
+        loc = cfg.location
+        location: dict[str, Any] = {
+            "name": loc.name,
+            "address": loc.address,
+            "lat": loc.lat,
+            "lon": loc.lon,
+        }
+        if loc.floor is not None:
+            location["floor"] = loc.floor
+        if loc.room is not None:
+            location["room"] = loc.room
+        self.relay = Relay(
+            ident=Identity(g.site, g.id, cfg.mqtt.prefix),
+            key=self.key,
+            seq=self.seq,
+            outbox=self.outbox,
+            center_keys={k.kid: k for k in center_keys},
+            location=location,
+            contact={"phone": loc.phone},
+            ack_timeout_s=cfg.alarm.ack_timeout_s,
+            resend_initial_s=cfg.alarm.resend_initial_s,
+            resend_max_s=cfg.alarm.resend_max_s,
+        )
+        settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-{g.site}-{g.id}")
+        self.uplink = Uplink(
+            settings,
+            subscriptions=[topic(cfg.mqtt.prefix, g.site, g.id, "ack")],
+            on_message=self.relay.on_message,
+            prepare=self.relay.prepare_session,
+            on_state=self.relay.on_link,
+        )
+        self.relay.attach(self.uplink)
+        self.buttons: list[Any] = []
+        self.boxes: list[Any] = []
+        self._stop = asyncio.Event()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _make_inputs(self) -> list[Coroutine[Any, Any, None]]:
+        from gateway.inputs.serial_box import BoxLink  # noqa: PLC0415 - pyserial only if used
+
+        jobs: list[Coroutine[Any, Any, None]] = []
+        if self.cfg.button:
+            from gateway.inputs.gpio import GpioButtonInput  # noqa: PLC0415 - gpiozero only if used
+
+            for b in self.cfg.button:
+                button = GpioButtonInput(b, self.relay)
+                self.buttons.append(button)
+                jobs.append(button.run())
+        for s in self.cfg.serial:
+            box = BoxLink(
+                name=s.name,
+                port=s.port,
+                baud=s.baud,
+                sink=self.relay,
+                ack_timeout_s=self.cfg.alarm.ack_timeout_s,
+                heartbeat_s=s.heartbeat_s,
+                rs485=s.rs485,
+            )
+            self.boxes.append(box)
+            jobs.append(box.run())
+        sim_socket = os.environ.get("ALARMGW_GPIO_SIM")
+        if sim_socket and os.environ.get("GPIOZERO_PIN_FACTORY") == "mock":
+            jobs.append(self._gpio_sim(sim_socket))
+        return jobs
+
+    def led_modes(self) -> dict[int, str]:
+        return {
+            b.cfg.led_pin: b.led_mode for b in self.buttons if b.cfg.led_pin is not None
+        }
+
+    async def _gpio_sim(self, path: str) -> None:
+        from firmware_sim.gpio import GpioSimServer  # noqa: PLC0415 - simulator only on request
+
+        server = GpioSimServer(path, leds=self.led_modes)
+        await server.start()
+        log.info("GPIO simulator listening", socket=path)
+        try:
+            await asyncio.Event().wait()
+        finally:
+            await server.close()
+
+    async def run(self) -> None:
+        loop = asyncio.get_running_loop()
+        tasks = [
+            asyncio.create_task(self.uplink.run(), name="uplink"),
+            asyncio.create_task(self.relay.pump(), name="outbox-pump"),
+        ]
+        tasks += [asyncio.create_task(job, name="input") for job in self._make_inputs()]
+        stopper = asyncio.create_task(self._stop.wait(), name="stop")
+        log.info(
+            "gateway started",
+            version=__version__,
+            site=self.cfg.gateway.site,
+            gw=self.cfg.gateway.id,
+            kid=self.key.kid,
+            pending=self.outbox.count(),
+            buttons=len(self.cfg.button),
+            boxes=len(self.cfg.serial),
+        )
+        notify("READY=1")
+        notify(f"STATUS=running, {self.outbox.count()} queued")
+        failed: BaseException | None = None
+        try:
+            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopper and not task.cancelled() and task.exception():
+                    failed = task.exception()
+                    log.critical("a gateway loop died", task=task.get_name(), error=repr(failed))
+        finally:
+            notify("STOPPING=1")
+            stopper.cancel()
+            uplink_task = tasks[0]
+            for task in tasks[1:]:
+                task.cancel()
+            await asyncio.gather(*tasks[1:], return_exceptions=True)
+            with contextlib.suppress(Exception):
+                await self.uplink.close(final=self.relay.will)
+            uplink_task.cancel()
+            await asyncio.gather(uplink_task, return_exceptions=True)
+            self.seq.close()
+            self.outbox.close()
+            del loop
+            log.info("gateway stopped")
+        if failed is not None:
+            raise AlarmgwError(f"gateway loop failed: {failed!r}")
+
+
+async def run_daemon(cfg: GatewayConfig) -> None:
+    gateway = Gateway(cfg)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, gateway.stop)
+    await gateway.run()

@@ -1,0 +1,132 @@
+"""Envelopes reproduce the independent vectors byte for byte and reject what must be rejected."""
+
+from __future__ import annotations
+
+import json
+import stat
+import subprocess
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from gateway import envelope as E
+from gateway.errors import EnvelopeError, KeyFileError
+from gateway.signing import SigningKey, kid_of, load_signing_key, load_verify_key, write_keypair
+from tests.harness import alarmgw_cmd
+
+VECTORS = json.loads((Path(__file__).parent / "data" / "envelopes.json").read_text())
+ROLES = {"alarm": "gateway", "ack": "command_center"}
+
+
+def key_for(role: str) -> SigningKey:
+    return SigningKey.from_seed(bytes.fromhex(VECTORS["keys"][role]["seed_hex"]))
+
+
+@pytest.mark.parametrize("role", ["gateway", "command_center"])
+def test_kid_and_public_key_match_vectors(role: str) -> None:
+    key = key_for(role)
+    assert key.verify_key.public_raw.hex() == VECTORS["keys"][role]["public_hex"]
+    assert key.kid == VECTORS["keys"][role]["kid"] == kid_of(key.verify_key.public_raw)
+
+
+@pytest.mark.parametrize("vector", VECTORS["envelopes"], ids=lambda v: v["name"])
+def test_vectors_reproduce_byte_for_byte(vector: dict) -> None:
+    key = key_for(ROLES[vector["name"]])
+    u = vector["unsigned"]
+    env = E.build(
+        type=u["type"], site=u["site"], gw=u["gw"], seq=u["seq"], body=u["body"],
+        key=key, ts=u["ts"], id=u["id"],
+    )
+    assert env.signing_bytes() == vector["jcs_utf8"].encode("utf-8")
+    assert env.to_dict() == vector["signed"]
+    assert env.sig == vector["signed"]["sig"]
+    # and the independent implementation's envelope verifies here
+    parsed = E.parse_and_verify(json.dumps(vector["signed"]).encode(), {key.kid: key.verify_key})
+    assert parsed == env
+
+
+@pytest.mark.parametrize("case", VECTORS["must_reject"], ids=lambda c: c["why"])
+def test_must_reject(case: dict) -> None:
+    key = key_for("gateway")
+    with pytest.raises(EnvelopeError) as err:
+        E.parse_and_verify(json.dumps(case["envelope"]).encode(), {key.kid: key.verify_key})
+    assert err.value.reason == "bad-signature"
+
+
+def test_unknown_kid_and_malformed() -> None:
+    key = key_for("gateway")
+    signed = VECTORS["envelopes"][0]["signed"]
+    with pytest.raises(EnvelopeError, match="unknown-kid"):
+        E.parse_and_verify(json.dumps(signed), {})
+    for bad in (b"", b"not json", b"[]", b'{"v":1}', b"NaN", json.dumps({**signed, "x": 1}).encode(),
+                json.dumps({**signed, "seq": True}).encode(), json.dumps({**signed, "v": 2}).encode(),
+                json.dumps({**signed, "ts": "2026-11-28T07:41:05Z"}).encode()):
+        with pytest.raises(EnvelopeError):
+            E.parse_and_verify(bad, {key.kid: key.verify_key})
+
+
+@given(st.binary(max_size=300))
+def test_garbage_payload_is_an_envelope_error_never_a_crash(data: bytes) -> None:
+    key = key_for("gateway")
+    with pytest.raises(EnvelopeError):
+        E.parse_and_verify(data, {key.kid: key.verify_key})
+
+
+def test_jcs_is_not_sort_keys_json() -> None:
+    # FIELD-NOTES: json.dumps(sort_keys=True) differs from RFC 8785 on these.
+    assert E.canonical({"a": 1e-7, "b": 100.0}) == b'{"a":1e-7,"b":100}'
+    # JCS sorts keys by UTF-16 code units: the surrogate pair D83D.. sorts before FB01.
+    keys = {"\ufb01": 2, "\U0001f600": 1}
+    assert E.canonical(keys) == '{"\U0001f600":1,"\ufb01":2}'.encode()
+    assert json.dumps(keys, sort_keys=True, ensure_ascii=False).startswith('{"\ufb01"')
+
+
+def test_uuid7_and_ts_format() -> None:
+    ids = {E.uuid7() for _ in range(1000)}
+    assert len(ids) == 1000 and all(E.UUID7_RE.match(i) for i in ids)
+    assert E.format_ts(0.0) == "1970-01-01T00:00:00.000Z"
+    assert E.format_ts(1764315665.1239) == "2025-11-28T07:41:05.123Z"
+
+
+def test_keygen_cli_writes_0600_and_refuses_overwrite(tmp_path: Path) -> None:
+    out = subprocess.run(alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw"),
+                         capture_output=True, text=True, check=True)
+    kid = out.stdout.strip()
+    key = load_signing_key(tmp_path / "gw.key")
+    assert key.kid == kid == load_verify_key(tmp_path / "gw.pub").kid
+    assert stat.S_IMODE((tmp_path / "gw.key").stat().st_mode) == 0o600
+    again = subprocess.run(alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw"),
+                           capture_output=True, text=True)
+    assert again.returncode == 2
+    assert "refusing to overwrite" in again.stderr and "Traceback" not in again.stderr
+    assert load_signing_key(tmp_path / "gw.key").kid == kid
+    forced = subprocess.run(alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw", "--force"),
+                            capture_output=True, text=True, check=True)
+    assert forced.stdout.strip() != kid
+
+
+def test_bad_key_files(tmp_path: Path) -> None:
+    with pytest.raises(KeyFileError, match="cannot read"):
+        load_signing_key(tmp_path / "missing.key")
+    (tmp_path / "junk.key").write_text("junk")
+    with pytest.raises(KeyFileError, match="not a PEM"):
+        load_signing_key(tmp_path / "junk.key")
+    key, _, pub = write_keypair(tmp_path, "k")
+    with pytest.raises(KeyFileError):
+        load_signing_key(pub)
+
+
+def test_verify_cli(tmp_path: Path) -> None:
+    gw = key_for("gateway")
+    (tmp_path / "gw.pub").write_bytes(gw.public_pem())
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps(VECTORS["envelopes"][0]["signed"]))
+    ok = subprocess.run(alarmgw_cmd("verify", str(good), "--key", str(tmp_path / "gw.pub")),
+                        capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.startswith("VALID: alarm")
+    bad = subprocess.run(alarmgw_cmd("verify", "-", "--key", str(tmp_path / "gw.pub"), "--json"),
+                         input=json.dumps(VECTORS["must_reject"][0]["envelope"]),
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and json.loads(bad.stdout)["reason"] == "bad-signature"
