@@ -1,0 +1,155 @@
+"""The relay and the uplink in-process against a real Mosquitto and an in-process center:
+delivery, ack feedback, broker outage, PUBACK refusals, unverifiable acks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from firmware_sim.broker import Mosquitto
+from gateway.center import Center, CenterState, Registry, Verdict
+from gateway.outbox import Outbox
+from gateway.relay import Identity, Relay
+from gateway.seq import SeqCounter
+from gateway.signing import SigningKey
+from gateway.topics import topic
+from gateway.uplink import MqttSettings, Uplink
+
+SITE, GW, PREFIX = "school-1", "gw-1", "schoolalarm/v1"
+
+
+@dataclass
+class Led:
+    modes: list[str] = field(default_factory=list)
+
+    def led(self, mode: str) -> None:
+        self.modes.append(mode)
+
+
+@dataclass
+class Rig:
+    relay: Relay
+    center: Center
+    verdicts: list[Verdict]
+    gw_uplink: Uplink
+    tasks: list[asyncio.Task[None]]
+
+
+async def wait_until(pred, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
+    async with asyncio.timeout(timeout):
+        while not pred():
+            await asyncio.sleep(0.01)
+
+
+@contextlib.asynccontextmanager
+async def rig(tmp: Path, port: int, *, center_key: SigningKey | None = None,
+              ack_timeout_s: float = 15.0, gw_user: str | None = None) -> AsyncIterator[Rig]:
+    gw_key, c_key = SigningKey.generate(), SigningKey.generate()
+    reg = Registry()
+    reg.add(SITE, GW, gw_key.verify_key)
+    center = Center(prefix=PREFIX, key=c_key, seq=SeqCounter(tmp / "cseq"),
+                    state=CenterState(tmp / "c.sqlite"), registry=reg)
+    verdicts: list[Verdict] = []
+    center.listeners.append(verdicts.append)
+    c_up = Uplink(MqttSettings("127.0.0.1", port, 5, "center", backoff_max_s=1.0),
+                  subscriptions=center.subscriptions(), on_message=center.on_message)
+    center.attach(c_up)
+    trusted = center_key or c_key
+    relay = Relay(ident=Identity(SITE, GW, PREFIX), key=gw_key, seq=SeqCounter(tmp / "gseq"),
+                  outbox=Outbox(tmp / "outbox.sqlite"),
+                  center_keys={trusted.kid: trusted.verify_key},
+                  location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
+                  contact={"phone": "110"}, ack_timeout_s=ack_timeout_s,
+                  resend_initial_s=0.3, resend_max_s=1.0)
+    g_up = Uplink(MqttSettings("127.0.0.1", port, 5, "gw", username=gw_user, backoff_max_s=1.0),
+                  subscriptions=[topic(PREFIX, SITE, GW, "ack")], on_message=relay.on_message,
+                  prepare=relay.prepare_session, on_state=relay.on_link)
+    relay.attach(g_up)
+    tasks = [asyncio.create_task(c) for c in (c_up.run(), g_up.run(), relay.pump())]
+    try:
+        await wait_until(lambda: c_up.connected and g_up.connected)
+        yield Rig(relay, center, verdicts, g_up, tasks)
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        relay.outbox.close()
+        center.state.close()
+
+
+def accepted(r: Rig, event_id: str) -> list[Verdict]:
+    return [v for v in r.verdicts if v.env and v.env.id == event_id and v.result == "accepted"]
+
+
+async def test_alarm_delivered_acked_led_solid(tmp_path: Path, broker: Mosquitto) -> None:
+    async with rig(tmp_path, broker.port) as r:
+        led = Led()
+        raised = r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
+        assert led.modes == ["blink"]  # durable before anything was sent
+        assert r.relay.outbox.get(raised.event_id) is not None
+        await wait_until(lambda: led.modes[-1] == "solid")
+        assert len(accepted(r, raised.event_id)) == 1
+        assert r.relay.outbox.count() == 0
+        births = [v for v in r.verdicts if v.env and v.env.type == "state"]
+        assert births and births[0].env.body["status"] == "online"  # type: ignore[union-attr]
+
+
+async def test_broker_down_then_back(tmp_path: Path, broker: Mosquitto) -> None:
+    async with rig(tmp_path, broker.port) as r:
+        broker.stop()
+        await wait_until(lambda: not r.gw_uplink.connected)
+        led = Led()
+        raised = r.relay.raise_alarm(input_ref="serial:box", feedback=led)
+        await asyncio.sleep(1.0)
+        assert led.modes == ["blink"] and r.relay.outbox.count() == 1
+        broker.start()
+        await wait_until(lambda: led.modes[-1] == "solid", timeout=30)
+        assert len(accepted(r, raised.event_id)) == 1
+
+
+async def test_no_ack_turns_led_fast_and_keeps_resending(tmp_path: Path, broker: Mosquitto) -> None:
+    wrong = SigningKey.generate()  # the gateway trusts another center key: every ack is ignored
+    with capture_logs() as logs:
+        async with rig(tmp_path, broker.port, center_key=wrong, ack_timeout_s=1.0) as r:
+            led = Led()
+            raised = r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
+            await wait_until(lambda: "fast" in led.modes)
+            await wait_until(lambda: r.relay.stats["events_sent"] >= 3)
+            assert r.relay.outbox.get(raised.event_id) is not None  # never forgotten
+            dup = [v for v in r.verdicts if v.env and v.env.id == raised.event_id]
+            assert dup[0].result == "accepted" and {v.result for v in dup[1:]} == {"duplicate"}
+            payloads = {v.env.to_bytes() for v in dup if v.env}
+            assert len(payloads) == 1  # re-sent byte for byte: same id, seq, sig
+    assert any(e["event"] == "ignored ack" and e["reason"] == "unknown-kid" for e in logs)
+
+
+async def test_puback_not_authorised_is_loud_and_not_forgotten(tmp_path: Path) -> None:
+    acl = tmp_path / "acl"
+    acl.write_text(f"user center\ntopic readwrite {PREFIX}/#\n\nuser gw\n"
+                   f"topic read {PREFIX}/{SITE}/{GW}/ack\ntopic write {PREFIX}/{SITE}/{GW}/state\n")
+    with Mosquitto(tmp_path / "b", extra=f"acl_file {acl}\n") as b, capture_logs() as logs:
+        async with rig(tmp_path, b.port, gw_user="gw") as r:
+            led = Led()
+            raised = r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
+            await wait_until(lambda: r.relay.stats["publish_refused"] >= 2)
+            assert "solid" not in led.modes
+            pending = r.relay.outbox.get(raised.event_id)
+            assert pending is not None and pending.last_error and "135" in pending.last_error
+    refused = [e for e in logs if e["event"] == "broker refused publish"]
+    assert refused and refused[0]["code"] == 135 and refused[0]["log_level"] == "error"
+
+
+@pytest.mark.parametrize("bad", [b"garbage", b"{}"])
+async def test_garbage_on_ack_topic_is_ignored(tmp_path: Path, broker: Mosquitto, bad: bytes) -> None:
+    async with rig(tmp_path, broker.port) as r:
+        r.relay.on_message(topic(PREFIX, SITE, GW, "ack"), bad)
+        assert r.relay.stats["acks_rejected"] == 1
+        led = Led()
+        r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
+        await wait_until(lambda: led.modes[-1] == "solid")
