@@ -61,6 +61,7 @@ class Verdict:
     env: Envelope | None = None
     latency_ms: float | None = None
     stale: bool = False
+    verified_at: float = 0.0  # perf_counter() when the signature and replay checks passed
 
     def to_json(self) -> dict[str, Any]:
         env = self.env
@@ -227,6 +228,7 @@ class Center:
             return Verdict(
                 "rejected", name, "seq-below-window", f"seq {env.seq} is too old", env
             )
+        verified_at = time.perf_counter()
         self.state.accept(env)
         stale = False
         if env.type == "state":
@@ -236,7 +238,9 @@ class Center:
             stale = session < self.state.session(site, gw)
             if not stale:
                 self.state.set_state(site, gw, session, str(env.body["status"]))
-        return Verdict("accepted", name, env=env, latency_ms=latency, stale=stale)
+        return Verdict(
+            "accepted", name, env=env, latency_ms=latency, stale=stale, verified_at=verified_at
+        )
 
     def _check(self, env: Envelope, site: str, gw: str, kind: str) -> None:
         if (env.site, env.gw) != (site, gw):

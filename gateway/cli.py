@@ -64,6 +64,8 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
+    import rfc8785  # noqa: PLC0415
+
     from gateway.envelope import parse, verify  # noqa: PLC0415
     from gateway.errors import EnvelopeError  # noqa: PLC0415
     from gateway.signing import load_verify_key  # noqa: PLC0415
@@ -72,7 +74,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     data = sys.stdin.buffer.read() if args.file in (None, "-") else Path(args.file).read_bytes()
     try:
         env = parse(data.strip())
-        verify(env, keys)
+        # The integrators' tool canonicalises with the independent reference implementation.
+        verify(env, keys, canonicalize=lambda obj: bytes(rfc8785.dumps(obj)))
     except EnvelopeError as err:
         result = {"valid": False, "reason": err.reason, "detail": err.detail}
         print(json.dumps(result) if args.json else f"INVALID: {err}")

@@ -13,13 +13,12 @@ import math
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-import rfc8785
-
+from gateway import jcs
 from gateway.errors import EnvelopeError
 from gateway.signing import SigningKey, VerifyKey
 
@@ -66,12 +65,12 @@ def format_ts(when: datetime | float | None = None) -> str:
 def parse_ts(ts: str) -> datetime:
     if not TS_RE.match(ts):
         raise ValueError(f"not RFC 3339 UTC with milliseconds: {ts!r}")
-    return datetime.strptime(ts, "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    return datetime.fromisoformat(ts)  # 3.11 reads the "Z"; checks the calendar too
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
-    """RFC 8785 (JCS) canonical UTF-8 bytes."""
-    return bytes(rfc8785.dumps(obj))
+    """RFC 8785 (JCS) canonical UTF-8 bytes (gateway/jcs.py, checked against ``rfc8785``)."""
+    return jcs.dumps(obj)
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +109,10 @@ class Envelope:
         return {**self.unsigned(), "sig": self.sig}
 
     def to_bytes(self) -> bytes:
-        """The MQTT payload."""
-        return canonical(self.to_dict())
+        """The MQTT payload: compact JSON. It need not be canonical (the receiver
+        re-canonicalises to verify), and plain ``json`` is ~20x faster than JCS here; floats
+        print as their shortest round-trip form, so the receiver's JCS sees the same values."""
+        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def build(
@@ -161,15 +162,21 @@ def parse(payload: bytes | str) -> Envelope:
     return Envelope(**{k: obj[k] for k in FIELDS})
 
 
-def verify(env: Envelope, keys: Mapping[str, VerifyKey]) -> None:
+def verify(
+    env: Envelope,
+    keys: Mapping[str, VerifyKey],
+    *,
+    canonicalize: Callable[[Mapping[str, Any]], bytes] = canonical,
+) -> None:
     """Check the signature against the key named by ``env.kid`` among ``keys``.
 
+    ``canonicalize`` lets ``alarmgw verify`` use the independent ``rfc8785`` package.
     Raises EnvelopeError ``unknown-kid`` or ``bad-signature``."""
     key = keys.get(env.kid)
     if key is None:
         raise EnvelopeError("unknown-kid", f"kid {env.kid} is not trusted here")
     try:
-        data = env.signing_bytes()
+        data = canonicalize(env.unsigned())
     except (TypeError, ValueError) as err:  # e.g. a float JCS cannot represent
         raise EnvelopeError("malformed", f"cannot canonicalise: {err}") from None
     if not key.verify(data, env.sig):

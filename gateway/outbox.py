@@ -87,15 +87,22 @@ class Outbox:
     # -- writes -----------------------------------------------------------------------
 
     def add(
-        self, env: Envelope, *, dedupe_key: str | None = None, now: float | None = None
+        self,
+        env: Envelope,
+        *,
+        payload: bytes | None = None,
+        dedupe_key: str | None = None,
+        now: float | None = None,
     ) -> None:
-        """Commit ``env`` (and its dedupe key) durably; returns once it is on disk."""
+        """Commit ``env`` (its wire ``payload``, and its dedupe key) durably; returns once it
+        is on disk."""
         at = time.time() if now is None else now
+        data = env.to_bytes() if payload is None else payload
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT INTO outbox (id, type, prio, seq, payload, created) VALUES (?,?,?,?,?,?)",
-                (env.id, env.type, PRIORITY[env.type], env.seq, env.to_bytes(), at),
+                (env.id, env.type, PRIORITY[env.type], env.seq, data, at),
             )
             if dedupe_key is not None:
                 self._db.execute(

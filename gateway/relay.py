@@ -142,10 +142,13 @@ class Relay:
             "contact": self._contact,
         }
         env = self._build("test" if test else "alarm", body)
-        self._commit(env, dedupe_key)
+        payload = self._commit(env, dedupe_key)
         self.stats["alarms_raised"] += 1
         self.last_alarm = {"id": env.id, "input": input_ref, "ts": env.ts, "acked_at": None}
         tracked = self._tracked[env.id]
+        # Straight onto the wire when we can (alarms go first anyway): no wait for the pump.
+        if self._uplink is not None and self._uplink.connected and len(self._inflight) < MAX_INFLIGHT:
+            self._send(Pending(env.id, env.type, env.seq, payload, time.time(), 0, None))
         if feedback is not None:
             tracked.feedback.append(feedback)
             if env.id not in self._memory:  # "blink" means durable: not for a memory-only alarm
@@ -166,18 +169,21 @@ class Relay:
         self._commit(env, None)
         return env.id
 
-    def _commit(self, env: Envelope, dedupe_key: str | None) -> None:
+    def _commit(self, env: Envelope, dedupe_key: str | None) -> bytes:
+        """Commit ``env`` durably (or, failing that, keep it in memory); returns the payload."""
         loop = asyncio.get_running_loop()
+        payload = env.to_bytes()
         try:
-            self.outbox.add(env, dedupe_key=dedupe_key)
+            self.outbox.add(env, payload=payload, dedupe_key=dedupe_key)
         except OutboxError as err:
             # Never lose it: keep it in memory and send it live; say so loudly.
             log.critical("event NOT durable, sending from memory", id=env.id, error=str(err))
             self._memory[env.id] = Pending(
-                env.id, env.type, env.seq, env.to_bytes(), time.time(), 0, str(err)
+                env.id, env.type, env.seq, payload, time.time(), 0, str(err)
             )
         self._tracked[env.id] = _Tracked(registered_at=loop.time())
         self._wake.set()
+        return payload
 
     def _feedback_for_repeat(self, event_id: str, feedback: Feedback | None) -> None:
         tracked = self._tracked.get(event_id)

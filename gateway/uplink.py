@@ -181,6 +181,10 @@ class Uplink:
             fut.set_exception(NotConnected(f"publish failed locally: {mqtt.error_string(info.rc)}"))
             return fut
         self._pending[info.mid] = fut
+        # paho defers the write to our writer callback (one loop turn later); on the alarm
+        # path that turn can be slow (LED threads, logging), so push the bytes out now.
+        if client.want_write():
+            self._write(client)
         fut.add_done_callback(lambda _f, mid=info.mid: self._pending.pop(mid, None))
         fut.topic = topic  # type: ignore[attr-defined]
         return fut
