@@ -1,0 +1,442 @@
+"""The gateway side of one button box on a serial port (shared/spec/SERIAL.md).
+
+``BoxLink.run`` keeps the port open for ever: it opens it (a device path such as
+``/dev/ttyAMA0`` or ``/dev/pts/N``, or a pyserial URL such as ``socket://HOST:PORT`` or
+``loop://``), hands what it reads to the sans-I/O ``BoxProtocol`` and carries out the actions
+that come back. When the port is missing or fails (unplugged), it logs one line and reopens it
+with jittered backoff: the link never dies and bad input never stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import serial
+import serial.rs485
+import structlog
+from structlog.typing import FilteringBoundLogger
+
+from gateway.feedback import AlarmSink, LedMode
+from gateway.inputs.box_protocol import (
+    Action,
+    BoxProtocol,
+    ForgetDedupe,
+    FrameReceived,
+    RaiseAlarm,
+    RateLimiter,
+    Rejected,
+    Send,
+)
+from gateway.inputs.codec import Frame, encode
+
+__all__ = ["BoxFeedback", "BoxLink", "RS485Options", "apply_rs485"]
+
+# Frames are at most 130 bytes (~0.14 s at 9600 baud). A write that cannot finish in this
+# time is dropped (the box re-sends what matters) rather than stalling the event loop.
+WRITE_TIMEOUT_S = 0.5
+READ_CHUNK = 4096
+# Reader-thread ports (no fileno, e.g. loop://) poll with this read timeout so stop is quick.
+THREAD_READ_TIMEOUT_S = 0.2
+# Repeat an unchanged "cannot open" line at most this often while the port stays missing.
+OPEN_FAILURE_LOG_S = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class RS485Options:
+    """Kernel RS-485 mode for a UART whose transceiver needs RTS to drive the bus."""
+
+    rts_level_for_tx: bool = True
+    rts_level_for_rx: bool = False
+    delay_before_tx: float | None = None
+    delay_before_rx: float | None = None
+
+
+def apply_rs485(port: serial.Serial, options: RS485Options) -> None:
+    """Switch ``port`` to RS-485 mode (an ioctl; it fails on a pty, FIELD-NOTES "pyserial")."""
+    port.rs485_mode = serial.rs485.RS485Settings(
+        rts_level_for_tx=options.rts_level_for_tx,
+        rts_level_for_rx=options.rts_level_for_rx,
+        delay_before_tx=options.delay_before_tx,
+        delay_before_rx=options.delay_before_rx,
+    )
+
+
+class BoxFeedback:
+    """The ``Feedback`` handed to the alarm path: ``led(mode)`` writes an LED frame to the box.
+    Safe to call from any thread (the work is moved onto the link's event loop)."""
+
+    def __init__(self, link: BoxLink) -> None:
+        self._link = link
+
+    def led(self, mode: LedMode) -> None:
+        self._link.send_led(mode)
+
+
+class _Backoff:
+    """Jittered exponential delays between reopen attempts, capped."""
+
+    def __init__(self, first_s: float, cap_s: float) -> None:
+        self._first, self._cap = first_s, cap_s
+        self._next = first_s
+
+    def reset(self) -> None:
+        self._next = self._first
+
+    def delay(self) -> float:
+        current = self._next
+        self._next = min(self._cap, self._next * 2)
+        return random.uniform(current / 2, current)
+
+
+class BoxLink:
+    """One button box named ``name`` (its config name) on ``port`` at ``baud``.
+
+    PRESSes become ``sink.raise_alarm`` calls; every valid frame is ACKed per SERIAL.md
+    "Rules". ``on_frame`` callbacks see every valid frame (for link supervision). Status:
+    ``connected``, ``last_valid_frame_at`` (monotonic), ``frames_ok``, ``frame_errors`` (per
+    reason), ``box_id``, ``box_fw``, ``stale``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        port: str,
+        baud: int,
+        sink: AlarmSink,
+        *,
+        ack_timeout_s: float = 15.0,
+        heartbeat_s: float = 2.0,
+        opener: Callable[..., serial.Serial] | None = None,
+        log: FilteringBoundLogger | None = None,
+        rs485: RS485Options | None = None,
+        port_setup: Callable[[serial.Serial, RS485Options], None] = apply_rs485,
+        retry_max_s: float = 5.0,
+    ) -> None:
+        self.name = name
+        self.port = port
+        self.baud = baud
+        self.sink = sink
+        # The alarm path owns the ack timer (LED fast after it); kept here for status.
+        self.ack_timeout_s = ack_timeout_s
+        self.heartbeat_s = heartbeat_s
+        self.on_frame: list[Callable[[Frame], None]] = []
+        self.feedback = BoxFeedback(self)
+        self._opener: Callable[..., serial.Serial] = opener or serial.serial_for_url
+        self._rs485 = rs485
+        self._port_setup = port_setup
+        self._retry_max_s = retry_max_s
+        base: FilteringBoundLogger = log or structlog.get_logger("alarmgw.serial")
+        self._log = base.bind(box=name, port=port)
+        self._proto = BoxProtocol(name)
+        self._limiter = RateLimiter(5.0)
+        self._serial: Any = None
+        self._reader_fd: int | None = None
+        self._lost: asyncio.Future[BaseException] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
+        self._started_at: float | None = None
+        self._unsent_led: LedMode | None = None
+        self._pongs: list[asyncio.Future[None]] = []
+        self._open_failures = 0
+        self._last_open_error: tuple[str, float] | None = None
+
+    # --- status, for supervision and `alarmgw status` ---
+
+    @property
+    def connected(self) -> bool:
+        return self._serial is not None
+
+    @property
+    def last_valid_frame_at(self) -> float | None:
+        return self._proto.last_valid_frame_at
+
+    @property
+    def frames_ok(self) -> int:
+        return self._proto.frames_ok
+
+    @property
+    def frame_errors(self) -> Counter[str]:
+        return self._proto.frame_errors
+
+    @property
+    def box_id(self) -> str | None:
+        return self._proto.box_id
+
+    @property
+    def box_fw(self) -> str | None:
+        return self._proto.box_fw
+
+    @property
+    def stale(self) -> bool:
+        """No valid frame for 3 heartbeat intervals (SERIAL.md "Rules": trouble 350)."""
+        now = time.monotonic()
+        since = self._proto.last_valid_frame_at or self._started_at
+        return since is not None and now - since > 3 * self.heartbeat_s
+
+    # --- the loop ---
+
+    async def run(self) -> None:
+        """Open, serve and reopen the port for ever (cancel the task to stop)."""
+        self._loop = asyncio.get_running_loop()
+        self._loop_thread = threading.get_ident()
+        self._started_at = time.monotonic()
+        backoff = _Backoff(0.2, self._retry_max_s)
+        while True:
+            try:
+                port = self._open()
+            except (serial.SerialException, OSError, ValueError) as err:
+                self._open_failed(err)
+                await asyncio.sleep(backoff.delay())
+                continue
+            frames_before = self._proto.frames_ok
+            await self._serve(port)
+            # Only a port that carried valid frames resets the backoff: a port that opens and
+            # fails at once (flapping USB adapter) must not spin.
+            if self._proto.frames_ok > frames_before:
+                backoff.reset()
+            await asyncio.sleep(backoff.delay())
+
+    async def ping(self, timeout_s: float = 2.0) -> float:
+        """Send PING and return the seconds until the box's HB answer arrived.
+        Raises ``ConnectionError`` when the port is not open, ``TimeoutError`` on no answer."""
+        loop = asyncio.get_running_loop()
+        pong: asyncio.Future[None] = loop.create_future()
+        self._pongs.append(pong)
+        started = time.monotonic()
+        try:
+            if not self._write(self._proto.ping().frame):
+                raise ConnectionError(f"serial port {self.port} is not open")
+            async with asyncio.timeout(timeout_s):
+                await pong
+        finally:
+            if pong in self._pongs:
+                self._pongs.remove(pong)
+        return time.monotonic() - started
+
+    def send_led(self, mode: LedMode) -> None:
+        """Write ``LED,mode=<mode>``; from another thread it is handed to the loop."""
+        loop = self._loop
+        if loop is not None and threading.get_ident() != self._loop_thread:
+            loop.call_soon_threadsafe(self.send_led, mode)
+            return
+        sent = self._write(self._proto.led(mode).frame)
+        # A port that is down now gets the latest LED state when it is back.
+        self._unsent_led = None if sent else mode
+
+    def _open(self) -> Any:
+        kwargs: dict[str, Any] = {
+            "baudrate": self.baud,
+            "timeout": 0,
+            "write_timeout": WRITE_TIMEOUT_S,
+        }
+        if "://" not in self.port:
+            # A second process on the same UART would steal half the bytes of each line.
+            kwargs["exclusive"] = True
+        port = self._opener(self.port, **kwargs)
+        if self._rs485 is not None:
+            try:
+                self._port_setup(port, self._rs485)
+            except BaseException:
+                port.close()
+                raise
+        return port
+
+    def _open_failed(self, err: BaseException) -> None:
+        self._open_failures += 1
+        now = time.monotonic()
+        text = str(err) or type(err).__name__
+        last = self._last_open_error
+        if last is None or last[0] != text or now - last[1] >= OPEN_FAILURE_LOG_S:
+            self._last_open_error = (text, now)
+            self._log.warning(
+                "serial port cannot be opened, retrying", error=text, attempts=self._open_failures
+            )
+
+    async def _serve(self, port: Any) -> None:
+        loop = asyncio.get_running_loop()
+        lost: asyncio.Future[BaseException] = loop.create_future()
+        self._lost, self._serial = lost, port
+        self._log.info("serial port open", failed_attempts=self._open_failures)
+        self._open_failures, self._last_open_error = 0, None
+        if self._unsent_led is not None:
+            self.send_led(self._unsent_led)
+        fd = _usable_fileno(port)
+        reader: _ReaderThread | None = None
+        if fd is not None:
+            self._reader_fd = fd
+            loop.add_reader(fd, self._on_readable)
+        else:
+            port.timeout = THREAD_READ_TIMEOUT_S
+            reader = _ReaderThread(port, loop, self._receive, self._link_lost)
+            reader.start()
+        try:
+            err = await lost
+            self._log.warning("serial port lost, reopening", error=str(err) or repr(err))
+        finally:
+            self._serial = None
+            self._stop_reader()
+            if reader is not None:
+                reader.stop()
+                await asyncio.to_thread(reader.join, 2.0)
+            try:
+                port.close()
+            except (serial.SerialException, OSError) as err:
+                self._log.debug("serial port close failed", error=str(err))
+
+    def _stop_reader(self) -> None:
+        if self._reader_fd is not None and self._loop is not None:
+            self._loop.remove_reader(self._reader_fd)
+            self._reader_fd = None
+
+    def _link_lost(self, err: BaseException) -> None:
+        self._stop_reader()  # a dead fd stays readable: stop polling it at once
+        if self._lost is not None and not self._lost.done():
+            self._lost.set_result(err)
+
+    def _on_readable(self) -> None:
+        port = self._serial
+        if port is None:
+            return
+        try:
+            data: bytes = port.read(READ_CHUNK)
+        except (serial.SerialException, OSError) as err:
+            self._link_lost(err)
+            return
+        if data:
+            self._receive(data)
+
+    def _receive(self, data: bytes) -> None:
+        now = time.monotonic()
+        for action in self._proto.receive_data(data, now):
+            self._perform(action, now)
+
+    def _perform(self, action: Action, now: float) -> None:
+        if isinstance(action, Send):
+            self._write(action.frame)
+        elif isinstance(action, FrameReceived):
+            self._frame_received(action.frame)
+        elif isinstance(action, RaiseAlarm):
+            self._raise_alarm(action, now)
+        elif isinstance(action, ForgetDedupe):
+            self._log.info("serial box hello", box_id=self.box_id, fw=self.box_fw)
+            try:
+                self.sink.forget_dedupe(action.prefix)
+            except Exception as err:
+                self._log.error("serial dedupe reset failed", error=repr(err))
+        elif isinstance(action, Rejected) and action.log:
+            self._log.warning(
+                "serial bad line dropped",
+                reason=action.error.reason,
+                line=action.error.line[:60].decode("ascii", "backslashreplace"),
+                suppressed=action.suppressed,
+            )
+
+    def _frame_received(self, frame: Frame) -> None:
+        if frame.type == "HB":
+            for pong in self._pongs:
+                if not pong.done():
+                    pong.set_result(None)
+        for hook in list(self.on_frame):
+            try:
+                hook(frame)
+            except Exception:
+                # Supervision is a side path: it may never take the alarm path down.
+                self._log.exception("serial on_frame hook failed", hook=repr(hook))
+
+    def _raise_alarm(self, action: RaiseAlarm, now: float) -> None:
+        try:
+            raised = self.sink.raise_alarm(
+                input_ref=action.input_ref,
+                feedback=self.feedback,
+                dedupe_key=action.dedupe_key,
+                dedupe_window_s=action.dedupe_window_s,
+            )
+        except Exception as err:
+            # No ACK: the box keeps re-sending the PRESS (SERIAL.md "Rules"), so the next
+            # copy retries the alarm. Log at most once per interval while that goes on.
+            allowed, suppressed = self._limiter.check("raise-failed", now)
+            if allowed:
+                self._log.error(
+                    "serial press not registered, box will re-send",
+                    seq=action.seq,
+                    error=repr(err),
+                    suppressed=suppressed,
+                )
+            return
+        log = self._log.info if raised.new else self._log.debug
+        log("serial press", seq=action.seq, event_id=raised.event_id, new=raised.new)
+        self._write(self._proto.alarm_durable(action.seq).frame)
+
+    def _write(self, frame: Frame) -> bool:
+        port = self._serial
+        if port is None:
+            return False
+        data = encode(frame)
+        try:
+            written = port.write(data)
+        except serial.SerialTimeoutException:
+            written = 0
+        except (serial.SerialException, OSError) as err:
+            self._link_lost(err)
+            return False
+        if written is not None and written < len(data):
+            allowed, suppressed = self._limiter.check("write-incomplete", time.monotonic())
+            if allowed:
+                self._log.warning(
+                    "serial write incomplete, frame dropped",
+                    frame=frame.body,
+                    suppressed=suppressed,
+                )
+            return False
+        return True
+
+
+def _usable_fileno(port: Any) -> int | None:
+    """The fd to watch with ``loop.add_reader``, or None (e.g. ``loop://`` has none)."""
+    try:
+        fd = port.fileno()
+    except (AttributeError, OSError, ValueError, serial.SerialException):
+        return None
+    return fd if isinstance(fd, int) and fd >= 0 else None
+
+
+class _ReaderThread(threading.Thread):
+    """Reads a port without a pollable fd and hands bytes to the event loop."""
+
+    def __init__(
+        self,
+        port: Any,
+        loop: asyncio.AbstractEventLoop,
+        deliver: Callable[[bytes], None],
+        lost: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(name=f"serial-reader-{port.name}", daemon=True)
+        self._port, self._loop, self._deliver, self._lost = port, loop, deliver, lost
+        self._stopping = threading.Event()
+
+    def stop(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                data: bytes = self._port.read(max(1, self._port.in_waiting))
+            except (serial.SerialException, OSError, ValueError) as err:
+                if not self._stopping.is_set():
+                    self._call(self._lost, err)
+                return
+            if data:
+                self._call(self._deliver, data)
+
+    def _call(self, func: Callable[[Any], None], arg: Any) -> None:
+        try:
+            self._loop.call_soon_threadsafe(func, arg)
+        except RuntimeError:  # the loop closed under us: nothing is listening any more
+            self._stopping.set()
