@@ -85,7 +85,7 @@ class Gateway:
         self._stop.set()
 
     def _make_inputs(self) -> list[Coroutine[Any, Any, None]]:
-        from gateway.inputs.serial_box import BoxLink  # noqa: PLC0415 - pyserial only if used
+        from gateway.inputs.serial_box import BoxLink, RS485Options  # noqa: PLC0415
 
         jobs: list[Coroutine[Any, Any, None]] = []
         if self.cfg.button:
@@ -103,7 +103,7 @@ class Gateway:
                 sink=self.relay,
                 ack_timeout_s=self.cfg.alarm.ack_timeout_s,
                 heartbeat_s=s.heartbeat_s,
-                rs485=s.rs485,
+                rs485=RS485Options() if s.rs485 else None,
             )
             self.boxes.append(box)
             jobs.append(box.run())
@@ -113,9 +113,9 @@ class Gateway:
         return jobs
 
     def led_modes(self) -> dict[int, str]:
-        return {
-            b.cfg.led_pin: b.led_mode for b in self.buttons if b.cfg.led_pin is not None
-        }
+        from gateway.inputs.gpio import led_modes  # noqa: PLC0415 - gpiozero only if used
+
+        return led_modes(self.buttons)
 
     async def _gpio_sim(self, path: str) -> None:
         from firmware_sim.gpio import GpioSimServer  # noqa: PLC0415 - simulator only on request

@@ -49,8 +49,9 @@ class AlarmSink(Protocol):
         ``serial:box-gate-main:17`` for box SEQ 17) makes a repeated call within
         ``dedupe_window_s`` return the earlier alarm's id with ``new=False``; the key is
         stored in the same transaction as the alarm, so it survives a restart.
-        Calls ``feedback.led("blink")`` once durable (also for a repeat whose alarm is
-        still waiting for the center's ack)."""
+        Schedules ``feedback.led("blink")`` for the next loop turn, i.e. right after the
+        caller's own reply (also for a repeat whose alarm still waits for the center's ack;
+        ``solid`` for a repeat whose alarm the center acknowledged already)."""
         ...
 
     def forget_dedupe(self, prefix: str) -> None:

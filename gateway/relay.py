@@ -149,11 +149,14 @@ class Relay:
         # Straight onto the wire when we can (alarms go first anyway): no wait for the pump.
         if self._uplink is not None and self._uplink.connected and len(self._inflight) < MAX_INFLIGHT:
             self._send(Pending(env.id, env.type, env.seq, payload, time.time(), 0, None))
+        loop = asyncio.get_running_loop()
         if feedback is not None:
             tracked.feedback.append(feedback)
             if env.id not in self._memory:  # "blink" means durable: not for a memory-only alarm
-                feedback.led("blink")
-        loop = asyncio.get_running_loop()
+                # Next loop turn: after the caller's own reply (a box's ACK goes out first, so
+                # "registered" is never shown to a box that was not told), and off the path to
+                # the wire (a gpiozero blink starts a thread).
+                loop.call_soon(feedback.led, "blink")
         tracked.overdue = loop.call_later(self._ack_timeout_s, self._ack_overdue, env.id)
         log.info("alarm registered", id=env.id, seq=env.seq, input=input_ref, test=test)
         return Raised(env.id, True)
@@ -199,7 +202,7 @@ class Relay:
             )
         if feedback not in tracked.feedback:
             tracked.feedback.append(feedback)
-        feedback.led("blink")
+        asyncio.get_running_loop().call_soon(feedback.led, "blink")
 
     def _ack_overdue(self, event_id: str) -> None:
         tracked = self._tracked.get(event_id)

@@ -204,7 +204,7 @@ heartbeat_s = 30
     def start_center(self) -> Proc:
         proc = Proc(alarmgw_cmd("center", "--config", str(self.center_toml), "--json"), name="center")
         self.procs.append(proc)
-        proc.wait_for(lambda e: "connected to broker" in e, stderr=True)
+        proc.wait_for(lambda e: e["event"] == "connected to broker", stderr=True)
         return proc
 
     def start_gateway(self, env: dict[str, str] | None = None) -> Proc:

@@ -91,9 +91,11 @@ async def test_alarm_delivered_acked_led_solid(tmp_path: Path, broker: Mosquitto
     async with rig(tmp_path, broker.port) as r:
         led = Led()
         raised = r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
-        assert led.modes == ["blink"]  # durable before anything was sent
-        assert r.relay.outbox.get(raised.event_id) is not None
-        await wait_until(lambda: led.modes[-1] == "solid")
+        assert r.relay.outbox.get(raised.event_id) is not None  # durable when it returns
+        assert led.modes == []  # "registered" comes on the next loop turn
+        await asyncio.sleep(0)
+        assert led.modes[0] == "blink"
+        await wait_until(lambda: led.modes[-1:] == ["solid"])
         assert len(accepted(r, raised.event_id)) == 1
         assert r.relay.outbox.count() == 0
         births = [v for v in r.verdicts if v.env and v.env.type == "state"]
@@ -109,7 +111,7 @@ async def test_broker_down_then_back(tmp_path: Path, broker: Mosquitto) -> None:
         await asyncio.sleep(1.0)
         assert led.modes == ["blink"] and r.relay.outbox.count() == 1
         broker.start()
-        await wait_until(lambda: led.modes[-1] == "solid", timeout=30)
+        await wait_until(lambda: led.modes[-1:] == ["solid"], timeout=30)
         assert len(accepted(r, raised.event_id)) == 1
 
 
@@ -152,4 +154,4 @@ async def test_garbage_on_ack_topic_is_ignored(tmp_path: Path, broker: Mosquitto
         assert r.relay.stats["acks_rejected"] == 1
         led = Led()
         r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
-        await wait_until(lambda: led.modes[-1] == "solid")
+        await wait_until(lambda: led.modes[-1:] == ["solid"])
