@@ -31,29 +31,29 @@ from pathlib import Path
 os.environ.setdefault("GPIOZERO_PIN_FACTORY", "mock")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import paho.mqtt.client as mqtt  # noqa: E402
-from gpiozero import Device  # noqa: E402
-from gpiozero.pins.mock import MockFactory  # noqa: E402
-from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+import paho.mqtt.client as mqtt
+from gpiozero import Device
+from gpiozero.pins.mock import MockFactory
+from paho.mqtt.enums import CallbackAPIVersion
 
-from firmware_sim.broker import Mosquitto  # noqa: E402
-from gateway import logs  # noqa: E402
-from gateway.center import Center, CenterState, Registry, Verdict  # noqa: E402
-from gateway.config import ButtonSection  # noqa: E402
-from gateway.inputs.gpio import GpioButtonInput  # noqa: E402
-from gateway.outbox import Outbox  # noqa: E402
-from gateway.relay import Identity, Relay  # noqa: E402
-from gateway.seq import SeqCounter  # noqa: E402
-from gateway.signing import SigningKey  # noqa: E402
-from gateway.topics import topic  # noqa: E402
-from gateway.uplink import MqttSettings, Uplink  # noqa: E402
+from firmware_sim.broker import Mosquitto
+from gateway import logs
+from gateway.center import Center, CenterState, Registry, Verdict
+from gateway.config import ButtonSection
+from gateway.inputs.gpio import GpioButtonInput
+from gateway.outbox import Outbox
+from gateway.relay import Identity, Relay
+from gateway.seq import SeqCounter
+from gateway.signing import SigningKey
+from gateway.topics import topic
+from gateway.uplink import MqttSettings, Uplink
 
 SITE, GW, PREFIX = "bench-school", "gw-bench", "schoolalarm/v1"
 
 
 def pct(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def floor(port: int, n: int, tmp: Path) -> list[float]:
@@ -100,18 +100,35 @@ async def alarm_path(port: int, n: int, tmp: Path) -> tuple[list[float], int]:
     gw_key, c_key = SigningKey.generate(), SigningKey.generate()
     reg = Registry()
     reg.add(SITE, GW, gw_key.verify_key)
-    center = Center(prefix=PREFIX, key=c_key, seq=SeqCounter(tmp / "cseq"),
-                    state=CenterState(tmp / "center.sqlite"), registry=reg)
-    c_up = Uplink(MqttSettings("127.0.0.1", port, 10, "bench-center"),
-                  subscriptions=center.subscriptions(), on_message=center.on_message)
+    center = Center(
+        prefix=PREFIX,
+        key=c_key,
+        seq=SeqCounter(tmp / "cseq"),
+        state=CenterState(tmp / "center.sqlite"),
+        registry=reg,
+    )
+    c_up = Uplink(
+        MqttSettings("127.0.0.1", port, 10, "bench-center"),
+        subscriptions=center.subscriptions(),
+        on_message=center.on_message,
+    )
     center.attach(c_up)
-    relay = Relay(ident=Identity(SITE, GW, PREFIX), key=gw_key, seq=SeqCounter(tmp / "gseq"),
-                  outbox=Outbox(tmp / "outbox.sqlite"), center_keys={c_key.kid: c_key.verify_key},
-                  location={"name": "Gate", "address": "Road 1", "lat": 22.5431, "lon": 114.0287},
-                  contact={"phone": "+86-755-0000-0000"})
-    g_up = Uplink(MqttSettings("127.0.0.1", port, 10, "bench-gw"),
-                  subscriptions=[topic(PREFIX, SITE, GW, "ack")], on_message=relay.on_message,
-                  prepare=relay.prepare_session, on_state=relay.on_link)
+    relay = Relay(
+        ident=Identity(SITE, GW, PREFIX),
+        key=gw_key,
+        seq=SeqCounter(tmp / "gseq"),
+        outbox=Outbox(tmp / "outbox.sqlite"),
+        center_keys={c_key.kid: c_key.verify_key},
+        location={"name": "Gate", "address": "Road 1", "lat": 22.5431, "lon": 114.0287},
+        contact={"phone": "+86-755-0000-0000"},
+    )
+    g_up = Uplink(
+        MqttSettings("127.0.0.1", port, 10, "bench-gw"),
+        subscriptions=[topic(PREFIX, SITE, GW, "ack")],
+        on_message=relay.on_message,
+        prepare=relay.prepare_session,
+        on_state=relay.on_link,
+    )
     relay.attach(g_up)
     Device.pin_factory = MockFactory()
     button = GpioButtonInput(
@@ -123,8 +140,13 @@ async def alarm_path(port: int, n: int, tmp: Path) -> tuple[list[float], int]:
     verified: asyncio.Future[float] | None = None
 
     def on_verdict(v: Verdict) -> None:
-        if verified is not None and not verified.done() and v.result == "accepted" and \
-                v.env is not None and v.env.type == "alarm":
+        if (
+            verified is not None
+            and not verified.done()
+            and v.result == "accepted"
+            and v.env is not None
+            and v.env.type == "alarm"
+        ):
             verified.set_result(v.verified_at)
 
     center.listeners.append(on_verdict)
@@ -158,7 +180,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presses", type=int, default=1000)
     args = parser.parse_args()
-    logs.configure(open(os.devnull, "w"), json=True, level="error")  # noqa: SIM115, PTH123
+    logs.configure(open(os.devnull, "w"), json=True, level="error")  # noqa: SIM115
     with tempfile.TemporaryDirectory(prefix="alarmgw-bench-") as d:
         tmp = Path(d)
         with Mosquitto(tmp / "broker") as broker:
@@ -177,13 +199,19 @@ def main() -> int:
         "left_pending": pending,
     }
     print(f"press -> verified at the center, {args.presses} presses on loopback:")
-    print(f"  alarm path  p50 {result['p50_ms']:.3f} ms   p99 {result['p99_ms']:.3f} ms"
-          f"   max {result['max_ms']:.3f} ms")
-    print(f"  floor       p50 {result['floor_p50_ms']:.3f} ms   p99 {result['floor_p99_ms']:.3f} ms"
-          "   (sign + SQLite FULL commit + raw paho QoS 1 publish->subscriber)")
+    print(
+        f"  alarm path  p50 {result['p50_ms']:.3f} ms   p99 {result['p99_ms']:.3f} ms"
+        f"   max {result['max_ms']:.3f} ms"
+    )
+    print(
+        f"  floor       p50 {result['floor_p50_ms']:.3f} ms   p99 {result['floor_p99_ms']:.3f} ms"
+        "   (sign + SQLite FULL commit + raw paho QoS 1 publish->subscriber)"
+    )
     ok = result["ratio_p99"] <= 2.0 and result["p99_ms"] <= 5.0
-    print(f"  p99 ratio {result['ratio_p99']:.2f} (target <= 2.0), p99 target <= 5 ms: "
-          f"{'met' if ok else 'NOT met'}")
+    print(
+        f"  p99 ratio {result['ratio_p99']:.2f} (target <= 2.0), p99 target <= 5 ms: "
+        f"{'met' if ok else 'NOT met'}"
+    )
     print(json.dumps(result))
     return 0
 

@@ -82,7 +82,9 @@ class Mosquitto:
             wait_port(self.port)
         except OSError:
             self.stop()
-            raise RuntimeError(f"mosquitto did not start on port {self.port}: see {self.log}")
+            raise RuntimeError(
+                f"mosquitto did not start on port {self.port}: see {self.log}"
+            ) from None
         return self
 
     def stop(self) -> None:

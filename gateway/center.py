@@ -81,6 +81,8 @@ class Verdict:
         if env is not None and env.type in ("alarm", "test", "trouble", "restore"):
             out["code"] = env.body.get("code")
             out["test"] = env.type == "test" or bool(env.body.get("test"))
+            out["input"] = env.body.get("input")
+            out["device"] = env.body.get("device")
         if env is not None and env.type == "state":
             out["status"] = env.body.get("status")
             out["session"] = env.body.get("session")
@@ -183,6 +185,10 @@ class Center:
     def attach(self, uplink: Uplink) -> None:
         self._uplink = uplink
 
+    @property
+    def kid(self) -> str:
+        return self._key.kid
+
     def subscriptions(self) -> list[str]:
         return [f"{self.prefix}/+/+/{kind}" for kind in TOPIC_TYPES]
 
@@ -225,9 +231,7 @@ class Center:
                 env,
             )
         if env.seq <= self.state.high(env.kid) - WINDOW:
-            return Verdict(
-                "rejected", name, "seq-below-window", f"seq {env.seq} is too old", env
-            )
+            return Verdict("rejected", name, "seq-below-window", f"seq {env.seq} is too old", env)
         verified_at = time.perf_counter()
         self.state.accept(env)
         stale = False
@@ -311,8 +315,8 @@ def human_line(v: Verdict) -> str:
     return f"{when}  {env.type:<9} {who}  seq {env.seq}"
 
 
-async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdout) -> None:
-    """``alarmgw center --config FILE``: run until cancelled."""
+def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
+    """Load the config, keys and state (blocking file I/O, before the loop matters)."""
     from gateway.config import load_center_config  # noqa: PLC0415 - keeps import light for tests
 
     cfg = load_center_config(config_path)
@@ -331,16 +335,22 @@ async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdou
         state=CenterState(state_dir / "center.sqlite"),
         registry=registry,
     )
+    return center, seq, cfg
+
+
+async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdout) -> None:
+    """``alarmgw center --config FILE``: run until cancelled."""
+    center, seq, cfg = _open_center(config_path)
 
     def show(v: Verdict) -> None:
         out.write((json.dumps(v.to_json()) if as_json else human_line(v)) + "\n")
         out.flush()
 
     center.listeners.append(show)
-    settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{key.kid}")
+    settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{center.kid}")
     uplink = Uplink(settings, subscriptions=center.subscriptions(), on_message=center.on_message)
     center.attach(uplink)
-    log.info("center starting", kid=key.kid, gateways=len(cfg.gateways))
+    log.info("center starting", kid=center.kid, gateways=len(cfg.gateways))
     try:
         await uplink.run()
     finally:

@@ -117,14 +117,14 @@ class Envelope:
 
 def build(
     *,
-    type: str,  # noqa: A002 - the spec's field name
+    type: str,
     site: str,
     gw: str,
     seq: int,
     body: Mapping[str, Any],
     key: SigningKey,
     ts: str | None = None,
-    id: str | None = None,  # noqa: A002 - the spec's field name
+    id: str | None = None,
 ) -> Envelope:
     """Build and sign an envelope; validates every field first, so an invalid one cannot exist."""
     fields: dict[str, Any] = {
@@ -280,6 +280,5 @@ def _check_body(kind: str, body: Mapping[str, Any]) -> None:
             raise EnvelopeError("malformed", "body.status must be online or offline")
         if not _is_int(body.get("session")):
             raise EnvelopeError("malformed", "body.session must be an integer")
-    elif kind == "heartbeat":
-        if not _is_int(body.get("session")):
-            raise EnvelopeError("malformed", "body.session must be an integer")
+    elif kind == "heartbeat" and not _is_int(body.get("session")):
+        raise EnvelopeError("malformed", "body.session must be an integer")

@@ -14,6 +14,7 @@ All methods are synchronous and meant for the event-loop thread: a FULL commit c
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterable
@@ -176,10 +177,8 @@ class Outbox:
         self._db.execute(sql, args)
 
     def _rollback(self) -> None:
-        try:
+        with contextlib.suppress(sqlite3.Error):  # no transaction open: nothing to undo
             self._db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # no transaction open: nothing to undo
 
     # -- reads ------------------------------------------------------------------------
 

@@ -11,6 +11,8 @@ the LED ``fast``; re-sending goes on regardless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import time
 from collections.abc import Mapping
@@ -147,7 +149,11 @@ class Relay:
         self.last_alarm = {"id": env.id, "input": input_ref, "ts": env.ts, "acked_at": None}
         tracked = self._tracked[env.id]
         # Straight onto the wire when we can (alarms go first anyway): no wait for the pump.
-        if self._uplink is not None and self._uplink.connected and len(self._inflight) < MAX_INFLIGHT:
+        if (
+            self._uplink is not None
+            and self._uplink.connected
+            and len(self._inflight) < MAX_INFLIGHT
+        ):
             self._send(Pending(env.id, env.type, env.seq, payload, time.time(), 0, None))
         loop = asyncio.get_running_loop()
         if feedback is not None:
@@ -251,14 +257,18 @@ class Relay:
             return
         try:
             env = parse_and_verify(payload, self._center_keys)
-            if env.type != "ack" or (env.site, env.gw) != (self.ident.site, self.ident.gw):
-                raise EnvelopeError("wrong-target", f"{env.type} for {env.site}/{env.gw}")
         except EnvelopeError as err:
             # PROTOCOL.md: the gateway ignores an ack it cannot verify.
-            self.stats["acks_rejected"] += 1
-            log.warning("ignored ack", reason=err.reason, detail=err.detail)
+            self._ignore_ack(err.reason, err.detail)
+            return
+        if env.type != "ack" or (env.site, env.gw) != (self.ident.site, self.ident.gw):
+            self._ignore_ack("wrong-target", f"{env.type} for {env.site}/{env.gw}")
             return
         self._acked(list(env.body["ids"]))
+
+    def _ignore_ack(self, reason: str, detail: str) -> None:
+        self.stats["acks_rejected"] += 1
+        log.warning("ignored ack", reason=reason, detail=detail)
 
     def _acked(self, ids: list[str]) -> None:
         removed = set(self.outbox.remove(ids))
@@ -287,7 +297,7 @@ class Relay:
     # -- the pump -------------------------------------------------------------------
 
     def _backoff(self, attempts: int) -> float:
-        delay = min(self._resend_initial_s * 2 ** max(attempts - 1, 0), self._resend_max_s)
+        delay = min(self._resend_initial_s * 2.0 ** max(attempts - 1, 0), self._resend_max_s)
         return delay * (0.8 + 0.4 * random.random())
 
     def _due(self, now: float, free: int) -> list[Pending]:
@@ -319,10 +329,8 @@ class Relay:
                     self._send(p)
             waits = [t.next_due - now for t in self._tracked.values() if t.next_due > now]
             timeout = min(waits) if waits else None
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
-            except TimeoutError:
-                pass
 
     def _send(self, p: Pending) -> None:
         assert self._uplink is not None
@@ -334,7 +342,7 @@ class Relay:
         fut = self._uplink.publish(self._topic("event"), p.payload)
         self._inflight[p.id] = fut
         self.stats["events_sent"] += 1
-        fut.add_done_callback(lambda f, event_id=p.id: self._sent(event_id, f))
+        fut.add_done_callback(functools.partial(self._sent, p.id))
 
     def _sent(self, event_id: str, fut: asyncio.Future[int]) -> None:
         self._inflight.pop(event_id, None)

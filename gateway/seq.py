@@ -25,7 +25,7 @@ def write_durably(path: Path, data: bytes) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-    os.replace(tmp, path)
+    tmp.replace(path)
     dfd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dfd)
@@ -59,21 +59,21 @@ class SeqCounter:
             raise OutboxError(f"{self._path}: cannot read seq counter: {err.strerror}") from err
         try:
             state = json.loads(raw)
-            if not (
-                isinstance(state, dict)
-                and isinstance(state.get("next"), int)
-                and isinstance(state.get("reserved"), int)
-                and isinstance(state.get("clean"), bool)
-                and state["next"] >= 1
-                and state["reserved"] >= state["next"]
-            ):
-                raise ValueError("unexpected content")
-        except ValueError as err:
+        except ValueError:
+            state = None
+        if not (
+            isinstance(state, dict)
+            and isinstance(state.get("next"), int)
+            and isinstance(state.get("reserved"), int)
+            and isinstance(state.get("clean"), bool)
+            and state["next"] >= 1
+            and state["reserved"] >= state["next"]
+        ):
             # A corrupt counter must not make us reuse numbers: refuse to guess.
             raise OutboxError(
-                f"{self._path}: seq counter is corrupt ({err}); restore it from a backup or "
+                f"{self._path}: seq counter is corrupt; restore it from a backup or "
                 "set it above the highest seq the center has seen"
-            ) from None
+            )
         return state
 
     @property

@@ -172,6 +172,6 @@ def write_keypair(
         fh.write(key.private_pem())
         fh.flush()
         os.fsync(fh.fileno())
-    os.replace(tmp, key_path)
+    tmp.replace(key_path)
     pub_path.write_bytes(key.public_pem())
     return key, key_path, pub_path

@@ -14,6 +14,8 @@ them per client object, so the durable outbox, not paho, owns re-sending.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import random
 import socket
 import ssl
@@ -139,7 +141,7 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._client: mqtt.Client | None = None
-        self._pending: dict[int, asyncio.Future[int]] = {}
+        self._pending: dict[int, tuple[asyncio.Future[int], str]] = {}
         self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
         self._session: Session | None = None
@@ -174,20 +176,22 @@ class Uplink:
             return fut
         props = None
         if expiry_s is not None and self.settings.protocol == "5":
-            props = Properties(PacketTypes.PUBLISH)
+            props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
             props.MessageExpiryInterval = int(expiry_s)
         info = client.publish(topic, payload, qos=1, retain=retain, properties=props)
         if info.rc != mqtt.MQTT_ERR_SUCCESS:
             fut.set_exception(NotConnected(f"publish failed locally: {mqtt.error_string(info.rc)}"))
             return fut
-        self._pending[info.mid] = fut
+        self._pending[info.mid] = (fut, topic)
         # paho defers the write to our writer callback (one loop turn later); on the alarm
         # path that turn can be slow (LED threads, logging), so push the bytes out now.
         if client.want_write():
             self._write(client)
-        fut.add_done_callback(lambda _f, mid=info.mid: self._pending.pop(mid, None))
-        fut.topic = topic  # type: ignore[attr-defined]
+        fut.add_done_callback(functools.partial(self._forget, info.mid))
         return fut
+
+    def _forget(self, mid: int, _fut: asyncio.Future[int]) -> None:
+        self._pending.pop(mid, None)
 
     async def run(self) -> None:
         """Connect, stay connected, reconnect with backoff; returns only when cancelled."""
@@ -201,8 +205,16 @@ class Uplink:
                 try:
                     await self._connect_once()
                     await asyncio.wait_for(self._connected.wait(), self.settings.keepalive_s * 2)
-                except (OSError, ssl.SSLError, TimeoutError, ConnectionError, mqtt.WebsocketConnectionError) as err:
-                    self.last_error = f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                except (
+                    OSError,
+                    ssl.SSLError,
+                    TimeoutError,
+                    ConnectionError,
+                    mqtt.WebsocketConnectionError,
+                ) as err:
+                    self.last_error = (
+                        f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
+                    )
                     log.warning(
                         "broker unreachable",
                         host=self.settings.host,
@@ -245,7 +257,10 @@ class Uplink:
         s = self.settings
         proto = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
         client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id=s.client_id, protocol=proto, clean_session=None if proto == mqtt.MQTTv5 else True
+            CallbackAPIVersion.VERSION2,
+            client_id=s.client_id,
+            protocol=proto,
+            clean_session=None if proto == mqtt.MQTTv5 else True,
         )
         client.suppress_exceptions = True  # belt and braces: our callbacks also catch
         if s.username:
@@ -270,7 +285,9 @@ class Uplink:
         client = self._new_client()
         self._client = client
         if self._session is not None:
-            client.will_set(self._session.will_topic, self._session.will_payload, qos=1, retain=True)
+            client.will_set(
+                self._session.will_topic, self._session.will_payload, qos=1, retain=True
+            )
         s = self.settings
         kwargs: dict[str, Any] = {"keepalive": s.keepalive_s}
         if s.protocol == "5":
@@ -282,7 +299,7 @@ class Uplink:
         client, self._client = self._client, None
         was_up = self._connected.is_set()
         self._connected.clear()
-        for fut in list(self._pending.values()):
+        for fut, _topic in list(self._pending.values()):
             if not fut.done():
                 fut.set_exception(NotConnected("connection lost before PUBACK"))
         self._pending.clear()
@@ -291,10 +308,8 @@ class Uplink:
             if sock is not None and self._loop is not None:
                 self._loop.remove_reader(sock)
                 self._loop.remove_writer(sock)
-            try:
-                client._sock_close()  # noqa: SLF001 - paho has no public close-without-DISCONNECT
-            except OSError:
-                pass
+            with contextlib.suppress(OSError):
+                client._sock_close()  # paho has no public close-without-DISCONNECT
         if was_up:
             self._on_state(False)
 
@@ -409,12 +424,12 @@ class Uplink:
     def _handle_publish(
         self, client: mqtt.Client, _ud: Any, mid: int, reason: ReasonCode, _props: Any
     ) -> None:
-        fut = self._pending.pop(mid, None)
-        if fut is None or fut.done():
+        entry = self._pending.pop(mid, None)
+        if entry is None or entry[0].done():
             return
+        fut, topic = entry
         code = int(reason.value) if isinstance(reason, ReasonCode) else int(reason)
         if code >= 0x80:
-            topic = getattr(fut, "topic", "?")
             err = PublishRefused(topic, code, str(reason))
             # Loud on purpose: an ACL refusal must never look like a delivered alarm.
             log.error("broker refused publish", topic=topic, code=code, reason=str(reason))

@@ -33,7 +33,9 @@ class Proc:
     """A subprocess whose stdout lines are collected by a thread (parsed as JSON when they
     are JSON), with helpers to wait for a line matching a predicate."""
 
-    def __init__(self, argv: list[str], *, env: dict[str, str] | None = None, name: str = "") -> None:
+    def __init__(
+        self, argv: list[str], *, env: dict[str, str] | None = None, name: str = ""
+    ) -> None:
         self.name = name or argv[0]
         self.argv = argv
         full_env = {**os.environ, **(env or {})}
@@ -66,7 +68,9 @@ class Proc:
                 sink.append(item)
                 self._new.notify_all()
 
-    def wait_for(self, pred: Callable[[Any], bool], timeout: float = 20.0, *, stderr: bool = False) -> Any:
+    def wait_for(
+        self, pred: Callable[[Any], bool], timeout: float = 20.0, *, stderr: bool = False
+    ) -> Any:
         """The first line (stdout, or stderr) satisfying ``pred``; AssertionError on timeout."""
         sink = self.errors if stderr else self.lines
         deadline = time.monotonic() + timeout
@@ -202,7 +206,9 @@ heartbeat_s = 30
         )
 
     def start_center(self) -> Proc:
-        proc = Proc(alarmgw_cmd("center", "--config", str(self.center_toml), "--json"), name="center")
+        proc = Proc(
+            alarmgw_cmd("center", "--config", str(self.center_toml), "--json"), name="center"
+        )
         self.procs.append(proc)
         proc.wait_for(lambda e: e["event"] == "connected to broker", stderr=True)
         return proc

@@ -20,16 +20,26 @@ GW_KEY = SigningKey.generate()
 OTHER_KEY = SigningKey.generate()
 CENTER_KEY = SigningKey.generate()
 EVENT_TOPIC = f"{PREFIX}/{SITE}/{GW}/event"
-BODY = {"code": "120", "kind": "panic", "input": "gpio:gate", "test": False,
-        "location": {"name": "Gate", "address": "Road 1", "lat": 22.5, "lon": 114.0},
-        "contact": {"phone": "110"}}
+BODY = {
+    "code": "120",
+    "kind": "panic",
+    "input": "gpio:gate",
+    "test": False,
+    "location": {"name": "Gate", "address": "Road 1", "lat": 22.5, "lon": 114.0},
+    "contact": {"phone": "110"},
+}
 
 
 def make_center(tmp_path: Path) -> Center:
     reg = Registry()
     reg.add(SITE, GW, GW_KEY.verify_key)
-    return Center(prefix=PREFIX, key=CENTER_KEY, seq=SeqCounter(tmp_path / "seq.json"),
-                  state=CenterState(tmp_path / "center.sqlite"), registry=reg)
+    return Center(
+        prefix=PREFIX,
+        key=CENTER_KEY,
+        seq=SeqCounter(tmp_path / "seq.json"),
+        state=CenterState(tmp_path / "center.sqlite"),
+        registry=reg,
+    )
 
 
 def alarm(seq: int, key: SigningKey = GW_KEY, **kw: object) -> E.Envelope:
@@ -92,8 +102,14 @@ def test_stale_state_session_is_ignored(tmp_path: Path) -> None:
     st_topic = f"{PREFIX}/{SITE}/{GW}/state"
 
     def state(seq: int, status: str, session: int) -> bytes:
-        return E.build(type="state", site=SITE, gw=GW, seq=seq, key=GW_KEY,
-                       body={"status": status, "session": session, "version": "t"}).to_bytes()
+        return E.build(
+            type="state",
+            site=SITE,
+            gw=GW,
+            seq=seq,
+            key=GW_KEY,
+            body={"status": status, "session": session, "version": "t"},
+        ).to_bytes()
 
     assert not c.receive(st_topic, state(1, "online", 2)).stale
     late_will = c.receive(st_topic, state(2, "offline", 1))

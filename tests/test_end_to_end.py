@@ -144,9 +144,14 @@ def publish_raw(port: int, topic: str, payloads: list[bytes]) -> None:
 def test_forged_tampered_replayed_are_rejected_with_reasons(site: Site) -> None:
     site.write_configs()
     center = site.start_center()
-    body = {"code": "120", "kind": "panic", "input": "gpio:gate-main", "test": False,
-            "location": {"name": "Gate", "address": "Road 1", "lat": 22.5, "lon": 114.0},
-            "contact": {"phone": "110"}}
+    body = {
+        "code": "120",
+        "kind": "panic",
+        "input": "gpio:gate-main",
+        "test": False,
+        "location": {"name": "Gate", "address": "Road 1", "lat": 22.5, "lon": 114.0},
+        "contact": {"phone": "110"},
+    }
     from gateway.signing import SigningKey
 
     genuine = E.build(type="alarm", site=SITE, gw=GW, seq=500, body=body, key=site.gw_key)
@@ -155,14 +160,21 @@ def test_forged_tampered_replayed_are_rejected_with_reasons(site: Site) -> None:
     tampered = json.dumps({**d, "seq": 502, "body": {**body, "input": "gpio:other"}}).encode()
     replay = E.build(type="alarm", site=SITE, gw=GW, seq=500, body=body, key=site.gw_key)
     topic = f"{PREFIX}/{SITE}/{GW}/event"
-    publish_raw(site.broker.port, topic, [genuine.to_bytes(), forged.to_bytes(), tampered,
-                                          replay.to_bytes(), b"\xff garbage"])
+    publish_raw(
+        site.broker.port,
+        topic,
+        [genuine.to_bytes(), forged.to_bytes(), tampered, replay.to_bytes(), b"\xff garbage"],
+    )
     reasons = []
     for _ in range(4):
         line = center.wait_for(lambda e: e.get("result") == "rejected" and e not in reasons)
         reasons.append(line)
-    assert [r["reason"] for r in reasons] == ["kid-not-registered", "bad-signature",
-                                              "replayed-seq", "not-json"]
+    assert [r["reason"] for r in reasons] == [
+        "kid-not-registered",
+        "bad-signature",
+        "replayed-seq",
+        "not-json",
+    ]
     accepted = center.matching(is_event("accepted"))
     assert [a["id"] for a in accepted] == [genuine.id]  # only the genuine one was dispatched
     time.sleep(0.2)

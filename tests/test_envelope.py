@@ -36,8 +36,14 @@ def test_vectors_reproduce_byte_for_byte(vector: dict) -> None:
     key = key_for(ROLES[vector["name"]])
     u = vector["unsigned"]
     env = E.build(
-        type=u["type"], site=u["site"], gw=u["gw"], seq=u["seq"], body=u["body"],
-        key=key, ts=u["ts"], id=u["id"],
+        type=u["type"],
+        site=u["site"],
+        gw=u["gw"],
+        seq=u["seq"],
+        body=u["body"],
+        key=key,
+        ts=u["ts"],
+        id=u["id"],
     )
     assert env.signing_bytes() == vector["jcs_utf8"].encode("utf-8")
     assert env.to_dict() == vector["signed"]
@@ -60,9 +66,17 @@ def test_unknown_kid_and_malformed() -> None:
     signed = VECTORS["envelopes"][0]["signed"]
     with pytest.raises(EnvelopeError, match="unknown-kid"):
         E.parse_and_verify(json.dumps(signed), {})
-    for bad in (b"", b"not json", b"[]", b'{"v":1}', b"NaN", json.dumps({**signed, "x": 1}).encode(),
-                json.dumps({**signed, "seq": True}).encode(), json.dumps({**signed, "v": 2}).encode(),
-                json.dumps({**signed, "ts": "2026-11-28T07:41:05Z"}).encode()):
+    for bad in (
+        b"",
+        b"not json",
+        b"[]",
+        b'{"v":1}',
+        b"NaN",
+        json.dumps({**signed, "x": 1}).encode(),
+        json.dumps({**signed, "seq": True}).encode(),
+        json.dumps({**signed, "v": 2}).encode(),
+        json.dumps({**signed, "ts": "2026-11-28T07:41:05Z"}).encode(),
+    ):
         with pytest.raises(EnvelopeError):
             E.parse_and_verify(bad, {key.kid: key.verify_key})
 
@@ -91,19 +105,30 @@ def test_uuid7_and_ts_format() -> None:
 
 
 def test_keygen_cli_writes_0600_and_refuses_overwrite(tmp_path: Path) -> None:
-    out = subprocess.run(alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw"),
-                         capture_output=True, text=True, check=True)
+    out = subprocess.run(
+        alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     kid = out.stdout.strip()
     key = load_signing_key(tmp_path / "gw.key")
     assert key.kid == kid == load_verify_key(tmp_path / "gw.pub").kid
     assert stat.S_IMODE((tmp_path / "gw.key").stat().st_mode) == 0o600
-    again = subprocess.run(alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw"),
-                           capture_output=True, text=True)
+    again = subprocess.run(
+        alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw"),
+        capture_output=True,
+        text=True,
+    )
     assert again.returncode == 2
     assert "refusing to overwrite" in again.stderr and "Traceback" not in again.stderr
     assert load_signing_key(tmp_path / "gw.key").kid == kid
-    forced = subprocess.run(alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw", "--force"),
-                            capture_output=True, text=True, check=True)
+    forced = subprocess.run(
+        alarmgw_cmd("keygen", "--out", str(tmp_path), "--name", "gw", "--force"),
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     assert forced.stdout.strip() != kid
 
 
@@ -113,7 +138,7 @@ def test_bad_key_files(tmp_path: Path) -> None:
     (tmp_path / "junk.key").write_text("junk")
     with pytest.raises(KeyFileError, match="not a PEM"):
         load_signing_key(tmp_path / "junk.key")
-    key, _, pub = write_keypair(tmp_path, "k")
+    _key, _, pub = write_keypair(tmp_path, "k")
     with pytest.raises(KeyFileError):
         load_signing_key(pub)
 
@@ -123,10 +148,16 @@ def test_verify_cli(tmp_path: Path) -> None:
     (tmp_path / "gw.pub").write_bytes(gw.public_pem())
     good = tmp_path / "good.json"
     good.write_text(json.dumps(VECTORS["envelopes"][0]["signed"]))
-    ok = subprocess.run(alarmgw_cmd("verify", str(good), "--key", str(tmp_path / "gw.pub")),
-                        capture_output=True, text=True)
+    ok = subprocess.run(
+        alarmgw_cmd("verify", str(good), "--key", str(tmp_path / "gw.pub")),
+        capture_output=True,
+        text=True,
+    )
     assert ok.returncode == 0 and ok.stdout.startswith("VALID: alarm")
-    bad = subprocess.run(alarmgw_cmd("verify", "-", "--key", str(tmp_path / "gw.pub"), "--json"),
-                         input=json.dumps(VECTORS["must_reject"][0]["envelope"]),
-                         capture_output=True, text=True)
+    bad = subprocess.run(
+        alarmgw_cmd("verify", "-", "--key", str(tmp_path / "gw.pub"), "--json"),
+        input=json.dumps(VECTORS["must_reject"][0]["envelope"]),
+        capture_output=True,
+        text=True,
+    )
     assert bad.returncode == 2 and json.loads(bad.stdout)["reason"] == "bad-signature"

@@ -21,8 +21,9 @@ json_values = st.recursive(
     | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
     | st.floats(allow_nan=False, allow_infinity=False)
     | st.text(),
-    lambda children: st.lists(children, max_size=5)
-    | st.dictionaries(st.text(max_size=8), children, max_size=5),
+    lambda children: (
+        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
+    ),
     max_leaves=25,
 )
 
@@ -41,9 +42,18 @@ def test_numbers_match_reference(value: float) -> None:
 
 @pytest.mark.parametrize(
     ("value", "text"),
-    [(1e-7, "1e-7"), (100.0, "100"), (1e21, "1e+21"), (1e20, "100000000000000000000"),
-     (0.000001, "0.000001"), (-0.0, "0"), (22.5431, "22.5431"), (5e-324, "5e-324"),
-     (1.7976931348623157e308, "1.7976931348623157e+308"), (123456789.125, "123456789.125")],
+    [
+        (1e-7, "1e-7"),
+        (100.0, "100"),
+        (1e21, "1e+21"),
+        (1e20, "100000000000000000000"),
+        (0.000001, "0.000001"),
+        (-0.0, "0"),
+        (22.5431, "22.5431"),
+        (5e-324, "5e-324"),
+        (1.7976931348623157e308, "1.7976931348623157e+308"),
+        (123456789.125, "123456789.125"),
+    ],
 )
 def test_known_numbers(value: float, text: str) -> None:
     assert jcs.es6_number(value) == text

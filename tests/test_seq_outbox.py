@@ -22,9 +22,14 @@ KEY = SigningKey.generate()
 def env(kind: str, seq: int) -> E.Envelope:
     body: dict = {"code": "137", "device": "gateway", "detail": "x"}
     if kind == "alarm":
-        body = {"code": "120", "kind": "panic", "input": "gpio:a", "test": False,
-                "location": {"name": "n", "address": "a", "lat": 1, "lon": 2},
-                "contact": {"phone": "1"}}
+        body = {
+            "code": "120",
+            "kind": "panic",
+            "input": "gpio:a",
+            "test": False,
+            "location": {"name": "n", "address": "a", "lat": 1, "lon": 2},
+            "contact": {"phone": "1"},
+        }
     return E.build(type=kind, site="s", gw="g", seq=seq, body=body, key=KEY)
 
 

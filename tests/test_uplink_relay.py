@@ -48,28 +48,52 @@ async def wait_until(pred, timeout: float = 15.0) -> None:  # type: ignore[no-un
 
 
 @contextlib.asynccontextmanager
-async def rig(tmp: Path, port: int, *, center_key: SigningKey | None = None,
-              ack_timeout_s: float = 15.0, gw_user: str | None = None) -> AsyncIterator[Rig]:
+async def rig(
+    tmp: Path,
+    port: int,
+    *,
+    center_key: SigningKey | None = None,
+    ack_timeout_s: float = 15.0,
+    gw_user: str | None = None,
+) -> AsyncIterator[Rig]:
     gw_key, c_key = SigningKey.generate(), SigningKey.generate()
     reg = Registry()
     reg.add(SITE, GW, gw_key.verify_key)
-    center = Center(prefix=PREFIX, key=c_key, seq=SeqCounter(tmp / "cseq"),
-                    state=CenterState(tmp / "c.sqlite"), registry=reg)
+    center = Center(
+        prefix=PREFIX,
+        key=c_key,
+        seq=SeqCounter(tmp / "cseq"),
+        state=CenterState(tmp / "c.sqlite"),
+        registry=reg,
+    )
     verdicts: list[Verdict] = []
     center.listeners.append(verdicts.append)
-    c_up = Uplink(MqttSettings("127.0.0.1", port, 5, "center", backoff_max_s=1.0),
-                  subscriptions=center.subscriptions(), on_message=center.on_message)
+    c_up = Uplink(
+        MqttSettings("127.0.0.1", port, 5, "center", backoff_max_s=1.0),
+        subscriptions=center.subscriptions(),
+        on_message=center.on_message,
+    )
     center.attach(c_up)
     trusted = center_key or c_key
-    relay = Relay(ident=Identity(SITE, GW, PREFIX), key=gw_key, seq=SeqCounter(tmp / "gseq"),
-                  outbox=Outbox(tmp / "outbox.sqlite"),
-                  center_keys={trusted.kid: trusted.verify_key},
-                  location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
-                  contact={"phone": "110"}, ack_timeout_s=ack_timeout_s,
-                  resend_initial_s=0.3, resend_max_s=1.0)
-    g_up = Uplink(MqttSettings("127.0.0.1", port, 5, "gw", username=gw_user, backoff_max_s=1.0),
-                  subscriptions=[topic(PREFIX, SITE, GW, "ack")], on_message=relay.on_message,
-                  prepare=relay.prepare_session, on_state=relay.on_link)
+    relay = Relay(
+        ident=Identity(SITE, GW, PREFIX),
+        key=gw_key,
+        seq=SeqCounter(tmp / "gseq"),
+        outbox=Outbox(tmp / "outbox.sqlite"),
+        center_keys={trusted.kid: trusted.verify_key},
+        location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
+        contact={"phone": "110"},
+        ack_timeout_s=ack_timeout_s,
+        resend_initial_s=0.3,
+        resend_max_s=1.0,
+    )
+    g_up = Uplink(
+        MqttSettings("127.0.0.1", port, 5, "gw", username=gw_user, backoff_max_s=1.0),
+        subscriptions=[topic(PREFIX, SITE, GW, "ack")],
+        on_message=relay.on_message,
+        prepare=relay.prepare_session,
+        on_state=relay.on_link,
+    )
     relay.attach(g_up)
     tasks = [asyncio.create_task(c) for c in (c_up.run(), g_up.run(), relay.pump())]
     try:
@@ -133,8 +157,10 @@ async def test_no_ack_turns_led_fast_and_keeps_resending(tmp_path: Path, broker:
 
 async def test_puback_not_authorised_is_loud_and_not_forgotten(tmp_path: Path) -> None:
     acl = tmp_path / "acl"
-    acl.write_text(f"user center\ntopic readwrite {PREFIX}/#\n\nuser gw\n"
-                   f"topic read {PREFIX}/{SITE}/{GW}/ack\ntopic write {PREFIX}/{SITE}/{GW}/state\n")
+    acl.write_text(
+        f"user center\ntopic readwrite {PREFIX}/#\n\nuser gw\n"
+        f"topic read {PREFIX}/{SITE}/{GW}/ack\ntopic write {PREFIX}/{SITE}/{GW}/state\n"
+    )
     with Mosquitto(tmp_path / "b", extra=f"acl_file {acl}\n") as b, capture_logs() as logs:
         async with rig(tmp_path, b.port, gw_user="gw") as r:
             led = Led()
@@ -148,7 +174,9 @@ async def test_puback_not_authorised_is_loud_and_not_forgotten(tmp_path: Path) -
 
 
 @pytest.mark.parametrize("bad", [b"garbage", b"{}"])
-async def test_garbage_on_ack_topic_is_ignored(tmp_path: Path, broker: Mosquitto, bad: bytes) -> None:
+async def test_garbage_on_ack_topic_is_ignored(
+    tmp_path: Path, broker: Mosquitto, bad: bytes
+) -> None:
     async with rig(tmp_path, broker.port) as r:
         r.relay.on_message(topic(PREFIX, SITE, GW, "ack"), bad)
         assert r.relay.stats["acks_rejected"] == 1

@@ -1,0 +1,756 @@
+"""One TOML file → typed, validated, frozen settings (shared/spec/OPERATOR.md "Gateway config",
+"Site monitors", "Command-center config").
+
+``load_config`` and ``load_center_config`` read the file with ``tomllib``, validate it with
+pydantic and raise one ``ConfigError`` listing *every* problem as ``FILE:LINE: key: what is
+wrong``. ``tomllib`` keeps no positions, so ``_Locator`` re-scans the text to map a key path
+such as ``("button", 1, "pin")`` back to its line. Unknown keys are errors (a typo must not
+silently fall back to a default), relative paths are resolved against the config file's
+directory, and referenced key files must exist.
+"""
+
+from __future__ import annotations
+
+import bisect
+import difflib
+import ipaddress
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from gateway.errors import ConfigError
+
+Loc = tuple[str | int, ...]
+Problems = list[tuple[Loc, str]]
+
+IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # shared/spec/PROTOCOL.md "Identities"
+INPUT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
+STANDARD_BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
+
+
+class _Problems(ValueError):
+    """Raised inside validators to report problems at key paths relative to the model being
+    validated (pydantic would otherwise point them all at the model itself)."""
+
+    def __init__(self, items: Problems) -> None:
+        self.items = items
+        super().__init__("; ".join(msg for _, msg in items))
+
+
+def _raise_if(problems: Problems) -> None:
+    if problems:
+        raise _Problems(problems)
+
+
+def _given(model: BaseModel) -> dict[str, Any]:
+    """The keys set explicitly, like raw TOML: cross-key checks see the same input either
+    way, so a problem found both in the model and in the raw data is reported once."""
+    return {name: getattr(model, name) for name in model.model_fields_set}
+
+
+def _scalar(value: object, kind: Any) -> bool:
+    """``value`` is of ``kind`` (TOML booleans are not numbers)."""
+    return isinstance(value, kind) and not isinstance(value, bool)
+
+
+def _context(info: ValidationInfo) -> Mapping[str, Any]:
+    return info.context if isinstance(info.context, Mapping) else {}
+
+
+# --- field types -----------------------------------------------------------------------
+
+
+def _to_path(value: object, info: ValidationInfo) -> Path:
+    if isinstance(value, Path):
+        path = value
+    elif isinstance(value, str) and value.strip():
+        path = Path(value).expanduser()
+    else:
+        raise ValueError(f"expected a non-empty path string (got {value!r})")
+    base = _context(info).get("base_dir")
+    if isinstance(base, Path) and not path.is_absolute():
+        # Relative to the config file, not the working directory: systemd and tests start
+        # the daemon from anywhere.
+        path = base / path
+    return path
+
+
+def _existing_file(value: Path, info: ValidationInfo) -> Path:
+    if _context(info).get("check_files") and not value.is_file():
+        raise ValueError(f"file not found: {value}")
+    return value
+
+
+def _directory(value: Path, info: ValidationInfo) -> Path:
+    # The daemon creates a missing state directory; an existing non-directory is a mistake.
+    if _context(info).get("check_files") and value.exists() and not value.is_dir():
+        raise ValueError(f"not a directory: {value}")
+    return value
+
+
+def _prefix(value: str) -> str:
+    if not value or "+" in value or "#" in value:
+        raise ValueError("must be non-empty, without MQTT wildcards '+' or '#'")
+    if value.startswith(("/", "$")) or value.endswith("/") or "//" in value or "\0" in value:
+        raise ValueError("must not start with '/' or '$', end with '/' or have empty levels")
+    return value
+
+
+def _baud(value: int) -> int:
+    if value not in STANDARD_BAUDS:
+        raise ValueError(f"{value} is not a standard rate ({', '.join(map(str, STANDARD_BAUDS))})")
+    return value
+
+
+def _url(value: str) -> str:
+    parts = urlsplit(value)
+    if value and (parts.scheme not in ("http", "https") or not parts.netloc):
+        raise ValueError(f"expected an http:// or https:// URL (got {value!r})")
+    return value
+
+
+def split_host_port(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8787"`` → ``("127.0.0.1", 8787)``; IPv6 in brackets; port 0: any free."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise ValueError(
+            f"expected host:port with port 0..65535, e.g. 127.0.0.1:8787 (got {value!r})"
+        )
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host or "[" in host:
+        raise ValueError(f"write an IPv6 address in brackets, e.g. [::1]:8787 (got {value!r})")
+    return host, int(port)
+
+
+def _listen(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+FilePath = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_existing_file)]
+DirPath = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_directory)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+Identity = Annotated[str, Field(pattern=IDENTITY_PATTERN)]
+InputName = Annotated[str, Field(pattern=INPUT_NAME_PATTERN)]
+BcmPin = Annotated[int, Field(ge=0, le=53)]  # the BCM2835 family has GPIO0..GPIO53
+Seconds = Annotated[float, Field(gt=0.0)]
+Url = Annotated[str, AfterValidator(_url)]
+
+
+class _Section(BaseModel):
+    # strict: TOML is typed, so "17" for a pin or true for a number is a mistake, not
+    # something to coerce. frozen: settings never change after start.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+# --- gateway sections ------------------------------------------------------------------
+
+
+class GatewaySection(_Section):
+    """``[gateway]``: who this gateway is and where it keeps its key and state."""
+
+    site: Identity
+    id: Identity
+    key_file: FilePath
+    state_dir: DirPath
+
+
+class LocationSection(_Section):
+    """``[location]``: copied into every alarm body (shared/spec/PROTOCOL.md "Bodies")."""
+
+    name: NonEmpty
+    address: NonEmpty
+    lat: Annotated[float, Field(ge=-90.0, le=90.0)]
+    lon: Annotated[float, Field(ge=-180.0, le=180.0)]
+    phone: NonEmpty
+    floor: NonEmpty | None = None
+    room: NonEmpty | None = None
+
+
+class MqttSection(_Section):
+    """``[mqtt]``: the broker session (shared/spec/PROTOCOL.md "Transport"). ``center_keys``:
+    the center public keys whose acks the gateway trusts."""
+
+    host: NonEmpty = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] = 1883
+    prefix: Annotated[str, AfterValidator(_prefix)] = "schoolalarm/v1"
+    keepalive_s: Annotated[int, Field(ge=2, le=65535)] = 10
+    protocol: Literal["5", "3.1.1"] = "5"
+    tls: bool = False
+    ca_file: FilePath | None = None
+    cert_file: FilePath | None = None
+    key_file: FilePath | None = None
+    username: NonEmpty | None = None
+    password: str | None = None
+    client_id: NonEmpty | None = None
+    allow_plaintext: bool = False
+    center_keys: list[FilePath] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _check_transport(self) -> MqttSection:
+        _raise_if(_transport_problems(_given(self)))
+        return self
+
+
+def _is_loopback(host: str) -> bool:
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _transport_problems(d: Mapping[str, Any]) -> Problems:
+    """``[mqtt]`` rules across keys; ``d`` holds the keys given (raw TOML or validated)."""
+    found: Problems = []
+    tls, host = d.get("tls", False), d.get("host", "127.0.0.1")
+    if tls is True and d.get("ca_file") is None:
+        found.append((("ca_file",), "tls = true requires ca_file"))
+    if (d.get("cert_file") is None) != (d.get("key_file") is None):
+        missing = "key_file" if d.get("key_file") is None else "cert_file"
+        found.append(((missing,), "cert_file and key_file go together (mTLS)"))
+    plain_ok = d.get("allow_plaintext", False) is not False
+    if tls is False and not plain_ok and isinstance(host, str) and not _is_loopback(host):
+        # shared/spec/PROTOCOL.md "Transport": plain TCP only on loopback or when the
+        # operator says so in config.
+        where = ("tls",) if "tls" in d else ("host",)
+        found.append(
+            (
+                where,
+                f"plain TCP to non-loopback host {host!r}: set tls = true, or "
+                "allow_plaintext = true to accept an unencrypted link",
+            )
+        )
+    if d.get("password") is not None and d.get("username") is None:
+        found.append((("username",), "password is set but username is missing"))
+    return found
+
+
+class CenterMqttSection(MqttSection):
+    """``[mqtt]`` of the command center: the gateway's keys minus ``center_keys``."""
+
+    @field_validator("center_keys")
+    @classmethod
+    def _no_center_keys(cls, value: list[Path]) -> list[Path]:
+        raise ValueError("a gateway setting; the center signs acks with [center] key_file")
+
+
+class ButtonSection(_Section):
+    """``[[button]]``: a GPIO alarm button wired to ground (internal pull-up)."""
+
+    name: InputName
+    pin: BcmPin
+    hold_s: Annotated[float, Field(ge=0.0, le=30.0)] = 0.0
+    led_pin: BcmPin | None = None
+    debounce_s: Annotated[float, Field(ge=0.0, le=1.0)] = 0.05
+    code: Literal["120", "121", "122", "123"] = "120"
+    kind: Annotated[str, Field(min_length=1, max_length=64)] = "panic"
+
+
+class SerialSection(_Section):
+    """``[[serial]]``: a button box (shared/spec/SERIAL.md)."""
+
+    name: InputName
+    port: NonEmpty
+    baud: Annotated[int, AfterValidator(_baud)] = 9600
+    heartbeat_s: Seconds = 2.0
+    rs485: bool = False
+
+
+class HeartbeatSection(_Section):
+    """``[heartbeat]``: how often the gateway sends its snapshot."""
+
+    interval_s: Annotated[float, Field(ge=1.0)] = 30.0
+
+
+class HttpSection(_Section):
+    """``[http]``: the local status endpoint, ``host:port`` (``[::1]:port`` for IPv6)."""
+
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8787"
+
+    @property
+    def host(self) -> str:
+        return split_host_port(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        return split_host_port(self.listen)[1]
+
+
+class AlarmSection(_Section):
+    """``[alarm]``: presser feedback and re-sending. ``ack_timeout_s``: after this long
+    without the center's signed ack the presser's LED turns ``fast``. ``resend_initial_s`` /
+    ``resend_max_s``: the exponential backoff for re-sending an un-acked event.
+    ``buzzer_ms``: length of the local confirmation beep when an alarm is registered
+    (0: no beep)."""
+
+    ack_timeout_s: Seconds = 15.0
+    resend_initial_s: Seconds = 2.0
+    resend_max_s: Seconds = 60.0
+    buzzer_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
+
+    @model_validator(mode="after")
+    def _check_backoff(self) -> AlarmSection:
+        _raise_if(_backoff_problems(_given(self)))
+        return self
+
+
+def _backoff_problems(d: Mapping[str, Any]) -> Problems:
+    low, high = d.get("resend_initial_s", 2.0), d.get("resend_max_s", 60.0)
+    if _scalar(low, float | int) and _scalar(high, float | int) and high < low:
+        return [(("resend_max_s",), "must be >= resend_initial_s")]
+    return []
+
+
+class BollardSection(_Section):
+    """``[bollard]``: limit switches on GPIO (active low by default) and/or an HTTP controller
+    whose GET returns ``{"state": "up"|"down"|"moving"|"fault"}``."""
+
+    up_pin: BcmPin | None = None
+    down_pin: BcmPin | None = None
+    fault_pin: BcmPin | None = None
+    active_low: bool = True
+    status_url: Url = ""
+    poll_s: Seconds = 5.0
+    moving_timeout_s: Seconds = 20.0
+
+    @model_validator(mode="after")
+    def _check_source(self) -> BollardSection:
+        _raise_if(_bollard_problems(_given(self)))
+        return self
+
+
+def _bollard_problems(d: Mapping[str, Any]) -> Problems:
+    up, down = d.get("up_pin"), d.get("down_pin")
+    if (up is None) != (down is None):
+        return [(("down_pin" if down is None else "up_pin",), "up_pin and down_pin go together")]
+    if up is None and not d.get("status_url"):
+        return [((), "set up_pin and down_pin, or status_url (or both)")]
+    return []
+
+
+class CameraSection(_Section):
+    """``[camera]``: NVR recording/retention check; the ``json`` adapter GETs ``url``, which
+    returns ``{"recording": true, "retention_days": 34}``."""
+
+    adapter: Literal["json"] = "json"
+    url: Annotated[Url, Field(min_length=1)]
+    required_days: Annotated[int, Field(ge=1)] = 30
+    poll_s: Seconds = 60.0
+
+
+class GatewayConfig(_Section):
+    """The whole gateway config file. ``path``: the file it came from (not a TOML key)."""
+
+    gateway: GatewaySection
+    location: LocationSection
+    mqtt: MqttSection
+    button: list[ButtonSection] = Field(default_factory=list)
+    serial: list[SerialSection] = Field(default_factory=list)
+    heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
+    http: HttpSection = Field(default_factory=HttpSection)
+    alarm: AlarmSection = Field(default_factory=AlarmSection)
+    bollard: BollardSection | None = None
+    camera: CameraSection | None = None
+    path: Path
+
+    @field_validator("mqtt")
+    @classmethod
+    def _needs_center_keys(cls, value: MqttSection) -> MqttSection:
+        _raise_if(_center_keys_problems(_given(value)))
+        return value
+
+    @model_validator(mode="after")
+    def _check_unique(self) -> GatewayConfig:
+        _raise_if(_unique_problems(self.model_dump(include={"button", "serial", "bollard"})))
+        return self
+
+
+def _center_keys_problems(d: Mapping[str, Any]) -> Problems:
+    # shared/spec/PROTOCOL.md "ack": the gateway ignores acks it cannot verify, so without a
+    # trusted center key no alarm could ever be acknowledged.
+    if d.get("center_keys") in (None, []):
+        return [(("center_keys",), "at least one center public key is required")]
+    return []
+
+
+def _duplicates(items: Iterable[tuple[Loc, object]], what: str) -> Problems:
+    first: dict[object, Loc] = {}
+    problems: Problems = []
+    for loc, value in items:
+        if value in first:
+            problems.append((loc, f"{what} {value!r} is already used by {_dotted(first[value])}"))
+        else:
+            first[value] = loc
+    return problems
+
+
+def _entries(value: object) -> list[tuple[int, Mapping[str, Any]]]:
+    items = value if isinstance(value, list) else []
+    return [(i, entry) for i, entry in enumerate(items) if isinstance(entry, Mapping)]
+
+
+def _unique_problems(data: Mapping[str, Any]) -> Problems:
+    """Input names and GPIO pins are unique across sections (raw TOML or a model dump)."""
+    names: list[tuple[Loc, object]] = [
+        ((section, i, "name"), e["name"])
+        for section in ("button", "serial")
+        for i, e in _entries(data.get(section))
+        if _scalar(e.get("name"), str)
+    ]
+    pins: list[tuple[Loc, object]] = [
+        (("button", i, key), e[key])
+        for i, e in _entries(data.get("button"))
+        for key in ("pin", "led_pin")
+        if _scalar(e.get(key), int)
+    ]
+    bollard = data.get("bollard")
+    if isinstance(bollard, Mapping):
+        keys = ("up_pin", "down_pin", "fault_pin")
+        pins += [(("bollard", k), bollard[k]) for k in keys if _scalar(bollard.get(k), int)]
+    return _duplicates(names, "name") + _duplicates(pins, "GPIO pin")
+
+
+# --- command center --------------------------------------------------------------------
+
+
+class CenterSection(_Section):
+    """``[center]``: the center's signing key and its de-duplication state."""
+
+    key_file: FilePath
+    state_dir: DirPath
+
+
+class RegistryEntry(_Section):
+    """``[[gateways]]``: which public keys may sign for which gateway."""
+
+    id: Identity
+    site: Identity
+    public_keys: Annotated[list[FilePath], Field(min_length=1)]
+    heartbeat_s: Annotated[float, Field(ge=1.0)] = 30.0
+
+
+class CenterConfig(_Section):
+    """The whole command-center config file."""
+
+    center: CenterSection
+    mqtt: CenterMqttSection = Field(default_factory=CenterMqttSection)
+    gateways: list[RegistryEntry] = Field(default_factory=list)
+    path: Path
+
+    @model_validator(mode="after")
+    def _unique_gateways(self) -> CenterConfig:
+        _raise_if(_registry_problems([dict(g) for g in self.gateways]))
+        return self
+
+
+def _registry_problems(entries: object) -> Problems:
+    pairs = [
+        (("gateways", i, "id"), (e.get("site"), e.get("id")))
+        for i, e in _entries(entries)
+        if _scalar(e.get("site"), str) and _scalar(e.get("id"), str)
+    ]
+    return _duplicates(pairs, "gateway (site, id)")
+
+
+# --- loading and error reporting -------------------------------------------------------
+
+_M = TypeVar("_M", GatewayConfig, CenterConfig)
+
+
+def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
+    """Read and validate a gateway config. ``check_files``: referenced key files must exist
+    (off for tools that only look at the settings)."""
+    return _load(Path(path), GatewayConfig, check_files=check_files)
+
+
+def load_center_config(path: str | Path, *, check_files: bool = True) -> CenterConfig:
+    """Read and validate a command-center config."""
+    return _load(Path(path), CenterConfig, check_files=check_files)
+
+
+def _load(path: Path, model: type[_M], *, check_files: bool) -> _M:
+    shown = str(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as err:
+        raise ConfigError(shown, [f"{shown}: cannot read config: {err.strerror or err}"]) from err
+    except UnicodeDecodeError as err:
+        raise ConfigError(shown, [f"{shown}: not UTF-8 text: {err.reason}"]) from err
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(shown, [_syntax_problem(shown, err, text)]) from err
+
+    found: Problems = []
+    if "path" in data:  # filled in by the loader, not a setting
+        found.append((("path",), "unknown key"))
+        del data["path"]
+    context = {"base_dir": path.resolve().parent, "check_files": check_files}
+    try:
+        config = model.model_validate({**data, "path": path.resolve()}, context=context)
+    except ValidationError as err:
+        found += _collect(err.errors(include_url=False), model) + _raw_problems(model, data)
+    else:
+        if not found:
+            return config
+    locator = _Locator(text)
+    located = sorted({(locator.line(loc), _dotted(loc), msg) for loc, msg in found})
+    raise ConfigError(shown, [f"{shown}:{line}: {key}: {msg}" for line, key, msg in located])
+
+
+def _raw_problems(model: type[BaseModel], data: Mapping[str, Any]) -> Problems:
+    """The cross-key checks again, on the raw TOML: pydantic skips a model's own checks when
+    one of its fields failed, but a technician should see every problem in one run."""
+    checks: dict[str, typing.Callable[[Mapping[str, Any]], Problems]] = {
+        "mqtt": _transport_problems,
+        "alarm": _backoff_problems,
+        "bollard": _bollard_problems,
+    }
+    found: Problems = []
+    if model is GatewayConfig:
+        found += _unique_problems(data)
+        checks["mqtt"] = lambda d: _transport_problems(d) + _center_keys_problems(d)
+    else:
+        found += _registry_problems(data.get("gateways"))
+    for key, check in checks.items():
+        section = data.get(key)
+        if isinstance(section, Mapping):
+            found += [((key, *loc), msg) for loc, msg in check(section)]
+    return found
+
+
+def _syntax_problem(shown: str, err: tomllib.TOMLDecodeError, text: str) -> str:
+    message, line = str(err), "1"
+    if match := re.search(r"\s*\(at line (\d+), column (\d+)\)$", message):
+        message, line = f"{message[: match.start()]} (column {match[2]})", match[1]
+    elif match := re.search(r"\s*\(at end of document\)$", message):
+        message, line = f"{message[: match.start()]} (at end of file)", str(text.count("\n") + 1)
+    return f"{shown}:{line}: TOML syntax error: {message}"
+
+
+def _collect(errors: Sequence[Mapping[str, Any]], model: type[BaseModel]) -> Problems:
+    found: Problems = []
+    for e in errors:
+        loc: Loc = tuple(e["loc"])
+        cause = (e.get("ctx") or {}).get("error")
+        if isinstance(cause, _Problems):
+            found += [((*loc, *sub), msg) for sub, msg in cause.items]
+        else:
+            found.append((loc, _message(e, loc, model, cause)))
+    return found
+
+
+def _message(e: Mapping[str, Any], loc: Loc, model: type[BaseModel], cause: object) -> str:
+    """One pydantic error in a technician's words."""
+    if e["type"] == "value_error" and cause is not None:
+        return str(cause)  # our own validators' messages, without pydantic's prefix
+    if e["type"] == "missing":
+        if isinstance(loc[-1], str) and _fields_at(model, loc):
+            return f"missing required table [{_dotted(loc)}]"
+        return "missing required key"
+    if e["type"] == "extra_forbidden":
+        close = difflib.get_close_matches(str(loc[-1]), _fields_at(model, loc[:-1]), n=1)
+        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+    value = e.get("input")
+    if _scalar(value, str | int | float) and e["type"] != "finite_number":
+        return f"{e['msg']} (got {value!r})"
+    return str(e["msg"])
+
+
+def _model_of(annotation: Any) -> type[BaseModel] | None:
+    """The model class inside ``X``, ``list[X]`` or ``X | None``, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            if (found := _model_of(arg)) is not None:
+                return found
+    return None
+
+
+def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
+    """The keys allowed in the table at ``loc`` (empty if ``loc`` is not a table)."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if isinstance(part, str) and current is not None:
+            field = current.model_fields.get(part)
+            current = _model_of(field.annotation) if field else None
+    return [name for name in current.model_fields if name != "path"] if current else []
+
+
+def _dotted(loc: Loc) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out or "(top level)"
+
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+_SCALAR = re.compile(r"[^,\]}\n#]*")  # a number, bool or date: up to the next delimiter
+
+
+class _Locator:
+    """Maps key paths to 1-based line numbers by scanning the TOML text: ``[table]`` and
+    ``[[array.of.tables]]`` headers (counting array indexes), ``key =`` lines including dotted
+    keys, and the items of arrays and inline tables. Best effort: the text has parsed
+    already, so on anything unexpected it skips to the next line."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+        self.lines: dict[Loc, int] = {}
+        self._newlines = [i for i, ch in enumerate(text) if ch == "\n"]
+        self._arrays: dict[Loc, int] = {}  # array-of-tables path -> elements so far
+        self._scan()
+
+    def line(self, loc: Loc) -> int:
+        """Line of ``loc`` or of its nearest recorded ancestor (a missing key → its table)."""
+        for n in range(len(loc), 0, -1):
+            if loc[:n] in self.lines:
+                return self.lines[loc[:n]]
+        return 1
+
+    def _lineno(self) -> int:
+        return bisect.bisect_left(self._newlines, self.pos) + 1
+
+    def _peek(self, n: int = 1) -> str:
+        return self.text[self.pos : self.pos + n]
+
+    def _skip_blank(self, *, newlines: bool) -> None:
+        while self.pos < len(self.text):
+            ch = self.text[self.pos]
+            if ch == "#":
+                self._skip_line(keep_newline=True)
+            elif ch in " \t\r" or (newlines and ch == "\n"):
+                self.pos += 1
+            else:
+                return
+
+    def _skip_line(self, *, keep_newline: bool = False) -> None:
+        end = self.text.find("\n", self.pos)
+        self.pos = len(self.text) if end < 0 else end + (0 if keep_newline else 1)
+
+    def _string(self) -> str:
+        quote = self._peek()
+        if self._peek(3) == quote * 3:
+            end = self.text.find(quote * 3, self.pos + 3)
+            end = len(self.text) if end < 0 else end
+            while self.text[end + 3 : end + 4] == quote:  # up to two quotes may end the value
+                end += 1
+            value, self.pos = self.text[self.pos + 3 : end], end + 3
+            return value
+        i = self.pos + 1
+        while i < len(self.text) and self.text[i] not in (quote, "\n"):
+            i += 2 if quote == '"' and self.text[i] == "\\" else 1
+        value, self.pos = self.text[self.pos + 1 : i], i + 1
+        return value
+
+    def _key(self) -> tuple[str, ...] | None:
+        parts: list[str] = []
+        while True:
+            self._skip_blank(newlines=False)
+            if self._peek() in ('"', "'"):
+                parts.append(self._string())
+            elif match := _BARE_KEY.match(self.text, self.pos):
+                parts.append(match.group())
+                self.pos = match.end()
+            else:
+                return None
+            self._skip_blank(newlines=False)
+            if self._peek() != ".":
+                return tuple(parts)
+            self.pos += 1
+
+    def _record(self, loc: Loc, line: int) -> None:
+        for n in range(1, len(loc) + 1):
+            self.lines.setdefault(loc[:n], line)
+
+    def _scan(self) -> None:
+        table: Loc = ()
+        while True:
+            self._skip_blank(newlines=True)
+            if self.pos >= len(self.text):
+                return
+            line = self._lineno()
+            if self._peek() == "[":
+                array = self._peek(2) == "[["
+                self.pos += 2 if array else 1
+                keys = self._key()
+                table = self._header(keys, array=array, line=line) if keys else table
+            elif (keys := self._key()) is not None and self._peek() == "=":
+                self.pos += 1
+                self._record(table + keys, line)
+                self._value(table + keys)
+            self._skip_line()
+
+    def _header(self, keys: tuple[str, ...], *, array: bool, line: int) -> Loc:
+        resolved: Loc = ()
+        for i, key in enumerate(keys):
+            resolved += (key,)
+            if array and i == len(keys) - 1:
+                index = self._arrays.get(resolved, 0)
+                self._arrays[resolved] = index + 1
+                self._record(resolved, line)
+                resolved += (index,)
+            elif resolved in self._arrays:  # [a.b] after [[a]]: inside a's last element
+                resolved += (self._arrays[resolved] - 1,)
+        self.lines[resolved] = line
+        return resolved
+
+    def _value(self, loc: Loc) -> None:
+        self._skip_blank(newlines=False)
+        ch = self._peek()
+        if ch in ('"', "'"):
+            self._string()
+        elif ch == "[":
+            self.pos += 1
+            index = 0
+            while self.pos < len(self.text):
+                self._skip_blank(newlines=True)
+                if self._peek() == "]":
+                    self.pos += 1
+                    return
+                start = self.pos
+                self._record((*loc, index), self._lineno())
+                self._value((*loc, index))
+                self._skip_blank(newlines=True)
+                if self._peek() == "," or self.pos == start:
+                    self.pos += 1  # (or an unexpected character: make progress)
+                index += 1
+        elif ch == "{":
+            self.pos += 1
+            while self.pos < len(self.text) and self._peek() not in ("}", "\n"):
+                line = self._lineno()
+                keys = self._key()
+                if keys is None or self._peek() != "=":
+                    return
+                self.pos += 1
+                self._record(loc + keys, line)
+                self._value(loc + keys)
+                self._skip_blank(newlines=False)
+                if self._peek() == ",":
+                    self.pos += 1
+                self._skip_blank(newlines=False)
+            self.pos += 1
+        elif match := _SCALAR.match(self.text, self.pos):
+            self.pos = match.end()
