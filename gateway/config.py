@@ -4,8 +4,8 @@
 ``load_config`` and ``load_center_config`` read the file with ``tomllib``, validate it with
 pydantic and raise one ``ConfigError`` listing *every* problem as ``FILE:LINE: key: what is
 wrong``. ``tomllib`` keeps no positions, so ``gateway.tomlpos.Locator`` re-scans the text to
-map a key path such as ``("button", 1, "pin")`` back to its line. Unknown keys are errors (a typo must not
-silently fall back to a default), relative paths are resolved against the config file's
+map a key path such as ``("button", 1, "pin")`` back to its line. Unknown keys are errors (a
+typo must not silently fall back to a default), relative paths are resolved against the config file's
 directory, and referenced key files must exist.
 """
 
