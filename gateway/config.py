@@ -5,8 +5,8 @@
 pydantic and raise one ``ConfigError`` listing *every* problem as ``FILE:LINE: key: what is
 wrong``. ``tomllib`` keeps no positions, so ``gateway.tomlpos.Locator`` re-scans the text to
 map a key path such as ``("button", 1, "pin")`` back to its line. Unknown keys are errors (a
-typo must not silently fall back to a default), relative paths are resolved against the config file's
-directory, and referenced key files must exist.
+typo must not silently fall back to a default), relative paths are resolved against the config
+file's directory, and referenced key files must exist.
 """
 
 from __future__ import annotations
