@@ -104,6 +104,7 @@ class Gateway:
                 ack_timeout_s=self.cfg.alarm.ack_timeout_s,
                 heartbeat_s=s.heartbeat_s,
                 rs485=RS485Options() if s.rs485 else None,
+                buzz_ms=self.cfg.alarm.buzzer_ms,
             )
             self.boxes.append(box)
             jobs.append(box.run())

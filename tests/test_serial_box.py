@@ -378,3 +378,17 @@ def test_cli_rejects_a_bad_script() -> None:
         assert "unknown command 'explode'" in err
     finally:
         stop_process(proc)
+
+
+@pytest.mark.parametrize("buzz_ms", [0, 300])
+async def test_buzzer_only_when_configured_and_once_per_alarm(buzz_ms: int) -> None:
+    sink = FakeSink()
+    async with BoxSimulator(heartbeat_s=0.5) as sim:
+        link = BoxLink("gate", sim.path, 9600, sink, buzz_ms=buzz_ms)
+        async with running(link):
+            await sim.wait_linked(WAIT)
+            seq = sim.retransmit(3)
+            await eventually(lambda: sim.acks.count(seq) == 3, WAIT)
+            hb_seq = sim.hb()
+            await eventually(lambda: hb_seq in sim.acks, WAIT)  # later frames handled too
+    assert sim.buzzes == ([buzz_ms] if buzz_ms else [])

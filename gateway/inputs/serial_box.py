@@ -118,6 +118,7 @@ class BoxLink:
         rs485: RS485Options | None = None,
         port_setup: Callable[[serial.Serial, RS485Options], None] = apply_rs485,
         retry_max_s: float = 5.0,
+        buzz_ms: int = 0,
     ) -> None:
         self.name = name
         self.port = port
@@ -125,6 +126,9 @@ class BoxLink:
         self.sink = sink
         # The alarm path owns the ack timer (LED fast after it); kept here for status.
         self.ack_timeout_s = ack_timeout_s
+        # SERIAL.md: the local buzzer sounds only where the site's config allows it (alarms
+        # are silent by default): [alarm] buzzer_ms > 0.
+        self.buzz_ms = buzz_ms
         self.heartbeat_s = heartbeat_s
         self.on_frame: list[Callable[[Frame], None]] = []
         self.feedback = BoxFeedback(self)
@@ -373,6 +377,8 @@ class BoxLink:
         log = self._log.info if raised.new else self._log.debug
         log("serial press", seq=action.seq, event_id=raised.event_id, new=raised.new)
         self._write(self._proto.alarm_durable(action.seq).frame)
+        if self.buzz_ms > 0 and raised.new:
+            self._write(self._proto.buzz(self.buzz_ms).frame)
 
     def _write(self, frame: Frame) -> bool:
         port = self._serial
