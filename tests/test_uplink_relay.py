@@ -183,3 +183,29 @@ async def test_garbage_on_ack_topic_is_ignored(
         led = Led()
         r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
         await wait_until(lambda: led.modes[-1:] == ["solid"])
+
+
+async def test_exception_in_a_callback_does_not_kill_the_network_loop(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    async with rig(tmp_path, broker.port) as r:
+        real = r.relay.on_message
+        calls = {"n": 0}
+
+        def flaky(name: str, payload: bytes) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("boom in on_message")
+            real(name, payload)
+
+        r.gw_uplink._on_message = flaky
+        first, second = Led(), Led()
+        with capture_logs() as logs:
+            r.relay.raise_alarm(input_ref="gpio:gate", feedback=first)
+            await wait_until(lambda: calls["n"] >= 1)
+            r.relay.raise_alarm(input_ref="gpio:gate", feedback=second)
+            # the first ack was lost to the exception; the re-send gets a fresh ack
+            await wait_until(lambda: second.modes[-1:] == ["solid"])
+            await wait_until(lambda: first.modes[-1:] == ["solid"])
+        assert r.gw_uplink.connected
+        assert any(e["event"] == "mqtt callback failed" for e in logs)
