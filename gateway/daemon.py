@@ -5,9 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import os
 import signal
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from gateway.relay import Identity, Relay
 from gateway.sdnotify import notify
 from gateway.seq import SeqCounter
 from gateway.signing import key_mode_problem, load_signing_key, load_verify_key
+from gateway.supervise import Supervisor
 from gateway.topics import topic
 from gateway.uplink import MqttSettings, Uplink
 
@@ -80,21 +82,23 @@ class Gateway:
         self.buttons: list[Any] = []
         self.boxes: list[Any] = []
         self._stop = asyncio.Event()
+        self.supervisor = Supervisor()
 
     def stop(self) -> None:
         self._stop.set()
 
-    def _make_inputs(self) -> list[Coroutine[Any, Any, None]]:
+    def _make_inputs(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
+        """(name, loop factory) of every input, for the supervisor."""
         from gateway.inputs.serial_box import BoxLink, RS485Options  # noqa: PLC0415
 
-        jobs: list[Coroutine[Any, Any, None]] = []
+        jobs: list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]] = []
         if self.cfg.button:
             from gateway.inputs.gpio import GpioButtonInput  # noqa: PLC0415 - gpiozero only if used
 
             for b in self.cfg.button:
                 button = GpioButtonInput(b, self.relay)
                 self.buttons.append(button)
-                jobs.append(button.run())
+                jobs.append((f"gpio:{b.name}", button.run))
         for s in self.cfg.serial:
             box = BoxLink(
                 name=s.name,
@@ -107,10 +111,10 @@ class Gateway:
                 buzz_ms=self.cfg.alarm.buzzer_ms,
             )
             self.boxes.append(box)
-            jobs.append(box.run())
+            jobs.append((f"serial:{s.name}", box.run))
         sim_socket = os.environ.get("ALARMGW_GPIO_SIM")
         if sim_socket and os.environ.get("GPIOZERO_PIN_FACTORY") == "mock":
-            jobs.append(self._gpio_sim(sim_socket))
+            jobs.append(("gpio-sim", functools.partial(self._gpio_sim, sim_socket)))
         return jobs
 
     def led_modes(self) -> dict[int, str]:
@@ -130,12 +134,21 @@ class Gateway:
             await server.close()
 
     async def run(self) -> None:
-        loop = asyncio.get_running_loop()
+        sup = self.supervisor
+        # Each loop is supervised: one that dies or stalls is restarted and reported, the
+        # others go on. The uplink's and the pump's ticks show a stall.
         tasks = [
-            asyncio.create_task(self.uplink.run(), name="uplink"),
-            asyncio.create_task(self.relay.pump(), name="outbox-pump"),
+            asyncio.create_task(
+                sup.run("uplink", self.uplink.run, tick=lambda: self.uplink.loop_heartbeat),
+                name="uplink",
+            ),
+            asyncio.create_task(
+                sup.run("outbox-pump", self.relay.pump, tick=lambda: self.relay.pump_tick),
+                name="outbox-pump",
+            ),
         ]
-        tasks += [asyncio.create_task(job, name="input") for job in self._make_inputs()]
+        for name, job in self._make_inputs():
+            tasks.append(asyncio.create_task(sup.run(name, job), name=name))
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         log.info(
             "gateway started",
@@ -149,13 +162,8 @@ class Gateway:
         )
         notify("READY=1")
         notify(f"STATUS=running, {self.outbox.count()} queued")
-        failed: BaseException | None = None
         try:
-            done, _ = await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                if task is not stopper and not task.cancelled() and task.exception():
-                    failed = task.exception()
-                    log.critical("a gateway loop died", task=task.get_name(), error=repr(failed))
+            await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
             notify("STOPPING=1")
             stopper.cancel()
@@ -169,10 +177,7 @@ class Gateway:
             await asyncio.gather(uplink_task, return_exceptions=True)
             self.seq.close()
             self.outbox.close()
-            del loop
             log.info("gateway stopped")
-        if failed is not None:
-            raise AlarmgwError(f"gateway loop failed: {failed!r}")
 
 
 async def run_daemon(cfg: GatewayConfig) -> None:

@@ -15,7 +15,8 @@ import contextlib
 import functools
 import random
 import time
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -90,6 +91,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._will: tuple[str, bytes] | None = None
         self.session = 0
+        self.pump_tick = 0.0  # loop time of the pump's last round (watched for stalls)
         self.stats: dict[str, int] = {
             "alarms_raised": 0,
             "events_sent": 0,
@@ -98,6 +100,11 @@ class Relay:
             "acks_rejected": 0,
         }
         self.last_alarm: dict[str, Any] | None = None
+        # (input_ref, type) -> alarms/tests raised (repeats excluded): presses per input.
+        self.raised_by: Counter[tuple[str, str]] = Counter()
+        # Told (event id, seconds from commit to ack or None) on the loop thread after each
+        # ack, for status and metrics (gateway/health.py). A listener must not block.
+        self.ack_listeners: list[Callable[[str, float | None], None]] = []
 
     def attach(self, uplink: Uplink) -> None:
         self._uplink = uplink
@@ -146,7 +153,14 @@ class Relay:
         env = self._build("test" if test else "alarm", body)
         payload = self._commit(env, dedupe_key)
         self.stats["alarms_raised"] += 1
-        self.last_alarm = {"id": env.id, "input": input_ref, "ts": env.ts, "acked_at": None}
+        self.raised_by[(input_ref, env.type)] += 1
+        self.last_alarm = {
+            "id": env.id,
+            "type": env.type,
+            "input": input_ref,
+            "ts": env.ts,
+            "acked_at": None,
+        }
         tracked = self._tracked[env.id]
         # Straight onto the wire when we can (alarms go first anyway): no wait for the pump.
         if (
@@ -292,6 +306,12 @@ class Relay:
                 )
             if self.last_alarm and self.last_alarm["id"] == event_id:
                 self.last_alarm["acked_at"] = time.time()
+            latency = None if tracked is None else loop_now - tracked.registered_at
+            for listener in self.ack_listeners:
+                try:
+                    listener(event_id, latency)
+                except Exception:  # status bookkeeping must never break the ack path
+                    log.exception("ack listener failed", id=event_id)
         self._wake.set()
 
     # -- the pump -------------------------------------------------------------------
@@ -320,7 +340,12 @@ class Relay:
         assert self._uplink is not None
         loop = asyncio.get_running_loop()
         while True:
-            await self._uplink.wait_connected()
+            self.pump_tick = loop.time()
+            if not self._uplink.connected:
+                # Wait for the session in short steps so the supervisor sees a live tick.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._uplink.wait_connected(), 1.0)
+                continue
             self._wake.clear()
             now = loop.time()
             free = MAX_INFLIGHT - len(self._inflight)
@@ -328,7 +353,7 @@ class Relay:
                 for p in self._due(now, free):
                     self._send(p)
             waits = [t.next_due - now for t in self._tracked.values() if t.next_due > now]
-            timeout = min(waits) if waits else None
+            timeout = min([*waits, 1.0])  # wake at least once a second (the supervisor's tick)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)
 
@@ -371,3 +396,7 @@ class Relay:
 
     def pending_count(self) -> int:
         return self.outbox.count() + len(self._memory)
+
+    def memory_only_count(self) -> int:
+        """Events held only in memory because the outbox could not commit them."""
+        return len(self._memory)

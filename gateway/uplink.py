@@ -148,6 +148,7 @@ class Uplink:
         self.reconnects = 0
         self.last_error: str | None = None
         self.loop_heartbeat = 0.0  # loop time of the last misc tick: a stuck loop shows here
+        self._last_rx = 0.0  # loop time the broker last sent us anything
 
     # -- public ---------------------------------------------------------------------
 
@@ -313,19 +314,34 @@ class Uplink:
         if was_up:
             self._on_state(False)
 
+    @property
+    def silence_limit_s(self) -> float:
+        """How long the broker may stay silent before the link counts as dead."""
+        return self.settings.keepalive_s * 1.5
+
     async def _misc_loop(self) -> None:
-        # paho's keepalive (PINGREQ, and dropping a link whose PINGRESP never comes) lives in
-        # loop_misc; it must run about once a second.
+        # paho's keepalive lives in loop_misc: it sends PINGREQ once nothing went in or out
+        # for keepalive_s. paho alone notices a dead link only a further keepalive_s later (2x);
+        # a blackholed broker (no RST) must be noticed within 1.5x (issue 5), so we also watch
+        # for silence ourselves: a live broker answers PINGREQ within a round trip.
         assert self._loop is not None
+        tick = min(1.0, self.settings.keepalive_s / 8)
         while True:
-            self.loop_heartbeat = self._loop.time()
+            now = self._loop.time()
+            self.loop_heartbeat = now
             client = self._client
             if client is not None and client.socket() is not None:
                 try:
                     client.loop_misc()
                 except Exception as err:
                     log.error("mqtt housekeeping failed", error=repr(err))
-            await asyncio.sleep(1.0)
+                silent = now - self._last_rx
+                if self.connected and silent > self.silence_limit_s and client is self._client:
+                    self._mark_lost(
+                        f"no traffic from the broker for {silent:.1f} s "
+                        f"(keepalive {self.settings.keepalive_s} s)"
+                    )
+            await asyncio.sleep(tick)
 
     # -- paho callbacks (all on the loop thread, or handed to it) ----------------------
 
@@ -372,6 +388,8 @@ class Uplink:
             self._loop.remove_writer(sock)
 
     def _read(self, client: mqtt.Client) -> None:
+        if self._loop is not None:
+            self._last_rx = self._loop.time()
         try:
             rc = client.loop_read()
         except Exception:
