@@ -244,6 +244,18 @@ def _transport_problems(d: Mapping[str, Any]) -> Problems:
     return found
 
 
+class SecondaryMqttSection(MqttSection):
+    """``[mqtt_secondary]``: an optional second broker path to the center (same keys as
+    ``[mqtt]``; the center keys trusted for acks are those of ``[mqtt]``)."""
+
+    @field_validator("center_keys")
+    @classmethod
+    def _no_center_keys(cls, value: list[Path]) -> list[Path]:
+        if value:
+            raise ValueError("set center_keys in [mqtt]; they apply to both broker paths")
+        return value
+
+
 class CenterMqttSection(MqttSection):
     """``[mqtt]`` of the command center: the gateway's keys minus ``center_keys``."""
 
@@ -313,6 +325,17 @@ class AlarmSection(_Section):
         return self
 
 
+class OutboxSection(_Section):
+    """``[outbox]``: limits of the durable queue. ``max_events``: queued non-alarm events
+    (trouble/restore) kept on disk; past it the oldest go first, counted and logged. Alarms
+    and tests are never evicted. ``failover_after_s``: with ``[mqtt_secondary]``, how long the
+    primary broker may be unreachable before non-alarm events also go out on the secondary
+    (alarms use the secondary at once)."""
+
+    max_events: Annotated[int, Field(ge=10, le=10_000_000)] = 10_000
+    failover_after_s: Seconds = 30.0
+
+
 def _backoff_problems(d: Mapping[str, Any]) -> Problems:
     low, high = d.get("resend_initial_s", 2.0), d.get("resend_max_s", 60.0)
     if _scalar(low, float | int) and _scalar(high, float | int) and high < low:
@@ -368,6 +391,8 @@ class GatewayConfig(_Section):
     heartbeat: HeartbeatSection = Field(default_factory=HeartbeatSection)
     http: HttpSection = Field(default_factory=HttpSection)
     alarm: AlarmSection = Field(default_factory=AlarmSection)
+    outbox: OutboxSection = Field(default_factory=OutboxSection)
+    mqtt_secondary: SecondaryMqttSection | None = None
     bollard: BollardSection | None = None
     camera: CameraSection | None = None
     path: Path
@@ -453,6 +478,7 @@ class CenterConfig(_Section):
 
     center: CenterSection
     mqtt: CenterMqttSection = Field(default_factory=CenterMqttSection)
+    mqtt_secondary: CenterMqttSection | None = None  # also listen (and ack) on a 2nd broker
     gateways: list[RegistryEntry] = Field(default_factory=list)
     path: Path
 

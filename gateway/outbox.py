@@ -21,8 +21,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
+
 from gateway.envelope import Envelope
 from gateway.errors import OutboxError
+
+log = structlog.get_logger("alarmgw.outbox")
 
 # Lower sorts first: "alarms before everything else; within a type, oldest first".
 PRIORITY = {"alarm": 0, "test": 1, "trouble": 2, "restore": 2}
@@ -65,19 +69,61 @@ class Pending:
 
 
 class Outbox:
-    """SQLite-backed queue of signed event envelopes awaiting the center's ack."""
+    """SQLite-backed queue of signed event envelopes awaiting the center's ack.
 
-    def __init__(self, path: str | Path) -> None:
+    ``max_events`` bounds the queued non-alarm events (trouble/restore): past it the oldest
+    are evicted, counted in ``evicted`` and logged by the caller; alarms and tests never are.
+    A file that is not a sound SQLite database is moved aside (``moved_aside`` says where)
+    and a fresh one started, so a corrupt outbox can never make the daemon crash-loop."""
+
+    def __init__(self, path: str | Path, *, max_events: int = 10_000) -> None:
         self.path = Path(path)
+        self.max_events = max_events
+        self.moved_aside: Path | None = None
+        self.evicted = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a commit is explicit.
-            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
-        except sqlite3.Error as err:
+            self._db = self._open()
+        except sqlite3.DatabaseError as err:
+            self.moved_aside = self._move_aside(err)
+            try:
+                self._db = self._open()
+            except sqlite3.Error as again:
+                raise OutboxError(f"{self.path}: cannot open outbox: {again}") from again
+        except (sqlite3.Error, OSError) as err:
             raise OutboxError(f"{self.path}: cannot open outbox: {err}") from err
+        (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE prio >= 2").fetchone()
+        self._telemetry = int(n)
+
+    def _open(self) -> sqlite3.Connection:
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a commit is explicit.
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            (verdict,) = db.execute("PRAGMA quick_check").fetchone()
+            if verdict != "ok":
+                raise sqlite3.DatabaseError(f"integrity check: {verdict}")
+            db.executescript(_SCHEMA)
+        except sqlite3.Error:
+            db.close()
+            raise
+        return db
+
+    def _move_aside(self, err: Exception) -> Path:
+        stamp = time.strftime("%Y%m%dT%H%M%S")
+        target = self.path.with_name(f"{self.path.name}.corrupt-{stamp}")
+        for suffix in ("", "-wal", "-shm"):
+            part = Path(f"{self.path}{suffix}")
+            if part.exists():
+                part.replace(Path(f"{target}{suffix}"))
+        log.critical(
+            "outbox file is corrupt; moved aside, starting a fresh one",
+            path=str(self.path),
+            moved_to=str(target),
+            error=str(err),
+        )
+        return target
 
     def close(self) -> None:
         try:
@@ -99,21 +145,40 @@ class Outbox:
         is on disk."""
         at = time.time() if now is None else now
         data = env.to_bytes() if payload is None else payload
+        prio = PRIORITY[env.type]
+        evict = max(0, self._telemetry + 1 - self.max_events) if prio >= 2 else 0
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
                 "INSERT INTO outbox (id, type, prio, seq, payload, created) VALUES (?,?,?,?,?,?)",
-                (env.id, env.type, PRIORITY[env.type], env.seq, data, at),
+                (env.id, env.type, prio, env.seq, data, at),
             )
             if dedupe_key is not None:
                 self._db.execute(
                     "INSERT OR REPLACE INTO dedupe (key, event_id, at) VALUES (?,?,?)",
                     (dedupe_key, env.id, at),
                 )
+            if evict:
+                # The oldest telemetry goes first; alarms (prio 0) and tests (1) never do.
+                self._db.execute(
+                    "DELETE FROM outbox WHERE id IN (SELECT id FROM outbox WHERE prio >= 2 "
+                    "AND id != ? ORDER BY created, seq LIMIT ?)",
+                    (env.id, evict),
+                )
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
             raise OutboxError(f"{self.path}: cannot commit {env.type} {env.id}: {err}") from err
+        if prio >= 2:
+            self._telemetry += 1 - evict
+        if evict:
+            self.evicted += evict
+            log.warning(
+                "outbox full: oldest telemetry evicted",
+                evicted=evict,
+                evicted_total=self.evicted,
+                max_events=self.max_events,
+            )
 
     def remove(self, ids: Iterable[str]) -> list[str]:
         """Forget acknowledged envelopes; returns the ids that were queued."""
@@ -123,16 +188,41 @@ class Outbox:
         marks = ",".join("?" * len(wanted))
         try:
             self._db.execute("BEGIN IMMEDIATE")
-            found = [
-                r[0]
-                for r in self._db.execute(f"SELECT id FROM outbox WHERE id IN ({marks})", wanted)  # noqa: S608 - placeholders only
-            ]
+            rows = self._db.execute(
+                f"SELECT id, prio FROM outbox WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                wanted,
+            ).fetchall()
+            found = [r[0] for r in rows]
             self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", wanted)  # noqa: S608 - placeholders only
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
             raise OutboxError(f"{self.path}: cannot remove acknowledged rows: {err}") from err
+        self._telemetry -= sum(1 for r in rows if r[1] >= 2)
         return found
+
+    def replace_payload(self, env: Envelope, payload: bytes) -> None:
+        """Store a re-signed envelope (same id, new seq) in place of the queued one."""
+        try:
+            self._db.execute(
+                "UPDATE outbox SET seq = ?, payload = ? WHERE id = ?", (env.seq, payload, env.id)
+            )
+        except sqlite3.Error as err:
+            raise OutboxError(f"{self.path}: cannot update {env.id}: {err}") from err
+
+    def below_seq(self, seq: int, limit: int = 1000) -> list[Pending]:
+        """Queued envelopes whose seq is below ``seq`` (to re-sign before they age out of
+        the center's anti-replay window)."""
+        rows = self._db.execute(
+            "SELECT id, type, seq, payload, created, attempts, last_error FROM outbox "
+            "WHERE seq < ? ORDER BY seq LIMIT ?",
+            (seq, limit),
+        ).fetchall()
+        return [Pending(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def min_seq(self) -> int | None:
+        (value,) = self._db.execute("SELECT MIN(seq) FROM outbox").fetchone()
+        return None if value is None else int(value)
 
     def note_attempt(self, event_id: str, error: str | None = None) -> None:
         """Count a publish attempt (and its error). Not critical: NORMAL durability is fine."""
@@ -162,7 +252,9 @@ class Outbox:
         """The event id stored under ``key`` within the last ``window_s`` seconds, if any."""
         at = time.time() if now is None else now
         row = self._db.execute("SELECT event_id, at FROM dedupe WHERE key = ?", (key,)).fetchone()
-        if row is None or not (at - window_s <= row[1] <= at + window_s):
+        # A row "from the future" means the wall clock went back: still recent (dedupe rather
+        # than raise a second alarm for one press).
+        if row is None or row[1] < at - window_s:
             return None
         return str(row[0])
 
