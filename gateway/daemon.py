@@ -8,15 +8,18 @@ import contextlib
 import functools
 import os
 import signal
+import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
 import structlog
 
-from gateway import __version__
+from gateway import __version__, watchdog
 from gateway.config import GatewayConfig
 from gateway.errors import AlarmgwError
+from gateway.health import HealthServer
+from gateway.monitors.site import SiteMonitors
 from gateway.outbox import Outbox
 from gateway.relay import Identity, Relay
 from gateway.sdnotify import notify
@@ -46,7 +49,9 @@ class Gateway:
         except OSError as err:
             raise AlarmgwError(f"{state_dir}: cannot create state_dir: {err.strerror}") from err
         self.seq = SeqCounter(state_dir / "seq.json")
-        self.outbox = Outbox(state_dir / "outbox.sqlite")
+        # The outbox lives in state_dir whatever else the config says: a config change never
+        # reinitialises it (issue 5).
+        self.outbox = Outbox(state_dir / "outbox.sqlite", max_events=cfg.outbox.max_events)
         loc = cfg.location
         location: dict[str, Any] = {
             "name": loc.name,
@@ -78,11 +83,23 @@ class Gateway:
             prepare=self.relay.prepare_session,
             on_state=self.relay.on_link,
         )
-        self.relay.attach(self.uplink)
+        self.secondary: Uplink | None = None
+        if cfg.mqtt_secondary is not None:
+            second = cfg.mqtt_secondary
+            self.secondary = Uplink(
+                MqttSettings.from_config(second, client_id=f"alarmgw-{g.site}-{g.id}"),
+                subscriptions=[topic(second.prefix, g.site, g.id, "ack")],
+                on_message=self.relay.on_message,
+                on_state=functools.partial(self.relay.on_link, path="secondary"),
+            )
+        self.relay.attach(self.uplink, self.secondary, failover_after_s=cfg.outbox.failover_after_s)
         self.buttons: list[Any] = []
         self.boxes: list[Any] = []
         self._stop = asyncio.Event()
         self.supervisor = Supervisor()
+        self.started_mono = time.monotonic()
+        # The local endpoint (status, metrics, test alarm); monitors add status providers.
+        self.health = HealthServer(self)
 
     def stop(self) -> None:
         self._stop.set()
@@ -147,8 +164,38 @@ class Gateway:
                 name="outbox-pump",
             ),
         ]
+        if self.secondary is not None:
+            second = self.secondary
+            tasks.append(
+                asyncio.create_task(
+                    sup.run("uplink-secondary", second.run, tick=lambda: second.loop_heartbeat),
+                    name="uplink-secondary",
+                )
+            )
+        if self.outbox.moved_aside is not None:
+            self.relay.raise_event(
+                "trouble",
+                {
+                    "code": "330",
+                    "device": "gateway",
+                    "detail": f"outbox was corrupt; moved aside to {self.outbox.moved_aside.name}",
+                },
+            )
         for name, job in self._make_inputs():
             tasks.append(asyncio.create_task(sup.run(name, job), name=name))
+        # Site supervision (issue 3): heartbeat, troubles, monitors; after the inputs, whose
+        # box links it hooks. Each is a supervised task of its own, off the alarm path.
+        self.monitors = SiteMonitors(self)
+        for name, job in self.monitors.jobs():
+            tasks.append(asyncio.create_task(sup.run(name, job), name=name))
+        # systemd's watchdog (WATCHDOG_USEC): pinged only while uplink and pump both tick.
+        tasks += watchdog.start(
+            {
+                "uplink": lambda: self.uplink.loop_heartbeat,
+                "outbox pump": lambda: self.relay.pump_tick,
+            }
+        )
+        tasks.append(asyncio.create_task(sup.run("http", self.health.run), name="http"))
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
         log.info(
             "gateway started",

@@ -201,6 +201,19 @@ class Outbox:
         self._telemetry -= sum(1 for r in rows if r[1] >= 2)
         return found
 
+    def add_raw(self, p: Pending) -> None:
+        """Commit an already signed envelope kept in memory (after a refused commit)."""
+        try:
+            self._db.execute(
+                "INSERT OR IGNORE INTO outbox (id, type, prio, seq, payload, created) "
+                "VALUES (?,?,?,?,?,?)",
+                (p.id, p.type, PRIORITY[p.type], p.seq, p.payload, p.created),
+            )
+        except sqlite3.Error as err:
+            raise OutboxError(f"{self.path}: cannot commit {p.type} {p.id}: {err}") from err
+        if PRIORITY[p.type] >= 2:
+            self._telemetry += 1
+
     def replace_payload(self, env: Envelope, payload: bytes) -> None:
         """Store a re-signed envelope (same id, new seq) in place of the queued one."""
         try:

@@ -23,7 +23,7 @@ from typing import Any
 import structlog
 
 from gateway import __version__
-from gateway.envelope import Envelope, build, parse_and_verify
+from gateway.envelope import Envelope, build, format_ts, parse, parse_and_verify
 from gateway.errors import EnvelopeError, OutboxError
 from gateway.feedback import Feedback, Raised
 from gateway.outbox import PRIORITY, Outbox, Pending
@@ -35,6 +35,13 @@ from gateway.uplink import NotConnected, PublishRefused, Session, Uplink
 log = structlog.get_logger("alarmgw.relay")
 
 MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
+SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
+SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
+
+
+def _gateway_trouble(detail: str) -> dict[str, str]:
+    """A ``330`` (peripheral trouble) body for the gateway itself."""
+    return {"code": "330", "device": "gateway", "detail": detail[:120]}
 
 
 @dataclass(slots=True)
@@ -45,6 +52,8 @@ class _Tracked:
     attempts: int = 0
     next_due: float = 0.0
     first_sent_at: float | None = None
+    path: str = ""  # which broker path carried the last attempt: primary or secondary
+    input: str = ""  # the input that raised it (alarms and tests), for the summary line
     feedback: list[Feedback] = field(default_factory=list)
     overdue: asyncio.TimerHandle | None = None
 
@@ -84,6 +93,11 @@ class Relay:
         self._resend_initial_s = resend_initial_s
         self._resend_max_s = resend_max_s
         self._uplink: Uplink | None = None
+        self._secondary: Uplink | None = None
+        self._failover_after_s = 30.0
+        self._primary_down_since: float | None = None  # loop time; None while it is up
+        self._disk_trouble: str | None = None  # the open "outbox not writable" trouble
+        self._next_housekeeping = 0.0
         self._tracked: dict[str, _Tracked] = {}
         self._inflight: dict[str, asyncio.Future[int]] = {}
         # Envelopes that could not be committed (disk full, I/O error): still sent live.
@@ -92,6 +106,7 @@ class Relay:
         self._will: tuple[str, bytes] | None = None
         self.session = 0
         self.pump_tick = 0.0  # loop time of the pump's last round (watched for stalls)
+        self.sent_by_path: Counter[str] = Counter()  # publish attempts per broker path
         self.stats: dict[str, int] = {
             "alarms_raised": 0,
             "events_sent": 0,
@@ -106,8 +121,27 @@ class Relay:
         # ack, for status and metrics (gateway/health.py). A listener must not block.
         self.ack_listeners: list[Callable[[str, float | None], None]] = []
 
-    def attach(self, uplink: Uplink) -> None:
+    def attach(
+        self, uplink: Uplink, secondary: Uplink | None = None, *, failover_after_s: float = 30.0
+    ) -> None:
+        """The primary broker path and, optionally, a second one (issue 5 "Second broker
+        path"): while the primary is down, alarms and tests go out on the secondary at once,
+        other events once the primary has been down ``failover_after_s``."""
         self._uplink = uplink
+        self._secondary = secondary
+        self._failover_after_s = failover_after_s
+
+    def _path(self, kind: str, now: float) -> tuple[str, Uplink] | None:
+        """Which session carries an envelope of ``kind`` right now (None: hold it)."""
+        if self._uplink is not None and self._uplink.connected:
+            return "primary", self._uplink
+        second = self._secondary
+        if second is None or not second.connected:
+            return None
+        down_for = now - self._primary_down_since if self._primary_down_since else 0.0
+        if PRIORITY.get(kind, 9) <= 1 or down_for >= self._failover_after_s:
+            return "secondary", second
+        return None
 
     def _topic(self, kind: str) -> str:
         return topic(self.ident.prefix, self.ident.site, self.ident.gw, kind)  # type: ignore[arg-type]
@@ -162,14 +196,11 @@ class Relay:
             "acked_at": None,
         }
         tracked = self._tracked[env.id]
+        tracked.input = input_ref
         # Straight onto the wire when we can (alarms go first anyway): no wait for the pump.
-        if (
-            self._uplink is not None
-            and self._uplink.connected
-            and len(self._inflight) < MAX_INFLIGHT
-        ):
-            self._send(Pending(env.id, env.type, env.seq, payload, time.time(), 0, None))
         loop = asyncio.get_running_loop()
+        if len(self._inflight) < MAX_INFLIGHT and self._path(env.type, loop.time()):
+            self._send(Pending(env.id, env.type, env.seq, payload, time.time(), 0, None))
         if feedback is not None:
             tracked.feedback.append(feedback)
             if env.id not in self._memory:  # "blink" means durable: not for a memory-only alarm
@@ -199,12 +230,18 @@ class Relay:
         try:
             self.outbox.add(env, payload=payload, dedupe_key=dedupe_key)
         except OutboxError as err:
-            # Never lose it: keep it in memory and send it live; say so loudly.
+            # Never lose it: keep it in memory and send it live; say so loudly (issue 5
+            # "Disk full"); the pump commits it once the disk takes writes again.
             log.critical("event NOT durable, sending from memory", id=env.id, error=str(err))
             self._memory[env.id] = Pending(
                 env.id, env.type, env.seq, payload, time.time(), 0, str(err)
             )
-        self._tracked[env.id] = _Tracked(registered_at=loop.time())
+            self._tracked[env.id] = _Tracked(registered_at=loop.time())
+            if self._disk_trouble is None:
+                self._disk_trouble = str(err)
+                self.raise_event("trouble", _gateway_trouble(f"outbox not writable: {err}"))
+        else:
+            self._tracked[env.id] = _Tracked(registered_at=loop.time())
         self._wake.set()
         return payload
 
@@ -259,12 +296,15 @@ class Relay:
         """The signed ``offline`` state of the current session (published on clean stop)."""
         return self._will
 
-    def on_link(self, up: bool) -> None:
+    def on_link(self, up: bool, path: str = "primary") -> None:
+        now = asyncio.get_running_loop().time()
+        if path == "primary":
+            self._primary_down_since = None if up else (self._primary_down_since or now)
         if up:
             # A new session: whatever waited for a center ack is worth sending again now.
             for tracked in self._tracked.values():
                 tracked.next_due = 0.0
-            self._wake.set()
+        self._wake.set()
 
     def on_message(self, name: str, payload: bytes) -> None:
         if name != self._topic("ack"):
@@ -298,11 +338,19 @@ class Relay:
                     tracked.overdue.cancel()
                 for fb in tracked.feedback:
                     fb.led("solid")
+                # The alarm's one summary line (DESIGN.md "canonical log lines"): loop times
+                # shown as wall-clock times; latency from durable to acknowledged.
+                wall = time.time() - loop_now
+                sent = tracked.first_sent_at
                 log.info(
                     "acknowledged by the center",
                     id=event_id,
+                    input=tracked.input or None,
                     attempts=tracked.attempts,
-                    ack_ms=round((loop_now - tracked.registered_at) * 1000, 1),
+                    durable_at=format_ts(tracked.registered_at + wall),
+                    sent_at=None if sent is None else format_ts(sent + wall),
+                    acked_at=format_ts(loop_now + wall),
+                    latency_ms=round((loop_now - tracked.registered_at) * 1000, 1),
                 )
             if self.last_alarm and self.last_alarm["id"] == event_id:
                 self.last_alarm["acked_at"] = time.time()
@@ -321,7 +369,8 @@ class Relay:
         return delay * (0.8 + 0.4 * random.random())
 
     def _due(self, now: float, free: int) -> list[Pending]:
-        """Up to ``free`` envelopes to send now: alarms first, then oldest first."""
+        """Up to ``free`` envelopes to send now: alarms first, then oldest first (only
+        alarms and tests while they alone may take the secondary path)."""
         chosen: list[Pending] = []
         candidates = sorted(self._memory.values(), key=lambda p: (PRIORITY[p.type], p.created))
         for p in candidates:
@@ -340,33 +389,41 @@ class Relay:
         assert self._uplink is not None
         loop = asyncio.get_running_loop()
         while True:
-            self.pump_tick = loop.time()
-            if not self._uplink.connected:
-                # Wait for the session in short steps so the supervisor sees a live tick.
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._uplink.wait_connected(), 1.0)
-                continue
+            now = self.pump_tick = loop.time()
             self._wake.clear()
-            now = loop.time()
+            if now >= self._next_housekeeping:
+                self._next_housekeeping = now + 2.0
+                self._housekeeping()
             free = MAX_INFLIGHT - len(self._inflight)
-            if free > 0:
+            if free > 0 and (self._path("alarm", now) is not None):
                 for p in self._due(now, free):
-                    self._send(p)
+                    if self._path(p.type, now) is not None:
+                        self._send(p)
             waits = [t.next_due - now for t in self._tracked.values() if t.next_due > now]
             timeout = min([*waits, 1.0])  # wake at least once a second (the supervisor's tick)
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the event (the task then never stops).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     def _send(self, p: Pending) -> None:
-        assert self._uplink is not None
         loop = asyncio.get_running_loop()
+        route = self._path(p.type, loop.time())
+        if route is None:
+            return
+        path, uplink = route
         tracked = self._tracked.setdefault(p.id, _Tracked(registered_at=loop.time()))
         tracked.attempts += 1
+        tracked.path = path
         if tracked.first_sent_at is None:
             tracked.first_sent_at = loop.time()
-        fut = self._uplink.publish(self._topic("event"), p.payload)
+        fut = uplink.publish(self._topic("event"), p.payload)
         self._inflight[p.id] = fut
         self.stats["events_sent"] += 1
+        self.sent_by_path[path] += 1
+        if self.last_alarm is not None and self.last_alarm["id"] == p.id:
+            self.last_alarm["path"] = path
         fut.add_done_callback(functools.partial(self._sent, p.id))
 
     def _sent(self, event_id: str, fut: asyncio.Future[int]) -> None:
@@ -391,6 +448,60 @@ class Relay:
             self.outbox.note_attempt(event_id, str(err))
         except OutboxError as db_err:
             log.error("cannot record publish error", id=event_id, error=str(db_err))
+
+    # -- housekeeping (every ~2 s, from the pump) ------------------------------------
+
+    def _housekeeping(self) -> None:
+        self._persist_memory()
+        self._resign_aging()
+
+    def _persist_memory(self) -> None:
+        """Commit events held in memory once the disk takes writes again."""
+        for p in sorted(self._memory.values(), key=lambda p: (PRIORITY[p.type], p.created)):
+            try:
+                self.outbox.add_raw(p)
+            except OutboxError:
+                return  # still refused: try again next round
+            self._memory.pop(p.id, None)
+        if self._disk_trouble is not None and not self._memory:
+            log.warning("outbox writable again; events held in memory are now on disk")
+            self._disk_trouble = None
+            self.raise_event("restore", _gateway_trouble("outbox writable again"))
+
+    def _resign_aging(self) -> None:
+        """Keep the backlog within the center's anti-replay window (PROTOCOL.md: a gateway
+        never lets its backlog span more than 65,536 seqs): re-sign what is about to age out
+        with a fresh seq. Same id, body and ts, so the center can still tell it is the same
+        event; it is the only case where the bytes of a re-send change."""
+        oldest = self.outbox.min_seq()
+        limit = self._seq.peek - (SEQ_WINDOW - SEQ_MARGIN)
+        if oldest is None or oldest >= limit:
+            return
+        for p in self.outbox.below_seq(limit):
+            if p.id in self._inflight:
+                continue
+            old = parse(p.payload)
+            env = build(
+                type=old.type,
+                site=old.site,
+                gw=old.gw,
+                seq=self._seq.next(),
+                body=old.body,
+                key=self._key,
+                ts=old.ts,
+                id=old.id,
+            )
+            try:
+                self.outbox.replace_payload(env, env.to_bytes())
+            except OutboxError as err:
+                log.error("cannot re-sign an aging event", id=p.id, error=str(err))
+                return
+            log.warning(
+                "re-signed an event about to leave the replay window",
+                id=p.id,
+                old_seq=old.seq,
+                new_seq=env.seq,
+            )
 
     # -- status ---------------------------------------------------------------------
 

@@ -205,7 +205,8 @@ class Uplink:
                 self._lost.clear()
                 try:
                     await self._connect_once()
-                    await asyncio.wait_for(self._connected.wait(), self.settings.keepalive_s * 2)
+                    async with asyncio.timeout(self.settings.keepalive_s * 2):
+                        await self._connected.wait()
                 except (
                     OSError,
                     ssl.SSLError,
@@ -244,7 +245,8 @@ class Uplink:
             return
         if final is not None and self.connected:
             try:
-                await asyncio.wait_for(self.publish(final[0], final[1], retain=True), 2.0)
+                async with asyncio.timeout(2.0):
+                    await self.publish(final[0], final[1], retain=True)
             except (TimeoutError, AlarmgwError) as err:
                 log.warning("offline state not confirmed", error=str(err))
         if self.connected:
