@@ -209,6 +209,19 @@ class BoxSimulator:
         """Stop (or resume) sending anything at all, heartbeats included."""
         self._silent = on
 
+    async def send_raw(self, data: bytes) -> None:
+        """Write arbitrary bytes to the line, all of them, waiting while the pty is full
+        (for fuzzing the gateway's reader with large volumes)."""
+        view = memoryview(data)
+        while view:
+            try:
+                written = os.write(self._fd, view[:65536])
+            except BlockingIOError:
+                await asyncio.sleep(0.002)
+                continue
+            view = view[written:]
+            await asyncio.sleep(0)
+
     def garbage(self, n: int = 1) -> None:
         """Send ``n`` lines the gateway must drop: noise, bad CRC, no CRC, too long,
         non-ASCII, unknown TYPE."""

@@ -97,6 +97,7 @@ class Relay:
         self._failover_after_s = 30.0
         self._primary_down_since: float | None = None  # loop time; None while it is up
         self._disk_trouble: str | None = None  # the open "outbox not writable" trouble
+        self._memory_dedupe: dict[str, str] = {}  # dedupe keys of memory-only alarms
         self._next_housekeeping = 0.0
         self._tracked: dict[str, _Tracked] = {}
         self._inflight: dict[str, asyncio.Future[int]] = {}
@@ -171,7 +172,9 @@ class Relay:
         dedupe_window_s: float = 30.0,
     ) -> Raised:
         if dedupe_key is not None:
-            earlier = self.outbox.dedupe_lookup(dedupe_key, window_s=dedupe_window_s)
+            earlier = self._memory_dedupe.get(dedupe_key) or self.outbox.dedupe_lookup(
+                dedupe_key, window_s=dedupe_window_s
+            )
             if earlier is not None:
                 self._feedback_for_repeat(earlier, feedback)
                 return Raised(earlier, False)
@@ -186,6 +189,9 @@ class Relay:
         }
         env = self._build("test" if test else "alarm", body)
         payload = self._commit(env, dedupe_key)
+        if dedupe_key is not None and env.id in self._memory:
+            # Not on disk: remember the press here so the box's re-sends stay one alarm.
+            self._memory_dedupe[dedupe_key] = env.id
         self.stats["alarms_raised"] += 1
         self.raised_by[(input_ref, env.type)] += 1
         self.last_alarm = {
@@ -213,6 +219,8 @@ class Relay:
         return Raised(env.id, True)
 
     def forget_dedupe(self, prefix: str) -> None:
+        for key in [k for k in self._memory_dedupe if k.startswith(prefix)]:
+            del self._memory_dedupe[key]
         self.outbox.forget_dedupe(prefix)
 
     def raise_event(self, kind: str, body: Mapping[str, Any], ts: str | None = None) -> str:
