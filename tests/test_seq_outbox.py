@@ -129,3 +129,43 @@ def test_outbox_duplicate_id_is_an_error_not_a_crash(tmp_path: Path) -> None:
     with pytest.raises(OutboxError, match="cannot commit"):
         ob.add(a)
     assert ob.count() == 1
+
+
+def test_outbox_bounds_telemetry_never_alarms(tmp_path: Path) -> None:
+    ob = Outbox(tmp_path / "o.sqlite", max_events=10)
+    alarms = [env("alarm", i) for i in range(1, 4)]
+    troubles = [env("trouble", i) for i in range(10, 25)]
+    for i, a in enumerate(alarms):
+        ob.add(a, now=float(i))
+    for i, t in enumerate(troubles):
+        ob.add(t, now=100.0 + i)
+    summary = ob.summary()
+    assert summary["alarm"]["pending"] == 3
+    assert summary["trouble"]["pending"] == 10
+    assert ob.evicted == 5
+    kept = {p.id for p in ob.pending(limit=100)}
+    assert {t.id for t in troubles[:5]}.isdisjoint(kept)  # the oldest went first
+    assert {t.id for t in troubles[5:]} <= kept
+    ob.close()
+    reopened = Outbox(tmp_path / "o.sqlite", max_events=10)
+    reopened.add(env("trouble", 99), now=200.0)  # the count survives a restart
+    assert reopened.summary()["trouble"]["pending"] == 10
+
+
+@pytest.mark.parametrize("garbage", [b"not a database at all" * 100, b""])
+def test_corrupt_outbox_is_moved_aside(tmp_path: Path, garbage: bytes) -> None:
+    path = tmp_path / "o.sqlite"
+    good = Outbox(path)
+    good.add(env("alarm", 1))
+    good.close()
+    if garbage:
+        path.write_bytes(garbage)
+    else:  # a torn page in the middle of a real database
+        data = bytearray(path.read_bytes())
+        data[100:4096] = b"\xff" * (4096 - 100)
+        path.write_bytes(bytes(data))
+    fresh = Outbox(path)
+    assert fresh.moved_aside is not None and fresh.moved_aside.exists()
+    assert fresh.count() == 0
+    fresh.add(env("alarm", 2))  # and it works
+    assert fresh.count() == 1
