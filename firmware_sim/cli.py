@@ -9,7 +9,14 @@ import os
 import sys
 
 # Modules that provide a subcommand: each has ``register(subparsers) -> None``.
-_MODULES = ("firmware_sim.box", "firmware_sim.gpio", "firmware_sim.demo")
+_MODULES = (
+    "firmware_sim.box",
+    "firmware_sim.gpio",
+    "firmware_sim.bollard",
+    "firmware_sim.nvr",
+    "firmware_sim.demo",
+    "firmware_sim.pki",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

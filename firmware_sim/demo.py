@@ -238,6 +238,29 @@ async def press_gpio(n: Narrator, gpio: GpioSimClient, center: Child, gateway: C
     await gpio.release(BUTTON_PIN)
 
 
+def box_event(kind: str, code: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda e: (
+        e.get("result") == "accepted"
+        and e.get("type") == kind
+        and e.get("code") == code
+        and e.get("device") == "serial:box-gate-main"
+    )
+
+
+async def open_box_cover(n: Narrator, box: BoxSimulator, center: Child) -> None:
+    """Site supervision (issue 3): a trouble and its restore reach the center."""
+    print("\n3) Someone opens the button box's cover, then closes it again.")
+    n.mark()
+    box.tamper("open")
+    n.say("box", "TAMPER,state=open sent")
+    got = await center.wait(box_event("trouble", "137"), "tamper trouble")
+    n.say("center", f"TROUBLE 137 (tamper) {got['device']}: {got['detail']}")
+    box.tamper("closed")
+    n.say("box", "TAMPER,state=closed sent")
+    got = await center.wait(box_event("restore", "137"), "tamper restore")
+    n.say("center", f"RESTORE 137 (tamper) {got['device']}: {got['detail']}")
+
+
 async def run_demo(keep: bool) -> int:
     root = Path(tempfile.mkdtemp(prefix="alarmgw-demo-"))
     n = Narrator()
@@ -276,8 +299,9 @@ async def run_demo(keep: bool) -> int:
         await press_box(n, box, center, gateway)
         async with GpioSimClient(sock) as gpio:
             await press_gpio(n, gpio, center, gateway)
+        await open_box_cover(n, box, center)
 
-        print("\n3) The gateway is stopped cleanly.")
+        print("\n4) The gateway is stopped cleanly.")
         n.mark()
         await gateway.stop()
         await center.wait(

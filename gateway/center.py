@@ -5,6 +5,11 @@ Subscribes to every gateway under the prefix, verifies each envelope against its
 state in SQLite (so they survive a restart), acknowledges accepted events with a signed
 ``ack``, prints one readable line per envelope (or one JSON object with ``--json``) and logs
 every rejection with its reason. A garbage payload is a rejection, never a crash.
+
+It also watches each registered gateway's liveness (gateway/liveness.py): heartbeats and
+troubles are shown as they arrive, and a line says when a gateway goes ``stale`` (no heartbeat
+within 2.5 x its ``heartbeat_s``), ``offline`` (its will or clean stop; a will from an older
+session is ignored) or ``online`` again.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import json
 import sqlite3
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -23,6 +28,7 @@ import structlog
 
 from gateway.envelope import EVENT_TYPES, Envelope, build, parse, parse_ts, verify
 from gateway.errors import EnvelopeError
+from gateway.liveness import GatewayStatus, Liveness
 from gateway.seq import SeqCounter
 from gateway.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key
 from gateway.topics import parse_topic, topic
@@ -83,6 +89,13 @@ class Verdict:
             out["test"] = env.type == "test" or bool(env.body.get("test"))
             out["input"] = env.body.get("input")
             out["device"] = env.body.get("device")
+            if env.type in ("trouble", "restore") and self.result != "rejected":
+                out["detail"] = env.body.get("detail")
+                out["count"] = env.body.get("count")  # a flapping device's summary
+        if env is not None and env.type == "heartbeat" and self.result != "rejected":
+            out["session"] = env.body.get("session")
+            out["ts"] = env.ts
+            out["heartbeat"] = dict(env.body)
         if env is not None and env.type == "state":
             out["status"] = env.body.get("status")
             out["session"] = env.body.get("session")
@@ -181,6 +194,8 @@ class Center:
         self.registry = registry
         self._uplink: Uplink | None = None
         self.listeners: list[Callable[[Verdict], None]] = []
+        self.liveness = Liveness(registry.heartbeat_s)
+        self.status_listeners: list[Callable[[GatewayStatus], None]] = []
 
     def attach(self, uplink: Uplink) -> None:
         self._uplink = uplink
@@ -202,6 +217,42 @@ class Center:
             )
         for listener in self.listeners:
             listener(verdict)
+        change = self.observe(verdict)
+        if change is not None:
+            self._status_changed(change)
+
+    def observe(self, v: Verdict) -> GatewayStatus | None:
+        """Feed an accepted heartbeat or state to the liveness view; the change, if any."""
+        env = v.env
+        if v.result != "accepted" or env is None:
+            return None  # a duplicate is an old envelope again: no sign of life now
+        if env.type == "heartbeat":
+            session = int(env.body["session"])
+            current = session >= self.state.session(env.site, env.gw)
+            return self.liveness.heartbeat(env.site, env.gw, session, current=current)
+        if env.type == "state" and not v.stale:
+            status, session = str(env.body["status"]), int(env.body["session"])
+            return self.liveness.state(env.site, env.gw, status, session)
+        return None
+
+    def check_stale(self) -> list[GatewayStatus]:
+        """Mark gateways without a heartbeat for 2.5 x their interval stale; the changes."""
+        changes = self.liveness.check()
+        for change in changes:
+            self._status_changed(change)
+        return changes
+
+    def _status_changed(self, change: GatewayStatus) -> None:
+        log_fn = log.info if change.status == "online" else log.warning
+        log_fn("gateway " + change.status, site=change.site, gw=change.gw, reason=change.reason)
+        for listener in self.status_listeners:
+            listener(change)
+
+    async def watch(self) -> None:
+        """``check_stale`` a few times per heartbeat interval, for ever."""
+        while True:
+            await asyncio.sleep(self.liveness.period())
+            self.check_stale()
 
     def receive(self, name: str, payload: bytes) -> Verdict:
         """Decide about one payload received on topic ``name``; never raises."""
@@ -305,14 +356,43 @@ def human_line(v: Verdict) -> str:
             f"[verified {env.kid}, seq {env.seq}, {lat}]"
         )
     if env.type in ("trouble", "restore"):
+        count = f" ({body['count']} changes)" if "count" in body else ""
         return (
             f"{when}  {env.type.upper():<9} {who}  {body['code']} {body['device']}: "
-            f"{body['detail']}  [{lat}]"
+            f"{body['detail']}{count}  [{lat}]"
         )
+    if env.type == "heartbeat":
+        return f"{when}  heartbeat {who}  {heartbeat_summary(body)}"
     if env.type == "state":
         stale = "  (stale session, ignored)" if v.stale else ""
         return f"{when}  {body['status']:<9} {who}  session {body['session']}{stale}"
     return f"{when}  {env.type:<9} {who}  seq {env.seq}"
+
+
+def heartbeat_summary(body: Mapping[str, Any]) -> str:
+    """A heartbeat body in one line."""
+    queue, inputs = body.get("queue", {}), body.get("inputs", {})
+    parts = [
+        f"session {body.get('session')}",
+        f"up {body.get('uptime_s')} s",
+        f"queue {queue.get('pending')} (oldest {queue.get('oldest_s')} s)",
+        "inputs " + (", ".join(f"{k} {v}" for k, v in sorted(inputs.items())) or "none"),
+    ]
+    if "bollard" in body:
+        parts.append(f"bollard {body['bollard'].get('state')}")
+    if "camera" in body:
+        cam = body["camera"]
+        days = cam.get("retention_days", "?")
+        parts.append(
+            f"camera {'ok' if cam.get('ok') else 'NOT ok'} "
+            f"({'recording' if cam.get('recording') else 'not recording'}, {days} days)"
+        )
+    clock = body.get("clock", {}).get("synced")
+    parts.append("clock synced" if clock else "clock NOT synced")
+    free = body.get("disk", {}).get("free_bytes")
+    if isinstance(free, int):
+        parts.append(f"disk {free // 2**20} MB free")
+    return ", ".join(parts)
 
 
 def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
@@ -347,12 +427,21 @@ async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdou
         out.flush()
 
     center.listeners.append(show)
+
+    def show_status(change: GatewayStatus) -> None:
+        out.write((json.dumps(change.to_json()) if as_json else change.human()) + "\n")
+        out.flush()
+
+    center.status_listeners.append(show_status)
     settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{center.kid}")
     uplink = Uplink(settings, subscriptions=center.subscriptions(), on_message=center.on_message)
     center.attach(uplink)
     log.info("center starting", kid=center.kid, gateways=len(cfg.gateways))
+    watcher = asyncio.create_task(center.watch(), name="liveness")
     try:
         await uplink.run()
     finally:
+        watcher.cancel()
+        await asyncio.gather(watcher, return_exceptions=True)
         seq.close()
         center.state.close()

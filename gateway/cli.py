@@ -171,7 +171,124 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="machine-readable result")
     p.set_defaults(func=_cmd_verify)
+    _add_technician_tools(sub)
     return parser
+
+
+# --- technician tools (implementations in gateway/tools.py and gateway/diag.py) --------------
+
+_STATUS_HELP = """\
+Ask the running daemon how it is: the alarm path (health), the broker
+session, the queue, the last alarm and its ack time, each input, the
+bollard and the camera.
+
+exit status: 0 all good; 1 warnings (an input in trouble, an event waiting
+more than 60 s, ...); 2 the alarm path is failing or the daemon is not
+running.
+
+example:  alarmgw status --config /etc/alarmgw/gateway.toml"""
+
+_DIAG_HELP = """\
+Check everything a working gateway needs, with the daemon stopped or
+running: the config; the signing key (present, mode 0600, kid); the center
+keys; the GPIO pins; each serial box answers PING; the broker is reachable
+with TLS and credentials; certificate expiry; the clock is synchronised;
+free disk; the NVR and bollard URLs; the outbox's integrity.
+
+One line per check: PASS, WARN or FAIL and what was found; under a WARN or
+FAIL, "->" says what to do. With the daemon running, what it holds (its
+health, GPIO pins, serial ports) is asked of the daemon.
+
+exit status: 0 all PASS; 1 any WARN; 2 any FAIL."""
+
+_TEST_HELP = """\
+Send a TEST event (Contact ID 601) through the running daemon's real path:
+signed, queued durably, published to the broker; then wait for the command
+center's signed ack and print the round-trip time. The center shows it as a
+test and never dispatches it; no LED or buzzer at the gate changes.
+
+exit status: 0 acknowledged; 2 no ack within --timeout (the test stays
+queued and is re-sent until the center acks it), or the daemon is not
+running.
+
+example:  alarmgw test-alarm --timeout 60 --input serial:box-gate-main"""
+
+_QUEUE_HELP = """\
+Show the events waiting for the command center's ack, by type: how many,
+the age of the oldest, the most send attempts of one event, the last error.
+Asks the running daemon; with the daemon stopped, reads the outbox file
+(read-only).
+
+exit status: 0 empty; 1 events waiting; 2 an alarm has waited longer than
+[alarm] ack_timeout_s, or the outbox cannot be read."""
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from gateway.tools import cmd_status  # noqa: PLC0415
+
+    return cmd_status(args.config, as_json=args.json)
+
+
+def _cmd_queue(args: argparse.Namespace) -> int:
+    from gateway.tools import cmd_queue  # noqa: PLC0415
+
+    return cmd_queue(args.config, as_json=args.json)
+
+
+def _cmd_test_alarm(args: argparse.Namespace) -> int:
+    from gateway.tools import cmd_test_alarm  # noqa: PLC0415
+
+    return cmd_test_alarm(
+        args.config, timeout_s=args.timeout, input_ref=args.input, as_json=args.json
+    )
+
+
+def _cmd_diag(args: argparse.Namespace) -> int:
+    from gateway import diag  # noqa: PLC0415
+
+    checks = diag.run_checks(args.config)
+    code = diag.exit_code(checks)
+    if args.json:
+        print(json.dumps(diag.as_json(checks)))
+        return code
+    for check in checks:
+        print("\n".join(diag.format_check(check)))
+    counts = {s: sum(1 for c in checks if c.status == s) for s in ("PASS", "WARN", "FAIL")}
+    print(f"diag: {counts['PASS']} PASS, {counts['WARN']} WARN, {counts['FAIL']} FAIL")
+    return code
+
+
+def _add_technician_tools(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    raw = argparse.RawDescriptionHelpFormatter
+    specs = [
+        ("status", "how the running gateway is, at a glance", _STATUS_HELP, _cmd_status),
+        ("diag", "check config, keys, pins, ports, broker, clock, disk", _DIAG_HELP, _cmd_diag),
+        ("test-alarm", "prove an alarm gets through (not dispatched)", _TEST_HELP, _cmd_test_alarm),
+        ("queue", "events waiting for the center's ack", _QUEUE_HELP, _cmd_queue),
+    ]
+    for name, short, long, func in specs:
+        p = sub.add_parser(name, help=short, description=long, formatter_class=raw)
+        p.add_argument(
+            "--config",
+            default=DEFAULT_CONFIG,
+            metavar="FILE",
+            help=f"gateway config (default {DEFAULT_CONFIG})",
+        )
+        p.add_argument("--json", action="store_true", help="one JSON object, for scripts")
+        if name == "test-alarm":
+            p.add_argument(
+                "--timeout",
+                type=float,
+                default=30.0,
+                metavar="S",
+                help="seconds to wait for the ack (default 30)",
+            )
+            p.add_argument(
+                "--input",
+                metavar="REF",
+                help="input to test, e.g. gpio:gate-main (default: the first configured)",
+            )
+        p.set_defaults(func=func)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -151,6 +151,7 @@ Identity = Annotated[str, Field(pattern=IDENTITY_PATTERN)]
 InputName = Annotated[str, Field(pattern=INPUT_NAME_PATTERN)]
 BcmPin = Annotated[int, Field(ge=0, le=53)]  # the BCM2835 family has GPIO0..GPIO53
 Seconds = Annotated[float, Field(gt=0.0)]
+PollSeconds = Annotated[float, Field(ge=0.1)]  # a floor that keeps a poll loop from spinning
 Url = Annotated[str, AfterValidator(_url)]
 
 
@@ -352,8 +353,12 @@ class BollardSection(_Section):
     fault_pin: BcmPin | None = None
     active_low: bool = True
     status_url: Url = ""
-    poll_s: Seconds = 5.0
+    poll_s: PollSeconds = 5.0
     moving_timeout_s: Seconds = 20.0
+    # Keys beyond OPERATOR.md (issue 3): how long an HTTP status request may take, and how
+    # long the bollard may stay down before that is a 380 trouble (0: as soon as it is down).
+    timeout_s: Seconds = 2.0
+    down_alert_s: Annotated[float, Field(ge=0.0)] = 0.0
 
     @model_validator(mode="after")
     def _check_source(self) -> BollardSection:
@@ -377,7 +382,28 @@ class CameraSection(_Section):
     adapter: Literal["json"] = "json"
     url: Annotated[Url, Field(min_length=1)]
     required_days: Annotated[int, Field(ge=1)] = 30
-    poll_s: Seconds = 60.0
+    poll_s: PollSeconds = 60.0
+    timeout_s: Seconds = 10.0  # per request (issue 3); a slower recorder is "unreachable"
+
+
+class SelfCheckSection(_Section):
+    """``[selfcheck]``: the gateway's own health (issue 3). Every ``interval_s``: free space
+    under ``state_dir`` below ``min_free_mb`` → 330; clock not synchronised (``clock``) → 626;
+    a TLS certificate expiring within ``cert_warn_days``, or a private key file readable by
+    others → 393."""
+
+    interval_s: PollSeconds = 60.0
+    min_free_mb: Annotated[int, Field(ge=0)] = 100
+    clock: bool = True
+    cert_warn_days: Annotated[int, Field(ge=0)] = 30
+
+
+class TroubleSection(_Section):
+    """``[trouble]``: while a device flaps (more than 20 changes in 10 minutes,
+    shared/spec/PROTOCOL.md "Delivery semantics") its changes go out as one summary with a
+    count every ``flap_summary_s``."""
+
+    flap_summary_s: PollSeconds = 60.0
 
 
 class GatewayConfig(_Section):
@@ -395,6 +421,8 @@ class GatewayConfig(_Section):
     mqtt_secondary: SecondaryMqttSection | None = None
     bollard: BollardSection | None = None
     camera: CameraSection | None = None
+    selfcheck: SelfCheckSection = Field(default_factory=SelfCheckSection)
+    trouble: TroubleSection = Field(default_factory=TroubleSection)
     path: Path
 
     @field_validator("mqtt")
@@ -597,6 +625,8 @@ def _message(e: Mapping[str, Any], loc: Loc, model: type[BaseModel], cause: obje
         close = difflib.get_close_matches(str(loc[-1]), _fields_at(model, loc[:-1]), n=1)
         return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
     value = e.get("input")
+    if loc and loc[-1] == "password":
+        return str(e["msg"])  # never echo a secret into a terminal or the journal
     if _scalar(value, str | int | float) and e["type"] != "finite_number":
         return f"{e['msg']} (got {value!r})"
     return str(e["msg"])

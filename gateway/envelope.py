@@ -271,6 +271,10 @@ def _check_body(kind: str, body: Mapping[str, Any]) -> None:
         if not DEVICE_RE.match(_need(body, "device", str)):
             raise EnvelopeError("malformed", f"unknown device {body['device'][:40]!r}")
         _need(body, "detail", str)
+        # A flapping device's summary carries how many changes it stands for (PROTOCOL.md
+        # "Delivery semantics": "summarised (with a count)").
+        if "count" in body and not (_is_int(body["count"]) and body["count"] >= 1):
+            raise EnvelopeError("malformed", "body.count must be an integer >= 1")
     elif kind == "ack":
         ids = _need(body, "ids", list)
         if not ids or not all(isinstance(i, str) and UUID7_RE.match(i) for i in ids):
@@ -280,5 +284,53 @@ def _check_body(kind: str, body: Mapping[str, Any]) -> None:
             raise EnvelopeError("malformed", "body.status must be online or offline")
         if not _is_int(body.get("session")):
             raise EnvelopeError("malformed", "body.session must be an integer")
-    elif kind == "heartbeat" and not _is_int(body.get("session")):
-        raise EnvelopeError("malformed", "body.session must be an integer")
+    elif kind == "heartbeat":
+        _check_heartbeat(body)
+
+
+HEARTBEAT_INPUT_STATES = frozenset({"ok", "trouble", "unknown"})
+BOLLARD_STATES = frozenset({"up", "down", "moving", "fault", "unknown"})
+
+
+def _count(body: Mapping[str, Any], key: str) -> int:
+    value = body.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise EnvelopeError("malformed", f"body.{key} must be an integer >= 0")
+    return value
+
+
+def _flag(body: Mapping[str, Any], key: str) -> None:
+    if not isinstance(body.get(key), bool):
+        raise EnvelopeError("malformed", f"body.{key} must be true or false")
+
+
+def _check_heartbeat(body: Mapping[str, Any]) -> None:
+    """PROTOCOL.md "Bodies" heartbeat: every field; ``bollard`` and ``camera`` only where the
+    site has them (docs/schemas/body/heartbeat.schema.json). Unknown extra keys are allowed."""
+    if _finite(body, "uptime_s") < 0:
+        raise EnvelopeError("malformed", "body.uptime_s must be >= 0")
+    _count(body, "session")
+    queue = _need(body, "queue", dict)
+    _count(queue, "pending")
+    if _finite(queue, "oldest_s") < 0:
+        raise EnvelopeError("malformed", "body.queue.oldest_s must be >= 0")
+    inputs = _need(body, "inputs", dict)
+    if not all(INPUT_RE.match(k) and v in HEARTBEAT_INPUT_STATES for k, v in inputs.items()):
+        raise EnvelopeError("malformed", "body.inputs: gpio:/serial:<name> → ok|trouble|unknown")
+    _flag(_need(body, "clock", dict), "synced")
+    _count(_need(body, "disk", dict), "free_bytes")
+    if "bollard" in body:
+        bollard = _need(body, "bollard", dict)
+        if bollard.get("state") not in BOLLARD_STATES:
+            raise EnvelopeError("malformed", "body.bollard.state is not a bollard state")
+        since = bollard.get("since")
+        if since is not None and not (isinstance(since, str) and TS_RE.match(since)):
+            raise EnvelopeError("malformed", "body.bollard.since must be an RFC 3339 time")
+    if "camera" in body:
+        camera = _need(body, "camera", dict)
+        _flag(camera, "recording")
+        _flag(camera, "ok")
+        if "retention_days" in camera and _finite(camera, "retention_days") < 0:
+            raise EnvelopeError("malformed", "body.camera.retention_days must be >= 0")
+        if "required_days" in camera and _count(camera, "required_days") < 1:
+            raise EnvelopeError("malformed", "body.camera.required_days must be >= 1")

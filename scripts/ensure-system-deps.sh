@@ -1,13 +1,19 @@
 #!/usr/bin/env bash
 # Installs the system packages that `make demo` and `make test` need, only when missing:
-# mosquitto (the broker the tests and demo start on loopback), socat, and python3-venv.
+# mosquitto (the broker the tests and demo start on loopback), socat, python3-venv, systemd
+# (systemd-analyze) and nodejs/npm; then the node packages the tests use.
 # Runs `apt-get update` first because the package lists on a fresh image may be stale.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need+=(socat)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
-[ ${#need[@]} -eq 0 ] && exit 0
+# systemd: systemd-analyze (unit verify/security), systemd-sysusers and systemctl (install test).
+command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# node and npm: the official AsyncAPI parser checks docs/asyncapi.yaml (ensure-node-deps.sh).
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+node_deps="$(dirname "$0")/ensure-node-deps.sh"
+[ ${#need[@]} -eq 0 ] && exec "$node_deps"
 echo "installing system packages: ${need[*]}"
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
@@ -15,3 +21,4 @@ export DEBIAN_FRONTEND=noninteractive
 $SUDO apt-get update -qq
 # policy-rc.d or no systemd: the packaged broker service may not start; we never use it.
 $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+exec "$node_deps"

@@ -132,6 +132,12 @@ class Site:
     boxes: list[dict[str, Any]] = field(default_factory=list)
     ack_timeout_s: float = 15.0
     resend_initial_s: float = 0.5
+    heartbeat_s: float = 30.0  # the gateway's [heartbeat] interval_s and the center's heartbeat_s
+    # More single tables, e.g. {"bollard": {...}, "camera": {...}}. The self-check's clock test
+    # is off by default: a test machine's clock need not be NTP-synchronised (it would be 626).
+    tables: dict[str, dict[str, Any]] = field(
+        default_factory=lambda: {"selfcheck": {"clock": False}}
+    )
     procs: list[Proc] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -175,12 +181,16 @@ resend_initial_s = {self.resend_initial_s}
 resend_max_s = 2.0
 
 [heartbeat]
-interval_s = 30
+interval_s = {self.heartbeat_s}
 
 [http]
 listen = "127.0.0.1:0"
 """
         ]
+        for name, table in self.tables.items():
+            parts.append(
+                f"[{name}]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in table.items())
+            )
         for b in self.buttons:
             parts.append("[[button]]\n" + "".join(f"{k} = {json.dumps(v)}\n" for k, v in b.items()))
         for s in self.boxes:
@@ -201,7 +211,7 @@ keepalive_s = 5
 id = "{GW}"
 site = "{SITE}"
 public_keys = ["keys/gateway.pub"]
-heartbeat_s = 30
+heartbeat_s = {self.heartbeat_s}
 """
         )
 

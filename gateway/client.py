@@ -1,0 +1,92 @@
+"""Talking to the running daemon's local endpoint (gateway/health.py) from the CLI.
+
+The address comes from the config: ``state_dir/http.addr`` (written by the daemon with the
+port it actually bound, which matters for ``listen = "...:0"``), else ``[http] listen``.
+Nothing answering is the expected "daemon not running" case, reported in one line.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+from pathlib import Path
+from typing import Any
+
+from gateway.config import GatewayConfig, split_host_port
+from gateway.errors import AlarmgwError
+from gateway.health import ADDR_FILE, connect_address
+
+
+class DaemonUnavailable(AlarmgwError):
+    """Nothing usable answers at the daemon's endpoint (stopped, starting, or stuck)."""
+
+
+class DaemonNotRunning(DaemonUnavailable):
+    """Nothing listens at the daemon's endpoint: the daemon is not running."""
+
+
+def daemon_address(cfg: GatewayConfig) -> str:
+    """``host:port`` of the daemon's endpoint per its config and ``state_dir/http.addr``."""
+    addr_file = Path(cfg.gateway.state_dir) / ADDR_FILE
+    try:
+        written = addr_file.read_text().strip()
+    except OSError:
+        written = ""
+    if written:
+        return written
+    if cfg.http.port == 0:
+        raise DaemonNotRunning(f"daemon not running (no {ADDR_FILE} in {addr_file.parent})")
+    return connect_address(cfg.http.host, cfg.http.port)
+
+
+class DaemonClient:
+    """JSON over HTTP to one daemon endpoint; every failure is a ``DaemonUnavailable``."""
+
+    def __init__(self, address: str, *, timeout_s: float = 5.0) -> None:
+        self.address = address
+        self.host, self.port = split_host_port(address)
+        self.timeout_s = timeout_s
+
+    @classmethod
+    def for_config(cls, cfg: GatewayConfig, *, timeout_s: float = 5.0) -> DaemonClient:
+        return cls(daemon_address(cfg), timeout_s=timeout_s)
+
+    def request(
+        self, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
+    ) -> tuple[int, bytes]:
+        """(HTTP status, body bytes)."""
+        conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s or self.timeout_s)
+        headers = {"Accept": "application/json"}
+        data = None
+        if body is not None:
+            data = json.dumps(body).encode()
+            headers["Content-Type"] = "application/json"
+        try:
+            conn.request(method, path, body=data, headers=headers)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except ConnectionRefusedError as err:
+            raise DaemonNotRunning(
+                f"daemon not running (nothing answers at {self.address})"
+            ) from err
+        except TimeoutError as err:
+            raise DaemonUnavailable(
+                f"daemon stuck? no answer at {self.address} within "
+                f"{timeout_s or self.timeout_s:.0f} s"
+            ) from err
+        except (OSError, http.client.HTTPException) as err:
+            raise DaemonUnavailable(f"cannot talk to the daemon at {self.address}: {err}") from err
+        finally:
+            conn.close()
+
+    def json(
+        self, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
+    ) -> tuple[int, Any]:
+        """(HTTP status, decoded JSON body)."""
+        status, raw = self.request(method, path, body, timeout_s=timeout_s)
+        try:
+            return status, json.loads(raw)
+        except ValueError as err:
+            raise DaemonUnavailable(
+                f"{self.address}{path} answered HTTP {status} without JSON: is it alarmgw?"
+            ) from err

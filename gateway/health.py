@@ -1,0 +1,412 @@
+"""The local HTTP endpoint (``[http] listen``, loopback by default) for technicians, the CLI
+and monitoring.
+
+==========================  ===========================================================
+``GET /healthz``            200 ``{"ok": true}`` while the alarm path is alive; 503 with
+                            ``"problems"`` (uplink down or stuck, outbox not writable, ...)
+``GET /status``             JSON: inputs, uplink, queue, last alarm, versions, uptime,
+                            plus every registered provider (bollard, camera, ...)
+``GET /metrics``            Prometheus text format
+``POST /test-alarm``        raise a ``test`` (code 601) through the real path → its id
+``GET /events/{id}``        ``pending``/``acked``/``unknown``; ``?wait=S`` waits for the ack
+``POST /boxes/{name}/ping`` PING a button box on the port the daemon owns
+==========================  ===========================================================
+
+POSTs are accepted only from a loopback peer and only with ``Content-Type:
+application/json`` (a web page cannot send that cross-site without a preflight).
+
+Why a thread of its own: a health check that runs on the event loop it is checking cannot
+say that loop is stuck. aiohttp runs here on a second loop in its own thread; ``/healthz``
+reads only atomic attributes (gateway/status.py), everything that iterates the daemon's state
+is handed to the daemon's loop with a timeout, and a timeout there is itself the answer
+("event loop not responding"). For the daemon this is one more task: ``HealthServer.run``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import ipaddress
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import structlog
+from aiohttp import web
+
+from gateway import metrics, status
+
+if TYPE_CHECKING:
+    from gateway.daemon import Gateway
+
+log = structlog.get_logger("alarmgw.health")
+
+ADDR_FILE = "http.addr"  # in state_dir: where the CLI finds a daemon listening on port 0
+MAIN_TIMEOUT_S = 2.0  # the daemon's loop answers in microseconds; 2 s of silence is a stall
+MAX_WAIT_S = 30.0  # longest ?wait= for GET /events/{id}
+PING_TIMEOUT_S = 2.0
+JSON = "application/json"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+T = TypeVar("T")
+
+
+def is_loopback(peer: str | None) -> bool:
+    """True for 127.0.0.0/8, ::1 and IPv4-mapped loopback; False for anything else."""
+    if not peer:
+        return False
+    try:
+        ip = ipaddress.ip_address(peer.split("%", 1)[0])
+    except ValueError:
+        return False
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped.is_loopback
+    return ip.is_loopback
+
+
+def connect_address(host: str, port: int) -> str:
+    """``host:port`` a local client can connect to (a wildcard bind becomes loopback)."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class HealthServer:
+    """Serves the endpoint for one ``Gateway``. ``providers`` takes extra status sections;
+    ``acks`` records ack times and the latency histogram (a relay ack listener)."""
+
+    def __init__(self, gw: Gateway) -> None:
+        self.gw = gw
+        self.providers = status.Providers()
+        self.providers.placeholders(
+            {"bollard": gw.cfg.bollard is not None, "camera": gw.cfg.camera is not None}
+        )
+        self.acks = status.AckLog()
+        self.acks.on_record = self._ack_recorded
+        gw.relay.ack_listeners.append(self.acks.record)
+        self.versions = status.versions()
+        self.inputs = [f"gpio:{b.name}" for b in gw.cfg.button] + [
+            f"serial:{s.name}" for s in gw.cfg.serial
+        ]
+        self.addr_file = Path(gw.cfg.gateway.state_dir) / ADDR_FILE
+        self.address: str | None = None
+        self._main: asyncio.AbstractEventLoop | None = None
+        self._http: asyncio.AbstractEventLoop | None = None
+        self._ack_event: asyncio.Event | None = None
+        self._waiters = 0
+
+    # -- lifecycle (daemon loop) ---------------------------------------------------
+
+    async def run(self) -> None:
+        """Serve until cancelled. Never ends by itself: a failure to bind (port taken) is
+        logged and retried, because the endpoint must never take the alarm path down."""
+        self._main = asyncio.get_running_loop()
+        delay = 1.0
+        while True:
+            try:
+                await self._serve_once()
+            except OSError as err:
+                log.error(
+                    "http endpoint cannot listen",
+                    listen=self.gw.cfg.http.listen,
+                    error=str(err),
+                    retry_in_s=delay,
+                )
+            except Exception as err:
+                log.error("http endpoint failed", error=repr(err), retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+
+    async def _serve_once(self) -> None:
+        assert self._main is not None
+        loop = asyncio.new_event_loop()
+        stop = asyncio.Event()  # bound to the HTTP loop on its first wait
+        ready: concurrent.futures.Future[tuple[str, int]] = concurrent.futures.Future()
+        finished: asyncio.Future[None] = self._main.create_future()
+        thread = threading.Thread(
+            target=self._thread_main,
+            args=(loop, stop, ready, finished),
+            name="alarmgw-http",
+            daemon=True,
+        )
+        thread.start()
+        written = False
+        try:
+            host, port = await asyncio.wrap_future(ready)
+            self.address = connect_address(host, port)
+            self._write_addr(self.address)
+            written = True
+            log.info("http endpoint listening", address=self.address, addr_file=str(self.addr_file))
+            await finished
+            raise RuntimeError("http thread ended")
+        finally:
+            if written:
+                self.addr_file.unlink(missing_ok=True)
+            self.address = None
+            with contextlib.suppress(RuntimeError):  # its loop is closed already
+                loop.call_soon_threadsafe(stop.set)
+            await asyncio.to_thread(thread.join, 5.0)
+
+    def _write_addr(self, address: str) -> None:
+        tmp = self.addr_file.with_name(f".{ADDR_FILE}.tmp")
+        tmp.write_text(address + "\n")
+        tmp.replace(self.addr_file)
+
+    def _thread_main(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        stop: asyncio.Event,
+        ready: concurrent.futures.Future[tuple[str, int]],
+        finished: asyncio.Future[None],
+    ) -> None:
+        asyncio.set_event_loop(loop)
+        self._http = loop
+        try:
+            loop.run_until_complete(self._http_main(stop, ready))
+        except BaseException as err:
+            if not ready.done():
+                ready.set_exception(err)
+            else:
+                log.error("http endpoint stopped", error=repr(err))
+        finally:
+            self._http = None
+            with contextlib.suppress(Exception):
+                loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+            main = self._main
+            if main is not None:
+                with contextlib.suppress(RuntimeError):  # the daemon's loop is gone
+                    main.call_soon_threadsafe(_resolve, finished)
+
+    async def _http_main(
+        self, stop: asyncio.Event, ready: concurrent.futures.Future[tuple[str, int]]
+    ) -> None:
+        self._ack_event = asyncio.Event()
+        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        await runner.setup()
+        try:
+            http = self.gw.cfg.http
+            site = web.TCPSite(runner, http.host, http.port, reuse_address=True)
+            await site.start()
+            bound = runner.addresses[0]
+            if not ready.set_running_or_notify_cancel():
+                return  # the daemon stopped while we were binding
+            ready.set_result((str(bound[0]), int(bound[1])))
+            await stop.wait()
+        finally:
+            await runner.cleanup()
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_post("/test-alarm", self._test_alarm)
+        app.router.add_get("/events/{id}", self._event)
+        app.router.add_post("/boxes/{name}/ping", self._ping_box)
+        return app
+
+    # -- crossing to the daemon's loop (HTTP thread) ---------------------------------
+
+    async def _on_main(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the daemon's loop; TimeoutError when that loop does not get to it."""
+        assert self._main is not None
+        cf: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def call() -> None:
+            if cf.set_running_or_notify_cancel():
+                try:
+                    cf.set_result(fn())
+                except BaseException as err:
+                    cf.set_exception(err)
+
+        self._main.call_soon_threadsafe(call)
+        return await asyncio.wait_for(asyncio.wrap_future(cf), MAIN_TIMEOUT_S)
+
+    def _ack_recorded(self) -> None:
+        # On the daemon's loop, right after an ack: wake GET /events waiters, if any.
+        loop = self._http
+        if loop is not None and self._waiters:
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self._pulse)
+
+    def _pulse(self) -> None:
+        event, self._ack_event = self._ack_event, asyncio.Event()
+        if event is not None:
+            event.set()
+
+    # -- handlers (HTTP thread) ----------------------------------------------------
+
+    async def _healthz(self, _request: web.Request) -> web.Response:
+        problems = status.health_problems(self.gw)
+        return web.json_response(
+            {"ok": not problems, "problems": problems}, status=503 if problems else 200
+        )
+
+    async def _snapshot(self) -> tuple[dict[str, Any], list[metrics.Family]]:
+        """The full status (queue included) and the providers' metric families."""
+        gw = self.gw
+
+        def collect() -> tuple[dict[str, Any], list[metrics.Family]]:
+            snap = status.collect(gw, self.providers, self.acks, self.versions)
+            return snap, self.providers.families()
+
+        snap, fams = await self._on_main(collect)
+        snap["queue"].update(await asyncio.to_thread(self._read_queue))
+        problems = status.health_problems(gw)
+        snap["health"] = {"ok": not problems, "problems": problems}
+        return snap, fams
+
+    def _read_queue(self) -> dict[str, Any]:
+        with status.readonly_outbox(self.gw.outbox.path) as conn:
+            return status.queue_summary(conn)
+
+    def _not_responding(self) -> web.Response:
+        problems = status.health_problems(self.gw)
+        problems.insert(0, f"event loop not responding within {MAIN_TIMEOUT_S:.0f} s")
+        return web.json_response({"ok": False, "problems": problems}, status=503)
+
+    async def _status(self, _request: web.Request) -> web.Response:
+        try:
+            snap, _ = await self._snapshot()
+        except TimeoutError:
+            return self._not_responding()
+        return web.json_response(snap)
+
+    async def _metrics(self, _request: web.Request) -> web.Response:
+        try:
+            snap, extra = await self._snapshot()
+        except TimeoutError:
+            return self._not_responding()
+        text = metrics.render([*metrics.families_from_status(snap), *extra])
+        return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS})
+
+    def _refuse(self, request: web.Request) -> web.Response | None:
+        """Why a POST is refused (None: accepted)."""
+        if not is_loopback(request.remote):
+            return web.json_response({"error": "only from this machine (loopback)"}, status=403)
+        if request.content_type != JSON:
+            return web.json_response({"error": f"Content-Type must be {JSON}"}, status=415)
+        return None
+
+    async def _test_alarm(self, request: web.Request) -> web.Response:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        try:
+            body = await request.json() if request.can_read_body else {}
+        except ValueError:
+            return web.json_response({"error": "body is not JSON"}, status=400)
+        ref = body.get("input") if isinstance(body, dict) else None
+        if ref is None:
+            if not self.inputs:
+                return web.json_response({"error": "no inputs configured"}, status=409)
+            ref = self.inputs[0]
+        if ref not in self.inputs:
+            known = ", ".join(self.inputs) or "none"
+            return web.json_response(
+                {"error": f"unknown input {ref!r} (configured: {known})"}, status=400
+            )
+        relay = self.gw.relay
+
+        def raise_test() -> str:
+            # PROTOCOL.md "alarm / test": code 601 is a manual test; delivered and acked like
+            # an alarm, never dispatched. No feedback: nobody at the gate should see an LED.
+            raised = relay.raise_alarm(
+                input_ref=ref, feedback=None, code="601", kind="test", test=True
+            )
+            return raised.event_id
+
+        try:
+            event_id = await self._on_main(raise_test)
+        except TimeoutError:
+            return self._not_responding()
+        except Exception as err:
+            return web.json_response({"error": f"not raised: {err}"}, status=500)
+        return web.json_response(
+            {"id": event_id, "input": ref, "type": "test", "code": "601", "raised_at": time.time()},
+            status=202,
+        )
+
+    async def _event_state(self, event_id: str) -> dict[str, Any]:
+        out: dict[str, Any] = {"id": event_id, "state": "unknown"}
+        acked = self.acks.get(event_id)
+        if acked is None:
+            outbox = self.gw.outbox
+            row = await self._on_main(lambda: outbox.get(event_id))
+            if row is not None:
+                out.update(
+                    state="pending",
+                    type=row.type,
+                    failed_attempts=row.attempts,
+                    last_error=row.last_error,
+                )
+                return out
+            acked = self.acks.get(event_id)  # acked between the two looks
+        if acked is not None:
+            at, latency = acked
+            out.update(
+                state="acked",
+                acked_at=at,
+                ack_ms=None if latency is None else round(latency * 1000, 1),
+            )
+        return out
+
+    async def _event(self, request: web.Request) -> web.Response:
+        event_id = request.match_info["id"]
+        try:
+            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT_S)
+        except ValueError:
+            return web.json_response({"error": "wait must be a number of seconds"}, status=400)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait
+        try:
+            while True:
+                info = await self._event_state(event_id)
+                left = deadline - loop.time()
+                if info["state"] != "pending" or left <= 0:
+                    break
+                event = self._ack_event
+                assert event is not None
+                self._waiters += 1
+                try:
+                    with contextlib.suppress(TimeoutError):
+                        # Re-read at least once a second: attempts and errors change too.
+                        await asyncio.wait_for(event.wait(), min(left, 1.0))
+                finally:
+                    self._waiters -= 1
+        except TimeoutError:
+            return self._not_responding()
+        return web.json_response(info, status=404 if info["state"] == "unknown" else 200)
+
+    async def _ping_box(self, request: web.Request) -> web.Response:
+        refused = self._refuse(request)
+        if refused is not None:
+            return refused
+        name = request.match_info["name"]
+        box = next((b for b in self.gw.boxes if b.name == name), None)
+        if box is None:
+            return web.json_response({"error": f"no [[serial]] box named {name!r}"}, status=404)
+        assert self._main is not None
+        out: dict[str, Any] = {"name": name, "port": box.port}
+        cf = asyncio.run_coroutine_threadsafe(box.ping(PING_TIMEOUT_S), self._main)
+        try:
+            rtt = await asyncio.wait_for(asyncio.wrap_future(cf), PING_TIMEOUT_S + MAIN_TIMEOUT_S)
+        except TimeoutError:
+            out.update(ok=False, error=f"no HB answer to PING within {PING_TIMEOUT_S:.0f} s")
+        except ConnectionError as err:
+            out.update(ok=False, error=str(err))
+        else:
+            out.update(ok=True, rtt_ms=round(rtt * 1000, 1))
+        out.update(box_id=box.box_id, fw=box.box_fw, connected=box.connected)
+        return web.json_response(out)
+
+
+def _resolve(fut: asyncio.Future[None]) -> None:
+    if not fut.done():
+        fut.set_result(None)

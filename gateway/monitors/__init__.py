@@ -1,0 +1,14 @@
+"""Site supervision (issue 3): what the command center must know without asking.
+
+- ``reporter`` — ``TroubleReporter``: turns condition changes into durable ``trouble`` /
+  ``restore`` envelopes with the flapping rule of shared/spec/PROTOCOL.md.
+- ``bollard`` — limit switches (gpiozero) and/or the controller's HTTP status.
+- ``camera`` — the recorder's recording and retention, behind an ``NvrAdapter``.
+- ``boxlink`` — button-box link supervision (shared/spec/SERIAL.md "Rules").
+- ``selfcheck`` — the gateway itself: disk, clock, certificates, key permissions.
+- ``heartbeat`` — the signed periodic snapshot (never written to disk).
+- ``site`` — ``SiteMonitors``: builds all of the above for one gateway.
+
+Every monitor is a separate supervised task (gateway/supervise.py) that only reads its
+device and calls the reporter; none of them is on the alarm path.
+"""

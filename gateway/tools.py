@@ -1,0 +1,373 @@
+"""The technician's commands ``alarmgw status``, ``queue`` and ``test-alarm``
+(shared/spec/OPERATOR.md): readable in an 80-column terminal, ``--json`` for scripts, exit
+0 all good, 1 warnings, 2 failures or errors. ``alarmgw diag`` lives in gateway/diag.py.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from gateway.client import DaemonClient, DaemonUnavailable
+from gateway.config import GatewayConfig, load_config
+from gateway.errors import OutboxError
+from gateway.status import queue_summary, readonly_outbox
+
+WIDTH = 80
+OK, WARN, FAIL = 0, 1, 2
+QUEUE_WARN_S = 60.0  # an event unacknowledged for this long is worth a technician's look
+EVENT_TYPES = ("alarm", "test", "trouble", "restore")
+
+
+def fit(line: str, width: int = WIDTH) -> str:
+    """``line`` cut to ``width`` columns (with ``...`` when cut)."""
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
+def wrap(line: str, indent: int, width: int = WIDTH) -> list[str]:
+    """``line`` folded to ``width`` columns, continuations indented by ``indent``. Breaks
+    at the last space past the label columns (the first ``indent``); a longer word (a
+    path) is cut where the line ends, so no line holds nothing but its label."""
+    out: list[str] = []
+    while len(line) > width:
+        cut = line.rfind(" ", indent + 1, width + 1)
+        if cut <= indent:
+            cut = width
+        out.append(line[:cut].rstrip())
+        line = " " * indent + line[cut:].lstrip()
+    out.append(line)
+    return out
+
+
+def ago(seconds: float | None) -> str:
+    """``42 s``, ``3m 05s``, ``2h 03m``, ``4d 01h``; ``-`` for None."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60}m {s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h {s % 3600 // 60:02d}m"
+    return f"{s // 86400}d {s % 86400 // 3600:02d}h"
+
+
+def _load(path: str) -> GatewayConfig:
+    # Key files need not be readable to ask the daemon how it is doing.
+    return load_config(path, check_files=False)
+
+
+def _unavailable(err: DaemonUnavailable, as_json: bool, out: TextIO) -> int:
+    print(f"alarmgw: {err}", file=sys.stderr)
+    if as_json:
+        print(json.dumps({"running": False, "error": str(err)}), file=out)
+    return FAIL
+
+
+# --- status -------------------------------------------------------------------------------
+
+
+def status_verdict(
+    st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S
+) -> tuple[int, list[str]]:
+    """(exit code, problems or warnings) for a ``/status`` snapshot. An alarm unacknowledged
+    past ``ack_timeout_s`` (the presser's LED shows ``fast``) fails like a dead uplink."""
+    if not st["health"]["ok"]:
+        return FAIL, list(st["health"]["problems"])
+    alarm = st["queue"].get("by_type", {}).get("alarm")
+    if alarm and alarm["oldest_age_s"] > ack_timeout_s:
+        return FAIL, [f"an alarm has waited {ago(alarm['oldest_age_s'])} for the center's ack"]
+    warnings = [f"{i['ref']}: {i['state']}" for i in st["inputs"] if i["state"] != "ok"]
+    if not st["uplink"]["connected"]:
+        warnings.append("primary broker down; events go out on the secondary")
+    oldest = st["queue"].get("oldest_age_s")
+    if oldest is not None and oldest > QUEUE_WARN_S:
+        warnings.append(f"oldest queued event waits for {ago(oldest)}")
+    for name, section in _sections(st):
+        if section.get("ok") is False:
+            warnings += [f"{name}: {d}" for d in _details(section)] or [f"{name}: trouble"]
+    return (WARN if warnings else OK), warnings
+
+
+def _sections(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """The provider sections of a snapshot (bollard, camera, ...; gateway/status.py)."""
+    return [(k, v) for k, v in sorted(st.items()) if k not in _CORE_KEYS and isinstance(v, dict)]
+
+
+def _details(section: dict[str, Any]) -> list[str]:
+    """``detail`` texts of the items listed in a section (e.g. its open troubles)."""
+    return [
+        str(item["detail"])
+        for value in section.values()
+        if isinstance(value, list)
+        for item in value
+        if isinstance(item, dict) and item.get("detail")
+    ]
+
+
+def section_summary(section: dict[str, Any]) -> str:
+    """One line for a provider section: its ``status`` text, else ok/TROUBLE and its
+    scalar facts (``state up``, ``retention_days 34``, ...)."""
+    if isinstance(section.get("status"), str):
+        return str(section["status"])
+    ok = section.get("ok")
+    head = ["ok"] if ok is True else ["TROUBLE"] if ok is False else []
+    facts = [
+        f"{k} {str(v).lower() if isinstance(v, bool) else v}"
+        for k, v in section.items()
+        if k != "ok" and isinstance(v, str | int | float) and v != ""
+    ]
+    return ", ".join(head + facts) or "-"
+
+
+def _input_line(i: dict[str, Any]) -> str:
+    if i["kind"] == "gpio":
+        led = f", LED {i['led']}" if i.get("led") else ""
+        what = f"GPIO{i['pin']}{led}, {i['alarms']} alarm(s)"
+        if not i["started"]:
+            what = f"GPIO{i['pin']} not claimed"
+    elif not i["connected"]:
+        what = f"{i['port']} not open"
+    else:
+        box = f"{i['box_id']} fw {i['fw']}" if i.get("box_id") else "no HELLO yet"
+        errors = sum(i["frame_errors"].values())
+        what = f"{box}, {i['frames_ok']} frames, {errors} bad, {i['alarms']} alarm(s)"
+    return f"  {i['ref']:<20} {i['state']:<7} {what}"
+
+
+def format_status(st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S) -> list[str]:
+    """The human summary of a ``/status`` snapshot, one fact per line."""
+    gw, up, q = st["gateway"], st["uplink"], st["queue"]
+    code, warnings = status_verdict(st, ack_timeout_s)
+    lines = [f"alarmgw {gw['version']}  {gw['site']}/{gw['id']}  up {ago(gw['uptime_s'])}"]
+    verdict = {OK: "OK, the alarm path is alive", WARN: "OK, with warnings"}.get(code, "FAILING")
+    lines.append(f"Health      {verdict}")
+    lines += [f"  ! {w}" for w in warnings]
+    tls = "TLS" if up["tls"] else "plain"
+    state = "connected" if up["connected"] else "DOWN"
+    lines.append(
+        f"Broker      {state} {up['broker']} ({tls}, MQTT {up['protocol']}), "
+        f"session {up['session']}, {up['reconnects']} reconnects"
+    )
+    if not up["connected"] and up.get("last_error"):
+        lines.append(f"  last error: {up['last_error']}")
+    second = st.get("secondary")
+    if second:
+        state2 = "connected" if second["connected"] else "down"
+        lines.append(f"Secondary   {state2} {second['broker']}")
+    if q["pending"]:
+        parts = [f"{row['pending']} {kind}" for kind, row in sorted(q["by_type"].items())]
+        lines.append(f"Queue       {', '.join(parts)} pending, oldest {ago(q['oldest_age_s'])}")
+    else:
+        lines.append("Queue       empty")
+    if q.get("memory_only"):
+        lines.append(f"  ! {q['memory_only']} event(s) only in memory (outbox not writable)")
+    last = st.get("last_alarm")
+    if last:
+        acked = "not acked yet"
+        if last.get("acked_at"):
+            ms = last.get("ack_ms")
+            acked = f"acked in {ms:.0f} ms" if ms is not None else "acked"
+        lines.append(f"Last alarm  {last.get('type', 'alarm')} {last['ts']} {last['input']}")
+        lines.append(f"            {acked}, id {last['id']}")
+    else:
+        lines.append("Last alarm  none since start")
+    lines.append("Inputs" if st["inputs"] else "Inputs      none configured")
+    lines += [_input_line(i) for i in st["inputs"]]
+    for name, section in _sections(st):
+        lines.append(f"{name.capitalize():<11} {section_summary(section)}")
+    lines.append(f"Key         kid {gw['kid']}, pid {gw['pid']}, config {gw['config']}")
+    return [part for line in lines for part in wrap(line, 12)]
+
+
+_CORE_KEYS = frozenset(
+    {
+        "gateway",
+        "health",
+        "inputs",
+        "uplink",
+        "secondary",
+        "sent_by_path",
+        "loops",
+        "queue",
+        "last_alarm",
+        "counters",
+        "raised",
+        "ack_latency",
+    }
+)
+
+
+def cmd_status(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+    cfg = _load(config)
+    try:
+        _, st = DaemonClient.for_config(cfg).json("GET", "/status")
+    except DaemonUnavailable as err:
+        return _unavailable(err, as_json, out)
+    if "gateway" not in st:  # 503 from a stuck daemon: {"ok": false, "problems": [...]}
+        problems = st.get("problems") or ["no status"]
+        if as_json:
+            print(json.dumps({"running": True, **st}), file=out)
+        else:
+            print(fit(f"FAILING: {problems[0]}"), file=out)
+            for p in problems[1:]:
+                print(fit(f"  ! {p}"), file=out)
+        return FAIL
+    code, warnings = status_verdict(st, cfg.alarm.ack_timeout_s)
+    if as_json:
+        print(json.dumps({**st, "verdict": {"exit": code, "warnings": warnings}}), file=out)
+    else:
+        print("\n".join(format_status(st, cfg.alarm.ack_timeout_s)), file=out)
+    return code
+
+
+# --- queue --------------------------------------------------------------------------------
+
+
+def _queue_from_file(cfg: GatewayConfig) -> dict[str, Any]:
+    with readonly_outbox(Path(cfg.gateway.state_dir) / "outbox.sqlite") as conn:
+        return queue_summary(conn)
+
+
+def queue_verdict(q: dict[str, Any], ack_timeout_s: float) -> int:
+    """2: an alarm has waited longer than the presser's ack timeout; 1: anything queued."""
+    alarm = q["by_type"].get("alarm")
+    if alarm and alarm["oldest_age_s"] > ack_timeout_s:
+        return FAIL
+    return WARN if q["pending"] or q.get("memory_only") else OK
+
+
+def format_queue(q: dict[str, Any], source: str) -> list[str]:
+    lines = [f"Queue ({source})"]
+    if not q["pending"]:
+        lines.append("empty: nothing waits for the center's ack")
+    else:
+        lines.append(f"{'TYPE':<8} {'PENDING':>7}  {'OLDEST':<8} {'FAILED':>6}  LAST ERROR")
+        for kind in EVENT_TYPES:
+            row = q["by_type"].get(kind)
+            if row:
+                lines.append(
+                    f"{kind:<8} {row['pending']:>7}  {ago(row['oldest_age_s']):<8} "
+                    f"{row['failed_attempts']:>6}  {row['last_error'] or '-'}"
+                )
+        lines.append(f"{'total':<8} {q['pending']:>7}  {ago(q['oldest_age_s'])}")
+    if q.get("memory_only"):
+        lines.append(f"! {q['memory_only']} more only in memory: the outbox cannot be written")
+    return [fit(line) for line in lines]
+
+
+def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
+    cfg = _load(config)
+    try:
+        code, st = DaemonClient.for_config(cfg).json("GET", "/status")
+    except DaemonUnavailable:
+        code, st = 0, {}
+    if code == 200 and "queue" in st:
+        q, source = st["queue"], "from the running daemon"
+    else:
+        # The daemon is down (or stuck): the outbox file still tells the truth.
+        try:
+            q = _queue_from_file(cfg)
+        except OutboxError as err:
+            print(f"alarmgw: {err}", file=sys.stderr)
+            return FAIL
+        source = "from the outbox file; the daemon does not answer"
+    code = queue_verdict(q, cfg.alarm.ack_timeout_s)
+    if as_json:
+        print(json.dumps({**q, "source": source, "exit": code}), file=out)
+    else:
+        print("\n".join(format_queue(q, source)), file=out)
+    return code
+
+
+# --- test-alarm ---------------------------------------------------------------------------
+
+
+def _progress(out: TextIO, text: str, *, final: bool = False) -> None:
+    if out.isatty():
+        out.write("\r" + fit(text).ljust(WIDTH - 1) + ("\n" if final else ""))
+    else:
+        out.write(fit(text) + "\n")
+    out.flush()
+
+
+def cmd_test_alarm(
+    config: str,
+    *,
+    timeout_s: float,
+    input_ref: str | None,
+    as_json: bool,
+    out: TextIO = sys.stdout,
+) -> int:
+    cfg = _load(config)
+    client = DaemonClient.for_config(cfg)
+    body = {"input": input_ref} if input_ref else {}
+    try:
+        status, raised = client.json("POST", "/test-alarm", body)
+    except DaemonUnavailable as err:
+        return _unavailable(err, as_json, out)
+    if status != 202:
+        print(f"alarmgw: test alarm refused: {raised.get('error', status)}", file=sys.stderr)
+        if as_json:
+            print(json.dumps({"acked": False, "error": raised.get("error")}), file=out)
+        return FAIL
+    started = time.monotonic()
+    event_id, ref = raised["id"], raised["input"]
+    talk = not as_json
+    if talk:
+        print(fit(f"TEST alarm (code 601, never dispatched) from {ref}"), file=out)
+        print(fit(f"registered {event_id}; waiting up to {timeout_s:.0f} s for the ack"), file=out)
+    info: dict[str, Any] = {"state": "pending"}
+    shown = 0.0
+    # On a terminal the progress line updates in place every second; in a log, every 5 s.
+    every = 1.0 if out.isatty() else 5.0
+    while True:
+        left = timeout_s - (time.monotonic() - started)
+        if left <= 0:
+            break
+        try:
+            # Long poll: the daemon answers as soon as the ack arrives, else after ~1 s.
+            _, info = client.json(
+                "GET", f"/events/{event_id}?wait={min(left, 1.0):.2f}", timeout_s=10.0
+            )
+        except DaemonUnavailable as err:
+            print(f"alarmgw: {err}", file=sys.stderr)
+            break
+        if info.get("state") != "pending":
+            break
+        waited = time.monotonic() - started
+        if talk and waited - shown >= every:
+            shown = waited
+            failed = info.get("failed_attempts") or 0
+            err_text = f", {failed} failed, last: {info['last_error']}" if failed else ""
+            _progress(out, f"  waiting for the center's ack: {waited:3.0f} s{err_text}")
+    rtt_ms = round((time.monotonic() - started) * 1000, 1)
+    acked = info.get("state") == "acked"
+    result = {
+        "id": event_id,
+        "input": ref,
+        "acked": acked,
+        "ack_ms": info.get("ack_ms"),
+        "rtt_ms": rtt_ms if acked else None,
+        "failed_attempts": info.get("failed_attempts"),
+        "last_error": info.get("last_error"),
+    }
+    if as_json:
+        print(json.dumps(result), file=out)
+    elif acked:
+        gw_ms = info.get("ack_ms")
+        trip = f"{gw_ms:.0f} ms" if gw_ms is not None else "?"
+        when = datetime.fromtimestamp(info["acked_at"], UTC).strftime("%H:%M:%S")
+        _progress(out, f"ACKED by the center at {when} UTC", final=True)
+        here = f"{rtt_ms:.0f} ms here"
+        print(fit(f"round trip {trip} (gateway to center and back), {here}"), file=out)
+    else:
+        _progress(out, f"NO ACK within {timeout_s:.0f} s", final=True)
+        print(fit("The test stays queued and is re-sent until the center acks it."), file=out)
+        print(fit("Look at: alarmgw status; alarmgw queue; alarmgw diag"), file=out)
+    return OK if acked else FAIL

@@ -1,0 +1,107 @@
+"""Helpers for tests of the local endpoint and the technician commands: plain HTTP to the
+daemon on loopback, the CLI as a subprocess, and polling without timed assertions."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from http.client import HTTPConnection
+from pathlib import Path
+from typing import Any
+
+from tests.harness import alarmgw_cmd
+
+WIDTH = 80
+
+
+def request(
+    addr: str, method: str, path: str, body: Any = None, headers: dict[str, str] | None = None
+) -> tuple[int, Any]:
+    """(status, JSON body, or text when not JSON) of one request to ``addr`` (host:port)."""
+    host, _, port = addr.rpartition(":")
+    conn = HTTPConnection(host.strip("[]"), int(port), timeout=30)
+    data = None if body is None else json.dumps(body).encode()
+    hdrs = dict(headers or {})
+    if body is not None:
+        hdrs.setdefault("Content-Type", "application/json")
+    try:
+        conn.request(method, path, body=data, headers=hdrs)
+        resp = conn.getresponse()
+        raw = resp.read().decode()
+    finally:
+        conn.close()
+    try:
+        return resp.status, json.loads(raw)
+    except ValueError:
+        return resp.status, raw
+
+
+def wait_addr(state_dir: Path, timeout: float = 30.0) -> str:
+    """The daemon's endpoint address once it has written ``http.addr``."""
+    return poll(lambda: (state_dir / "http.addr").read_text().strip() or None, timeout)
+
+
+def poll(fn: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
+    """The first truthy result of ``fn`` (exceptions count as falsy); AssertionError after
+    ``timeout`` seconds. Generous limits: these wait for a state, they time nothing."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        try:
+            last = fn()
+        except (OSError, ValueError) as err:
+            last = err
+        else:
+            if last:
+                return last
+        time.sleep(every)
+    raise AssertionError(f"condition not reached within {timeout} s; last: {last!r}")
+
+
+def healthz_is(addr: str, code: int, needle: str = "") -> Callable[[], Any]:
+    """A poll function: the /healthz body once it has ``code`` (and a problem with needle)."""
+
+    def check() -> Any:
+        status, body = request(addr, "GET", "/healthz")
+        if status != code:
+            return None
+        if needle and not any(needle in p for p in body["problems"]):
+            return None
+        return body
+
+    return check
+
+
+def cli(*args: str, timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+    """``alarmgw ARGS`` as a subprocess (waited for; killed if it overruns)."""
+    return subprocess.run(
+        alarmgw_cmd(*args),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+        env=_env(),
+        check=False,
+    )
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, "COLUMNS": str(WIDTH)}
+
+
+def assert_fits(text: str) -> None:
+    """Every line fits an 80-column terminal."""
+    long = [line for line in text.splitlines() if len(line) > WIDTH]
+    assert not long, long
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess[str], needle: str) -> None:
+    """A clear one-line message, no traceback, exit 2."""
+    assert proc.returncode == 2, (proc.returncode, proc.stdout, proc.stderr)
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in proc.stderr + proc.stdout
