@@ -1,0 +1,317 @@
+#!/usr/bin/env python3
+"""Drain and backlog figures (issue 5), each beside a floor measured in the same run.
+
+1. Drain: N queued alarms (default 100,000) go from the outbox to the reference center
+   (``alarmgw center`` in its own process) and are acknowledged back; the clock runs from
+   the first publish until the outbox is empty. Floor: a raw paho QoS 1 burst of N messages
+   of the same size from one client to a subscriber in another process, through the same
+   broker. Target: drain rate >= 50 % of the floor.
+2. Backlog: M queued alarms (default 1,000,000) in the outbox: the enqueue rate through the
+   real path (sign + FULL commit per event, measured over the first ``--enqueue-sample``
+   events; the rest are bulk-copied with fresh ids and seqs to save time), the file size,
+   and the RSS of a gateway process that opens that outbox and sends from it for 20 s
+   while nobody acknowledges. Target: RSS <= 60 MB.
+
+Prints figures for a person, then one JSON object as the last line (OPERATOR.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import paho.mqtt.client as mqtt  # noqa: E402
+from paho.mqtt.enums import CallbackAPIVersion  # noqa: E402
+
+from firmware_sim.broker import Mosquitto  # noqa: E402
+from gateway import logs  # noqa: E402
+from gateway.envelope import build, uuid7  # noqa: E402
+from gateway.outbox import Outbox  # noqa: E402
+from gateway.relay import Identity, Relay  # noqa: E402
+from gateway.seq import SeqCounter  # noqa: E402
+from gateway.signing import SigningKey, load_signing_key, write_keypair  # noqa: E402
+from gateway.topics import topic  # noqa: E402
+from gateway.uplink import MqttSettings, Uplink  # noqa: E402
+
+SITE, GW, PREFIX = "bench-school", "gw-bench", "schoolalarm/v1"
+BODY = {
+    "code": "120",
+    "kind": "panic",
+    "input": "serial:box-bench",
+    "test": False,
+    "location": {"name": "Gate", "address": "Road 1", "lat": 22.5431, "lon": 114.0287},
+    "contact": {"phone": "+86-755-0000-0000"},
+}
+BIN = Path(sys.executable).parent
+
+SUBSCRIBER = textwrap.dedent("""
+    import sys, threading, paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    n, port = int(sys.argv[1]), int(sys.argv[2])
+    done, count = threading.Event(), [0]
+    def on_message(c, u, m):
+        count[0] += 1
+        if count[0] >= n:
+            done.set()
+    c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="floor-sub", protocol=mqtt.MQTTv5)
+    c.on_message = on_message
+    c.on_connect = lambda c, u, f, rc, p: c.subscribe("floor/#", qos=1)
+    c.connect("127.0.0.1", port)
+    c.loop_start()
+    print("ready", flush=True)
+    done.wait(600)
+    print("done", count[0], flush=True)
+""")
+
+
+def enqueue(outbox: Outbox, key: SigningKey, seq: SeqCounter, n: int) -> float:
+    """Through the real path: build + sign + FULL commit per event. Returns events/s."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        env = build(type="alarm", site=SITE, gw=GW, seq=seq.next(), body=BODY, key=key)
+        outbox.add(env)
+    return n / (time.perf_counter() - t0)
+
+
+def bulk_copy(path: Path, seq: SeqCounter, total: int) -> None:
+    """Fill the outbox up to ``total`` rows by copying payloads with new ids and seqs."""
+    db = sqlite3.connect(path, isolation_level=None)
+    rows = db.execute("SELECT type, prio, payload FROM outbox LIMIT 1000").fetchall()
+    have = db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0]
+    db.execute("BEGIN")
+    now = time.time()
+    for i in range(total - have):
+        kind, prio, payload = rows[i % len(rows)]
+        db.execute(
+            "INSERT INTO outbox (id, type, prio, seq, payload, created) VALUES (?,?,?,?,?,?)",
+            (uuid7(), kind, prio, seq.next(), payload, now + i * 1e-6),
+        )
+    db.execute("COMMIT")
+    db.close()
+
+
+def floor_burst(port: int, n: int, size: int) -> float:
+    """Raw paho QoS 1: messages/s from one publisher to a subscriber in another process."""
+    sub = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, str(n), str(port)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sub.stdout is not None
+    sub.stdout.readline()
+    time.sleep(0.3)
+    pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="floor-pub", protocol=mqtt.MQTTv5)
+    pub.max_inflight_messages_set(20)
+    pub.max_queued_messages_set(0)
+    pub.connect("127.0.0.1", port)
+    pub.loop_start()
+    payload = b"x" * size
+    t0 = time.perf_counter()
+    for i in range(n):
+        pub.publish(f"floor/{i % 8}", payload, qos=1)
+    line = sub.stdout.readline()
+    rate = n / (time.perf_counter() - t0)
+    pub.loop_stop()
+    pub.disconnect()
+    sub.wait(10)
+    if not line.startswith("done"):
+        raise RuntimeError(f"floor subscriber: {line!r}")
+    return rate
+
+
+def write_center_config(root: Path, port: int) -> Path:
+    write_keypair(root / "keys", "center", force=True)
+    cfg = root / "center.toml"
+    cfg.write_text(
+        f'[center]\nkey_file = "keys/center.key"\nstate_dir = "state-center"\n\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nprefix = "{PREFIX}"\n\n'
+        f'[[gateways]]\nid = "{GW}"\nsite = "{SITE}"\npublic_keys = ["keys/gateway.pub"]\n'
+    )
+    return cfg
+
+
+async def drain(root: Path, port: int, n: int) -> tuple[float, int]:
+    """Queue n alarms, start the relay, time until the center acked them all."""
+    gw_key = load_signing_key(root / "keys" / "gateway.key")
+    c_pub = root / "keys" / "center.pub"
+    from gateway.signing import load_verify_key  # noqa: PLC0415
+
+    c_key = load_verify_key(c_pub)
+    seq = SeqCounter(root / "drain-seq.json")
+    outbox = Outbox(root / "drain.sqlite")
+    print(f"  queueing {n} alarms ...", flush=True)
+    enqueue(outbox, gw_key, seq, min(n, 2000))
+    if n > 2000:
+        outbox.close()
+        bulk_copy(root / "drain.sqlite", seq, n)
+        outbox = Outbox(root / "drain.sqlite")
+    center = subprocess.Popen(
+        [str(BIN / "alarmgw"), "center", "--config", str(root / "center.toml")],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    relay = Relay(
+        ident=Identity(SITE, GW, PREFIX),
+        key=gw_key,
+        seq=seq,
+        outbox=outbox,
+        center_keys={c_key.kid: c_key},
+        location=BODY["location"],  # type: ignore[arg-type]
+        contact=BODY["contact"],  # type: ignore[arg-type]
+        resend_initial_s=30.0,
+        resend_max_s=60.0,
+    )
+    up = Uplink(
+        MqttSettings("127.0.0.1", port, 30, "drain-gw"),
+        subscriptions=[topic(PREFIX, SITE, GW, "ack")],
+        on_message=relay.on_message,
+        prepare=relay.prepare_session,
+        on_state=relay.on_link,
+    )
+    relay.attach(up)
+    await asyncio.sleep(1.5)  # the center connects and subscribes
+    tasks = [asyncio.create_task(up.run())]
+    while not up.connected:
+        await asyncio.sleep(0.01)
+    t0 = time.perf_counter()
+    tasks.append(asyncio.create_task(relay.pump()))
+    last = n
+    while (left := outbox.count()) > 0:
+        await asyncio.sleep(0.5)
+        if time.perf_counter() - t0 > 600:
+            raise RuntimeError(f"drain stalled: {left} of {n} still queued")
+        if os.environ.get("BENCH_DEBUG") and left != last:
+            print(f"    {left} left, sent {relay.stats['events_sent']}", flush=True)
+            last = left
+    elapsed = time.perf_counter() - t0
+    sent = relay.stats["events_sent"]
+    for t in tasks:
+        t.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    center.terminate()
+    center.wait(10)
+    outbox.close()
+    return n / elapsed, sent
+
+
+RSS_PROBE = textwrap.dedent("""
+    import asyncio, resource, sys, time
+    sys.path.insert(0, sys.argv[3])
+    from gateway.outbox import Outbox
+    from gateway.relay import Identity, Relay
+    from gateway.seq import SeqCounter
+    from gateway.signing import SigningKey
+    from gateway.uplink import MqttSettings, Uplink
+    from gateway import logs
+    import os
+    logs.configure(open(os.devnull, "w"), json=True, level="error")
+    root, port = sys.argv[1], int(sys.argv[2])
+    async def main():
+        relay = Relay(ident=Identity("bench-school", "gw-bench", "schoolalarm/v1"),
+                      key=SigningKey.generate(), seq=SeqCounter(root + "/big-seq.json"),
+                      outbox=Outbox(root + "/big.sqlite"), center_keys={},
+                      location={"name": "G", "address": "R", "lat": 1.0, "lon": 2.0},
+                      contact={"phone": "1"})
+        up = Uplink(MqttSettings("127.0.0.1", port, 30, "rss-gw"), subscriptions=[],
+                    on_message=relay.on_message, prepare=relay.prepare_session,
+                    on_state=relay.on_link)
+        relay.attach(up)
+        tasks = [asyncio.create_task(up.run()), asyncio.create_task(relay.pump())]
+        await asyncio.sleep(20)
+        print(relay.stats["events_sent"], relay.pending_count(),
+              resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+    asyncio.run(main())
+""")
+
+
+def backlog(root: Path, port: int, m: int, sample: int) -> dict[str, float]:
+    key = SigningKey.generate()
+    seq = SeqCounter(root / "big-seq.json")
+    outbox = Outbox(root / "big.sqlite")
+    rate = enqueue(outbox, key, seq, min(sample, m))
+    outbox.close()
+    if m > sample:
+        bulk_copy(root / "big.sqlite", seq, m)
+    seq.close()
+    size = sum(p.stat().st_size for p in root.glob("big.sqlite*"))
+    probe = subprocess.run(
+        [sys.executable, "-c", RSS_PROBE, str(root), str(port), str(Path.cwd())],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    sent, pending, maxrss_kb = (int(x) for x in probe.stdout.split())
+    return {
+        "enqueue_per_s": round(rate, 1),
+        "disk_bytes": size,
+        "rss_mb": round(maxrss_kb / 1024, 1),
+        "sent_in_20s": sent,
+        "pending": pending,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--drain", type=int, default=100_000)
+    parser.add_argument("--queue", type=int, default=1_000_000)
+    parser.add_argument("--enqueue-sample", type=int, default=20_000)
+    args = parser.parse_args()
+    logs.configure(open(os.devnull, "w"), json=True, level="error")  # noqa: SIM115, PTH123
+    with tempfile.TemporaryDirectory(prefix="alarmgw-drain-") as d:
+        root = Path(d)
+        write_keypair(root / "keys", "gateway")
+        # Unbounded per-client queues: with Mosquitto's default (1,000) a subscriber that
+        # falls behind in a burst silently loses QoS 1 messages.
+        with Mosquitto(root / "broker", extra="max_queued_messages 0\n") as broker:
+            write_center_config(root, broker.port)
+            size = len(
+                build(
+                    type="alarm", site=SITE, gw=GW, seq=1, body=BODY, key=SigningKey.generate()
+                ).to_bytes()
+            )
+            print(f"floor: raw paho QoS 1 burst of {args.drain} x {size} B ...", flush=True)
+            floor = floor_burst(broker.port, args.drain, size)
+            print(f"drain: {args.drain} queued alarms to the center, with acks ...", flush=True)
+            rate, sent = asyncio.run(drain(root, broker.port, args.drain))
+            print(f"backlog: {args.queue} queued alarms ...", flush=True)
+            big = backlog(root, broker.port, args.queue, args.enqueue_sample)
+    result = {
+        "drain_events": args.drain,
+        "drain_per_s": round(rate, 1),
+        "floor_burst_per_s": round(floor, 1),
+        "drain_ratio": round(rate / floor, 3),
+        "publishes": sent,
+        "queued": args.queue,
+        **big,
+        "self_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+    print(
+        f"  drain   {rate:9.1f} events/s acked   floor {floor:9.1f} msg/s   "
+        f"ratio {result['drain_ratio']:.2f} (target >= 0.50)"
+    )
+    print(
+        f"  backlog {args.queue} queued: {big['disk_bytes'] / 1e6:.1f} MB on disk, "
+        f"RSS {big['rss_mb']} MB (target <= 60) while sending, "
+        f"enqueue {big['enqueue_per_s']:.0f}/s (sign + FULL commit each)"
+    )
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
