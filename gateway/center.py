@@ -37,6 +37,7 @@ from gateway.uplink import MqttSettings, Uplink
 log = structlog.get_logger("alarmgw.center")
 
 WINDOW = 65_536  # PROTOCOL.md: the center remembers which of the 65,536 seqs below the top it saw
+ACK_IDS_MAX = 200  # ids per ack envelope (keeps an ack far below the envelope size limit)
 TOPIC_TYPES = {
     "event": EVENT_TYPES,
     "heartbeat": frozenset({"heartbeat"}),
@@ -48,6 +49,7 @@ CREATE TABLE IF NOT EXISTS accepted (
     kid TEXT NOT NULL, seq INTEGER NOT NULL, id TEXT NOT NULL, type TEXT NOT NULL,
     at REAL NOT NULL, PRIMARY KEY (kid, seq)
 );
+CREATE INDEX IF NOT EXISTS accepted_id ON accepted (id);
 CREATE TABLE IF NOT EXISTS signer (kid TEXT PRIMARY KEY, high INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS gateway_state (
     site TEXT NOT NULL, gw TEXT NOT NULL, session INTEGER NOT NULL, status TEXT NOT NULL,
@@ -121,6 +123,7 @@ class CenterState:
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, isolation_level=None)
+        self._in_batch = False
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
@@ -134,31 +137,56 @@ class CenterState:
         ).fetchone()
         return None if row is None else str(row[0])
 
+    def seen_id(self, kid: str, event_id: str) -> bool:
+        row = self._db.execute(
+            "SELECT 1 FROM accepted WHERE id = ? AND kid = ?", (event_id, kid)
+        ).fetchone()
+        return row is not None
+
     def high(self, kid: str) -> int:
         row = self._db.execute("SELECT high FROM signer WHERE kid = ?", (kid,)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def begin_batch(self) -> None:
+        """Open one transaction for a burst of envelopes (group commit): ``accept`` then
+        writes into it and ``commit_batch`` makes all of them durable with one sync."""
+        if not self._in_batch:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_batch = True
+
+    def commit_batch(self) -> None:
+        if self._in_batch:
+            self._in_batch = False
+            self._db.execute("COMMIT")
+
     def accept(self, env: Envelope) -> None:
-        """Record (kid, seq, id) durably before anything is acknowledged."""
+        """Record (kid, seq, id); durable at once, or with the open batch's commit (the
+        center acknowledges only after that)."""
+        if self._in_batch:
+            self._record(env)
+            return
         self._db.execute("BEGIN IMMEDIATE")
         try:
-            self._db.execute(
-                "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?,?,?,?,?)",
-                (env.kid, env.seq, env.id, env.type, time.time()),
-            )
-            self._db.execute(
-                "INSERT INTO signer (kid, high) VALUES (?, ?) "
-                "ON CONFLICT(kid) DO UPDATE SET high = MAX(high, excluded.high)",
-                (env.kid, env.seq),
-            )
-            # Rows below the window can never matter again (those seqs are rejected outright).
-            self._db.execute(
-                "DELETE FROM accepted WHERE kid = ? AND seq <= ?", (env.kid, env.seq - WINDOW)
-            )
+            self._record(env)
             self._db.execute("COMMIT")
         except sqlite3.Error:
             self._db.execute("ROLLBACK")
             raise
+
+    def _record(self, env: Envelope) -> None:
+        self._db.execute(
+            "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?,?,?,?,?)",
+            (env.kid, env.seq, env.id, env.type, time.time()),
+        )
+        self._db.execute(
+            "INSERT INTO signer (kid, high) VALUES (?, ?) "
+            "ON CONFLICT(kid) DO UPDATE SET high = MAX(high, excluded.high)",
+            (env.kid, env.seq),
+        )
+        # Rows below the window can never matter again (those seqs are rejected outright).
+        self._db.execute(
+            "DELETE FROM accepted WHERE kid = ? AND seq <= ?", (env.kid, env.seq - WINDOW)
+        )
 
     def session(self, site: str, gw: str) -> int:
         row = self._db.execute(
@@ -194,6 +222,7 @@ class Center:
         self.registry = registry
         self._uplink: Uplink | None = None
         self.listeners: list[Callable[[Verdict], None]] = []
+        self._batch: list[tuple[Verdict, Uplink | None]] = []
         self.liveness = Liveness(registry.heartbeat_s)
         self.status_listeners: list[Callable[[GatewayStatus], None]] = []
 
@@ -207,19 +236,41 @@ class Center:
     def subscriptions(self) -> list[str]:
         return [f"{self.prefix}/+/+/{kind}" for kind in TOPIC_TYPES]
 
-    def on_message(self, name: str, payload: bytes) -> None:
-        verdict = self.receive(name, payload)
-        if verdict.result != "rejected" and verdict.env and verdict.env.type in EVENT_TYPES:
-            self._ack(verdict.env)
-        if verdict.result == "rejected":
-            log.warning(
-                "rejected envelope", topic=name, reason=verdict.reason, detail=verdict.detail
-            )
-        for listener in self.listeners:
-            listener(verdict)
-        change = self.observe(verdict)
-        if change is not None:
-            self._status_changed(change)
+    def on_message(self, name: str, payload: bytes, via: Uplink | None = None) -> None:
+        """One payload from the broker session ``via`` (default: the primary).
+
+        Group commit: every envelope of one burst (what one socket read delivered) goes into
+        one transaction; after its single sync the center acknowledges them, one ``ack``
+        per gateway naming all their ids, on the session each came in on."""
+        if not self._batch:
+            self.state.begin_batch()
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._batch.append((self.receive(name, payload), via or self._uplink))
+
+    def _flush(self) -> None:
+        batch, self._batch = self._batch, []
+        self.state.commit_batch()
+        acks: dict[tuple[str, str, int], tuple[Uplink | None, list[str]]] = {}
+        for verdict, via in batch:
+            env = verdict.env
+            if verdict.result != "rejected" and env is not None and env.type in EVENT_TYPES:
+                acks.setdefault((env.site, env.gw, id(via)), (via, []))[1].append(env.id)
+        for (site, gw, _), (via, ids) in acks.items():
+            for start in range(0, len(ids), ACK_IDS_MAX):
+                self._ack(site, gw, ids[start : start + ACK_IDS_MAX], via)
+        for verdict, _via in batch:
+            if verdict.result == "rejected":
+                log.warning(
+                    "rejected envelope",
+                    topic=verdict.topic,
+                    reason=verdict.reason,
+                    detail=verdict.detail,
+                )
+            for listener in self.listeners:
+                listener(verdict)
+            change = self.observe(verdict)
+            if change is not None:
+                self._status_changed(change)
 
     def observe(self, v: Verdict) -> GatewayStatus | None:
         """Feed an accepted heartbeat or state to the liveness view; the change, if any."""
@@ -283,6 +334,10 @@ class Center:
             )
         if env.seq <= self.state.high(env.kid) - WINDOW:
             return Verdict("rejected", name, "seq-below-window", f"seq {env.seq} is too old", env)
+        if self.state.seen_id(env.kid, env.id):
+            # The same event re-signed under a new seq (a gateway keeps its backlog inside the
+            # window that way; PROTOCOL.md: the id is the dedupe key): acked, not dispatched.
+            return Verdict("duplicate", name, env=env, latency_ms=latency)
         verified_at = time.perf_counter()
         self.state.accept(env)
         stale = False
@@ -311,18 +366,18 @@ class Center:
             raise EnvelopeError("kid-not-registered", f"kid {env.kid} may not sign for {gw}")
         verify(env, keys)
 
-    def _ack(self, env: Envelope) -> None:
-        if self._uplink is None or not self._uplink.connected:
+    def _ack(self, site: str, gw: str, ids: list[str], via: Uplink | None) -> None:
+        if via is None or not via.connected:
             return  # the gateway re-sends; we will ack the duplicate then
         ack = build(
             type="ack",
-            site=env.site,
-            gw=env.gw,
+            site=site,
+            gw=gw,
             seq=self._seq.next(),
-            body={"ids": [env.id]},
+            body={"ids": ids},
             key=self._key,
         )
-        fut = self._uplink.publish(topic(self.prefix, env.site, env.gw, "ack"), ack.to_bytes())
+        fut = via.publish(topic(self.prefix, site, gw, "ack"), ack.to_bytes())
         fut.add_done_callback(_ignore_failure)
 
 
@@ -436,10 +491,18 @@ async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdou
     settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{center.kid}")
     uplink = Uplink(settings, subscriptions=center.subscriptions(), on_message=center.on_message)
     center.attach(uplink)
+    jobs = [uplink.run()]
+    if cfg.mqtt_secondary is not None:  # issue 5: listen (and ack) on the second path too
+        second = Uplink(
+            MqttSettings.from_config(cfg.mqtt_secondary, client_id=settings.client_id),
+            subscriptions=center.subscriptions(),
+            on_message=lambda name, payload: center.on_message(name, payload, via=second),
+        )
+        jobs.append(second.run())
     log.info("center starting", kid=center.kid, gateways=len(cfg.gateways))
     watcher = asyncio.create_task(center.watch(), name="liveness")
     try:
-        await uplink.run()
+        await asyncio.gather(*jobs)
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
