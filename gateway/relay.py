@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import random
 import time
 from collections import Counter
@@ -35,8 +36,16 @@ from gateway.uplink import NotConnected, PublishRefused, Session, Uplink
 log = structlog.get_logger("alarmgw.relay")
 
 MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
+# Events sent and waiting for the center's ack before the pump stops taking new ones from
+# the backlog: keeps memory bounded while a center does not answer (1,000,000 queued).
+MAX_UNACKED = 2_000
 SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
 SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
+
+
+def _send_order(p: Pending) -> tuple[int, float, int]:
+    """The outbox's send order: alarms, then tests, then the rest; oldest first."""
+    return (PRIORITY[p.type], p.created, p.seq)
 
 
 def _gateway_trouble(detail: str) -> dict[str, str]:
@@ -98,6 +107,11 @@ class Relay:
         self._primary_down_since: float | None = None  # loop time; None while it is up
         self._disk_trouble: str | None = None  # the open "outbox not writable" trouble
         self._memory_dedupe: dict[str, str] = {}  # dedupe keys of memory-only alarms
+        # Scheduling (issue 5 "drain"): re-sends come from a heap of (due, id); first sends
+        # walk the outbox in send order from a cursor, so a 100,000-event backlog costs
+        # O(log n) per publish, not a scan.
+        self._retry: list[tuple[float, str]] = []
+        self._cursor: tuple[int, float, int] | None = None
         self._next_housekeeping = 0.0
         self._tracked: dict[str, _Tracked] = {}
         self._inflight: dict[str, asyncio.Future[int]] = {}
@@ -235,15 +249,17 @@ class Relay:
         """Commit ``env`` durably (or, failing that, keep it in memory); returns the payload."""
         loop = asyncio.get_running_loop()
         payload = env.to_bytes()
+        created = time.time()
+        key = (PRIORITY[env.type], created, env.seq)
+        if self._cursor is not None and key <= self._cursor:
+            self._cursor = None  # it sorts before where the pump has got to: look again
         try:
-            self.outbox.add(env, payload=payload, dedupe_key=dedupe_key)
+            self.outbox.add(env, payload=payload, dedupe_key=dedupe_key, now=created)
         except OutboxError as err:
             # Never lose it: keep it in memory and send it live; say so loudly (issue 5
             # "Disk full"); the pump commits it once the disk takes writes again.
             log.critical("event NOT durable, sending from memory", id=env.id, error=str(err))
-            self._memory[env.id] = Pending(
-                env.id, env.type, env.seq, payload, time.time(), 0, str(err)
-            )
+            self._memory[env.id] = Pending(env.id, env.type, env.seq, payload, created, 0, str(err))
             self._tracked[env.id] = _Tracked(registered_at=loop.time())
             if self._disk_trouble is None:
                 self._disk_trouble = str(err)
@@ -310,8 +326,9 @@ class Relay:
             self._primary_down_since = None if up else (self._primary_down_since or now)
         if up:
             # A new session: whatever waited for a center ack is worth sending again now.
-            for tracked in self._tracked.values():
-                tracked.next_due = 0.0
+            for event_id, tracked in self._tracked.items():
+                if tracked.attempts:
+                    self._schedule(event_id, tracked, 0.0)
         self._wake.set()
 
     def on_message(self, name: str, payload: bytes) -> None:
@@ -376,25 +393,44 @@ class Relay:
         delay = min(self._resend_initial_s * 2.0 ** max(attempts - 1, 0), self._resend_max_s)
         return delay * (0.8 + 0.4 * random.random())
 
+    def _schedule(self, event_id: str, tracked: _Tracked, due: float) -> None:
+        tracked.next_due = due
+        heapq.heappush(self._retry, (due, event_id))
+
     def _due(self, now: float, free: int) -> list[Pending]:
-        """Up to ``free`` envelopes to send now: alarms first, then oldest first (only
-        alarms and tests while they alone may take the secondary path)."""
-        chosen: list[Pending] = []
-        candidates = sorted(self._memory.values(), key=lambda p: (PRIORITY[p.type], p.created))
-        for p in candidates:
-            if len(chosen) >= free:
-                return chosen
+        """Up to ``free`` envelopes to send now, alarms first, then oldest first: events held
+        in memory, re-sends whose backoff ran out, then never-sent rows after the cursor
+        (while fewer than ``MAX_UNACKED`` wait for the center)."""
+        out: list[Pending] = []
+        for p in sorted(self._memory.values(), key=_send_order):
             t = self._tracked.get(p.id)
             if p.id not in self._inflight and (t is None or t.next_due <= now):
-                chosen.append(p)
-        skip = set(self._inflight) | {i for i, t in self._tracked.items() if t.next_due > now}
-        chosen.extend(self.outbox.pending(limit=free - len(chosen), exclude=skip))
-        merged = sorted(chosen, key=lambda p: (PRIORITY[p.type], p.created))
-        return merged[:free]
+                out.append(p)
+        while self._retry and self._retry[0][0] <= now and len(out) < free:
+            due, event_id = heapq.heappop(self._retry)
+            t = self._tracked.get(event_id)
+            if t is None or t.next_due != due or event_id in self._inflight:
+                continue  # stale heap entry
+            if event_id in self._memory:
+                continue
+            row = self.outbox.get(event_id)
+            if row is None:  # acknowledged meanwhile, or evicted
+                self._tracked.pop(event_id, None)
+                continue
+            out.append(row)
+        room = free - len(out)
+        if room > 0 and len(self._tracked) < MAX_UNACKED:
+            for row in self.outbox.after(self._cursor, room):
+                self._cursor = _send_order(row)
+                t = self._tracked.get(row.id)
+                if row.id in self._inflight or (t is not None and t.attempts):
+                    continue  # sent this run already: the heap has it
+                out.append(row)
+        out.sort(key=_send_order)
+        return out
 
     async def pump(self) -> None:
-        """Publish what is due whenever connected; returns only when cancelled."""
-        assert self._uplink is not None
+        """Publish what is due whenever a path is up; returns only when cancelled."""
         loop = asyncio.get_running_loop()
         while True:
             now = self.pump_tick = loop.time()
@@ -403,36 +439,44 @@ class Relay:
                 self._next_housekeeping = now + 2.0
                 self._housekeeping()
             free = MAX_INFLIGHT - len(self._inflight)
-            if free > 0 and (self._path("alarm", now) is not None):
+            if free > 0 and self._path("alarm", now) is not None:
                 for p in self._due(now, free):
-                    if self._path(p.type, now) is not None:
-                        self._send(p)
-            waits = [t.next_due - now for t in self._tracked.values() if t.next_due > now]
-            timeout = min([*waits, 1.0])  # wake at least once a second (the supervisor's tick)
+                    if not self._send(p, flush=False):
+                        # No path for this type yet (secondary, before failover): look at
+                        # the backlog again from the start next time.
+                        self._cursor = None
+                        tracked = self._tracked.get(p.id)
+                        if tracked is not None and tracked.attempts:
+                            self._schedule(p.id, tracked, now + 1.0)
+            timeout = 1.0  # at least once a second: the supervisor watches this tick
+            if self._retry:
+                timeout = min(timeout, max(0.0, self._retry[0][0] - now))
             # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
             # races with the event (the task then never stops).
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(timeout):
                     await self._wake.wait()
 
-    def _send(self, p: Pending) -> None:
+    def _send(self, p: Pending, *, flush: bool = True) -> bool:
+        """Publish ``p`` on the path its type may take now; False when there is none."""
         loop = asyncio.get_running_loop()
         route = self._path(p.type, loop.time())
         if route is None:
-            return
+            return False
         path, uplink = route
         tracked = self._tracked.setdefault(p.id, _Tracked(registered_at=loop.time()))
         tracked.attempts += 1
         tracked.path = path
         if tracked.first_sent_at is None:
             tracked.first_sent_at = loop.time()
-        fut = uplink.publish(self._topic("event"), p.payload)
+        fut = uplink.publish(self._topic("event"), p.payload, flush=flush)
         self._inflight[p.id] = fut
         self.stats["events_sent"] += 1
         self.sent_by_path[path] += 1
         if self.last_alarm is not None and self.last_alarm["id"] == p.id:
             self.last_alarm["path"] = path
         fut.add_done_callback(functools.partial(self._sent, p.id))
+        return True
 
     def _sent(self, event_id: str, fut: asyncio.Future[int]) -> None:
         self._inflight.pop(event_id, None)
@@ -444,14 +488,14 @@ class Relay:
         err = fut.exception()
         if err is None:
             # PUBACK only ends this attempt; the center's ack ends the event (PROTOCOL.md).
-            tracked.next_due = now + self._backoff(tracked.attempts)
+            self._schedule(event_id, tracked, now + self._backoff(tracked.attempts))
             return
         if isinstance(err, NotConnected):
-            tracked.next_due = 0.0  # re-send as soon as the session is back
+            self._schedule(event_id, tracked, 0.0)  # re-send as soon as a session is back
             return
         if isinstance(err, PublishRefused):
             self.stats["publish_refused"] += 1
-        tracked.next_due = now + self._backoff(tracked.attempts)
+        self._schedule(event_id, tracked, now + self._backoff(tracked.attempts))
         try:
             self.outbox.note_attempt(event_id, str(err))
         except OutboxError as db_err:
@@ -462,6 +506,9 @@ class Relay:
     def _housekeeping(self) -> None:
         self._persist_memory()
         self._resign_aging()
+        if len(self._retry) > 4 * len(self._tracked) + 1024:  # mostly acked (stale) entries
+            self._retry = [(t.next_due, i) for i, t in self._tracked.items() if t.attempts]
+            heapq.heapify(self._retry)
 
     def _persist_memory(self) -> None:
         """Commit events held in memory once the disk takes writes again."""

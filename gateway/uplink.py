@@ -166,6 +166,7 @@ class Uplink:
         *,
         retain: bool = False,
         expiry_s: int | None = None,
+        flush: bool = True,
     ) -> asyncio.Future[int]:
         """QoS 1 publish; the future resolves with the PUBACK reason code, or fails with
         ``PublishRefused`` (reason >= 128) or ``NotConnected`` (session lost first)."""
@@ -185,8 +186,9 @@ class Uplink:
             return fut
         self._pending[info.mid] = (fut, topic)
         # paho defers the write to our writer callback (one loop turn later); on the alarm
-        # path that turn can be slow (LED threads, logging), so push the bytes out now.
-        if client.want_write():
+        # path that turn can be slow (LED threads, logging), so push the bytes out now. A
+        # burst (the outbox pump) passes flush=False and leaves one write for the loop turn.
+        if flush and client.want_write():
             self._write(client)
         fut.add_done_callback(functools.partial(self._forget, info.mid))
         return fut

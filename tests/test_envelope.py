@@ -13,7 +13,15 @@ from hypothesis import strategies as st
 
 from gateway import envelope as E
 from gateway.errors import EnvelopeError, KeyFileError
-from gateway.signing import SigningKey, kid_of, load_signing_key, load_verify_key, write_keypair
+from gateway.signing import (
+    SigningKey,
+    b64url,
+    b64url_decode,
+    kid_of,
+    load_signing_key,
+    load_verify_key,
+    write_keypair,
+)
 from tests.harness import alarmgw_cmd
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "envelopes.json").read_text())
@@ -161,3 +169,14 @@ def test_verify_cli(tmp_path: Path) -> None:
         text=True,
     )
     assert bad.returncode == 2 and json.loads(bad.stdout)["reason"] == "bad-signature"
+
+
+def test_libsodium_and_openssl_agree() -> None:
+    """The hot path signs and verifies with PyNaCl; OpenSSL (cryptography) must agree."""
+    key = SigningKey.generate()
+    for data in (b"", b"x", json.dumps(VECTORS["envelopes"][0]["unsigned"]).encode()):
+        sig = key.sign(data)
+        assert b64url_decode(sig) == key.private.sign(data)  # Ed25519 is deterministic
+        key.private.public_key().verify(b64url_decode(sig), data)  # raises if they disagree
+        assert key.verify_key.verify(data, b64url(key.private.sign(data)))
+        assert not key.verify_key.verify(data + b"!", sig)
