@@ -32,6 +32,7 @@ lint: venv
 
 bench: venv
 	$(PY) bench/latency.py
+	$(PY) bench/drain.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

@@ -20,6 +20,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import sqlite3
 import statistics
 import sys
@@ -180,6 +181,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--presses", type=int, default=1000)
     args = parser.parse_args()
+    # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the broker we started is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     logs.configure(open(os.devnull, "w"), json=True, level="error")  # noqa: SIM115
     with tempfile.TemporaryDirectory(prefix="alarmgw-bench-") as d:
         tmp = Path(d)

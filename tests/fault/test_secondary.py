@@ -1,0 +1,114 @@
+"""The second broker path (issue 5): while the primary is down, alarms go out on the
+secondary at once and other events after ``failover_after_s``; the center listens on both
+and dispatches each event once; which path carried what is counted."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from firmware_sim.broker import Mosquitto
+from gateway.center import Center, CenterState, Registry, Verdict
+from gateway.outbox import Outbox
+from gateway.relay import Identity, Relay
+from gateway.seq import SeqCounter
+from gateway.signing import SigningKey
+from gateway.topics import topic
+from gateway.uplink import MqttSettings, Uplink
+from tests.test_uplink_relay import GW, PREFIX, SITE, Led, wait_until
+
+
+async def test_alarm_on_secondary_at_once_trouble_after_failover(tmp_path: Path) -> None:
+    gw_key, c_key = SigningKey.generate(), SigningKey.generate()
+    with Mosquitto(tmp_path / "b1") as b1, Mosquitto(tmp_path / "b2") as b2:
+        reg = Registry()
+        reg.add(SITE, GW, gw_key.verify_key)
+        center = Center(
+            prefix=PREFIX,
+            key=c_key,
+            seq=SeqCounter(tmp_path / "cseq"),
+            state=CenterState(tmp_path / "c.sqlite"),
+            registry=reg,
+        )
+        verdicts: list[Verdict] = []
+        center.listeners.append(verdicts.append)
+        c1 = Uplink(
+            MqttSettings("127.0.0.1", b1.port, 5, "center", backoff_max_s=1.0),
+            subscriptions=center.subscriptions(),
+            on_message=center.on_message,
+        )
+        center.attach(c1)
+        c2 = Uplink(
+            MqttSettings("127.0.0.1", b2.port, 5, "center", backoff_max_s=1.0),
+            subscriptions=center.subscriptions(),
+            on_message=lambda n, p: center.on_message(n, p, via=c2),
+        )
+        relay = Relay(
+            ident=Identity(SITE, GW, PREFIX),
+            key=gw_key,
+            seq=SeqCounter(tmp_path / "gseq"),
+            outbox=Outbox(tmp_path / "o.sqlite"),
+            center_keys={c_key.kid: c_key.verify_key},
+            location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
+            contact={"phone": "110"},
+            resend_initial_s=0.3,
+            resend_max_s=1.0,
+        )
+        ack = [topic(PREFIX, SITE, GW, "ack")]
+        g1 = Uplink(
+            MqttSettings("127.0.0.1", b1.port, 5, "gw", backoff_max_s=1.0),
+            subscriptions=ack,
+            on_message=relay.on_message,
+            prepare=relay.prepare_session,
+            on_state=relay.on_link,
+        )
+        g2 = Uplink(
+            MqttSettings("127.0.0.1", b2.port, 5, "gw", backoff_max_s=1.0),
+            subscriptions=ack,
+            on_message=relay.on_message,
+            on_state=lambda up: relay.on_link(up, path="secondary"),
+        )
+        relay.attach(g1, g2, failover_after_s=3.0)
+        tasks = [
+            asyncio.create_task(c) for c in (c1.run(), c2.run(), g1.run(), g2.run(), relay.pump())
+        ]
+        try:
+            await wait_until(lambda: all(u.connected for u in (c1, c2, g1, g2)))
+            b1.stop()  # the primary goes away
+            await wait_until(lambda: not g1.connected)
+            loop = asyncio.get_running_loop()
+            down_at = loop.time()
+            trouble = relay.raise_event(
+                "trouble", {"code": "330", "device": "gateway", "detail": "test"}
+            )
+            led = Led()
+            alarm = relay.raise_alarm(input_ref="gpio:gate", feedback=led)
+            await wait_until(lambda: led.modes[-1:] == ["solid"])  # acked via the secondary
+            assert loop.time() - down_at < 3.0  # before failover: the alarm did not wait
+            assert not any(v.env and v.env.id == trouble for v in verdicts)  # trouble waits
+            await wait_until(
+                lambda: any(
+                    v.env and v.env.id == trouble and v.result == "accepted" for v in verdicts
+                )
+            )
+            assert relay.sent_by_path["secondary"] >= 2
+            b1.start()  # the primary comes back: un-acked work would go there again
+            await wait_until(lambda: g1.connected)
+            follow = Led()
+            relay.raise_alarm(input_ref="gpio:gate", feedback=follow)
+            await wait_until(lambda: follow.modes[-1:] == ["solid"])
+            assert relay.sent_by_path["primary"] >= 1
+            dispatched = [
+                v.env.id
+                for v in verdicts
+                if v.result == "accepted" and v.env and v.env.type in ("alarm", "trouble")
+            ]
+            assert len(dispatched) == len(set(dispatched)) == 3
+            assert alarm.event_id in dispatched
+            assert relay.outbox.count() == 0
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            relay.outbox.close()
+            center.state.close()
