@@ -103,7 +103,8 @@ class StatusServer:
         while self.mode == "hang":
             changed = self._changed
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(changed.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await changed.wait()
             if self._runner is None:
                 break
         if self.mode == "error":

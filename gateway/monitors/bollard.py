@@ -289,5 +289,7 @@ class BollardMonitor:
             now = self._clock()
             due = self.tracker.deadline(now)
             timeout = None if due is None else due - now + 0.01
+            # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()

@@ -117,7 +117,9 @@ class Heartbeat:
             self.send()
             left = next_at - loop.time()
             if self.waiting is not None and not self._uplink.connected:
+                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._uplink.wait_connected(), left)
+                    async with asyncio.timeout(left):
+                        await self._uplink.wait_connected()
             else:
                 await asyncio.sleep(left)
