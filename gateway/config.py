@@ -11,13 +11,10 @@ file's directory, and referenced key files must exist.
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
-import re
 import tomllib
-import types
 import typing
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 from urllib.parse import urlsplit
@@ -34,23 +31,20 @@ from pydantic import (
     model_validator,
 )
 
+from gateway.configerrors import (
+    Problems,
+    collect,
+    dotted,
+    scalar,
+    syntax_problem,
+)
+from gateway.configerrors import SectionProblems as _Problems
 from gateway.errors import ConfigError
 from gateway.tomlpos import Loc, Locator
-
-Problems = list[tuple[Loc, str]]
 
 IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # shared/spec/PROTOCOL.md "Identities"
 INPUT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 STANDARD_BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
-
-
-class _Problems(ValueError):
-    """Raised inside validators to report problems at key paths relative to the model being
-    validated (pydantic would otherwise point them all at the model itself)."""
-
-    def __init__(self, items: Problems) -> None:
-        self.items = items
-        super().__init__("; ".join(msg for _, msg in items))
 
 
 def _raise_if(problems: Problems) -> None:
@@ -62,11 +56,6 @@ def _given(model: BaseModel) -> dict[str, Any]:
     """The keys set explicitly, like raw TOML: cross-key checks see the same input either
     way, so a problem found both in the model and in the raw data is reported once."""
     return {name: getattr(model, name) for name in model.model_fields_set}
-
-
-def _scalar(value: object, kind: Any) -> bool:
-    """``value`` is of ``kind`` (TOML booleans are not numbers)."""
-    return isinstance(value, kind) and not isinstance(value, bool)
 
 
 def _context(info: ValidationInfo) -> Mapping[str, Any]:
@@ -339,7 +328,7 @@ class OutboxSection(_Section):
 
 def _backoff_problems(d: Mapping[str, Any]) -> Problems:
     low, high = d.get("resend_initial_s", 2.0), d.get("resend_max_s", 60.0)
-    if _scalar(low, float | int) and _scalar(high, float | int) and high < low:
+    if scalar(low, float | int) and scalar(high, float | int) and high < low:
         return [(("resend_max_s",), "must be >= resend_initial_s")]
     return []
 
@@ -450,7 +439,7 @@ def _duplicates(items: Iterable[tuple[Loc, object]], what: str) -> Problems:
     problems: Problems = []
     for loc, value in items:
         if value in first:
-            problems.append((loc, f"{what} {value!r} is already used by {_dotted(first[value])}"))
+            problems.append((loc, f"{what} {value!r} is already used by {dotted(first[value])}"))
         else:
             first[value] = loc
     return problems
@@ -467,18 +456,18 @@ def _unique_problems(data: Mapping[str, Any]) -> Problems:
         ((section, i, "name"), e["name"])
         for section in ("button", "serial")
         for i, e in _entries(data.get(section))
-        if _scalar(e.get("name"), str)
+        if scalar(e.get("name"), str)
     ]
     pins: list[tuple[Loc, object]] = [
         (("button", i, key), e[key])
         for i, e in _entries(data.get("button"))
         for key in ("pin", "led_pin")
-        if _scalar(e.get(key), int)
+        if scalar(e.get(key), int)
     ]
     bollard = data.get("bollard")
     if isinstance(bollard, Mapping):
         keys = ("up_pin", "down_pin", "fault_pin")
-        pins += [(("bollard", k), bollard[k]) for k in keys if _scalar(bollard.get(k), int)]
+        pins += [(("bollard", k), bollard[k]) for k in keys if scalar(bollard.get(k), int)]
     return _duplicates(names, "name") + _duplicates(pins, "GPIO pin")
 
 
@@ -520,7 +509,7 @@ def _registry_problems(entries: object) -> Problems:
     pairs = [
         (("gateways", i, "id"), (e.get("site"), e.get("id")))
         for i, e in _entries(entries)
-        if _scalar(e.get("site"), str) and _scalar(e.get("id"), str)
+        if scalar(e.get("site"), str) and scalar(e.get("id"), str)
     ]
     return _duplicates(pairs, "gateway (site, id)")
 
@@ -552,7 +541,7 @@ def _load(path: Path, model: type[_M], *, check_files: bool) -> _M:
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        raise ConfigError(shown, [_syntax_problem(shown, err, text)]) from err
+        raise ConfigError(shown, [syntax_problem(shown, err, text)]) from err
 
     found: Problems = []
     if "path" in data:  # filled in by the loader, not a setting
@@ -562,12 +551,12 @@ def _load(path: Path, model: type[_M], *, check_files: bool) -> _M:
     try:
         config = model.model_validate({**data, "path": path.resolve()}, context=context)
     except ValidationError as err:
-        found += _collect(err.errors(include_url=False), model) + _raw_problems(model, data)
+        found += collect(err.errors(include_url=False), model) + _raw_problems(model, data)
     else:
         if not found:
             return config
     locator = Locator(text)
-    located = sorted({(locator.line(loc), _dotted(loc), msg) for loc, msg in found})
+    located = sorted({(locator.line(loc), dotted(loc), msg) for loc, msg in found})
     raise ConfigError(shown, [f"{shown}:{line}: {key}: {msg}" for line, key, msg in located])
 
 
@@ -590,71 +579,3 @@ def _raw_problems(model: type[BaseModel], data: Mapping[str, Any]) -> Problems:
         if isinstance(section, Mapping):
             found += [((key, *loc), msg) for loc, msg in check(section)]
     return found
-
-
-def _syntax_problem(shown: str, err: tomllib.TOMLDecodeError, text: str) -> str:
-    message, line = str(err), "1"
-    if match := re.search(r"\s*\(at line (\d+), column (\d+)\)$", message):
-        message, line = f"{message[: match.start()]} (column {match[2]})", match[1]
-    elif match := re.search(r"\s*\(at end of document\)$", message):
-        message, line = f"{message[: match.start()]} (at end of file)", str(text.count("\n") + 1)
-    return f"{shown}:{line}: TOML syntax error: {message}"
-
-
-def _collect(errors: Sequence[Mapping[str, Any]], model: type[BaseModel]) -> Problems:
-    found: Problems = []
-    for e in errors:
-        loc: Loc = tuple(e["loc"])
-        cause = (e.get("ctx") or {}).get("error")
-        if isinstance(cause, _Problems):
-            found += [((*loc, *sub), msg) for sub, msg in cause.items]
-        else:
-            found.append((loc, _message(e, loc, model, cause)))
-    return found
-
-
-def _message(e: Mapping[str, Any], loc: Loc, model: type[BaseModel], cause: object) -> str:
-    """One pydantic error in a technician's words."""
-    if e["type"] == "value_error" and cause is not None:
-        return str(cause)  # our own validators' messages, without pydantic's prefix
-    if e["type"] == "missing":
-        if isinstance(loc[-1], str) and _fields_at(model, loc):
-            return f"missing required table [{_dotted(loc)}]"
-        return "missing required key"
-    if e["type"] == "extra_forbidden":
-        close = difflib.get_close_matches(str(loc[-1]), _fields_at(model, loc[:-1]), n=1)
-        return "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
-    value = e.get("input")
-    if loc and loc[-1] == "password":
-        return str(e["msg"])  # never echo a secret into a terminal or the journal
-    if _scalar(value, str | int | float) and e["type"] != "finite_number":
-        return f"{e['msg']} (got {value!r})"
-    return str(e["msg"])
-
-
-def _model_of(annotation: Any) -> type[BaseModel] | None:
-    """The model class inside ``X``, ``list[X]`` or ``X | None``, if any."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if typing.get_origin(annotation) in (list, typing.Union, types.UnionType):
-        for arg in typing.get_args(annotation):
-            if (found := _model_of(arg)) is not None:
-                return found
-    return None
-
-
-def _fields_at(model: type[BaseModel], loc: Loc) -> list[str]:
-    """The keys allowed in the table at ``loc`` (empty if ``loc`` is not a table)."""
-    current: type[BaseModel] | None = model
-    for part in loc:
-        if isinstance(part, str) and current is not None:
-            field = current.model_fields.get(part)
-            current = _model_of(field.annotation) if field else None
-    return [name for name in current.model_fields if name != "path"] if current else []
-
-
-def _dotted(loc: Loc) -> str:
-    out = ""
-    for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
-    return out or "(top level)"

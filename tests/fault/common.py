@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from firmware_sim.box import BoxSimulator
@@ -79,10 +79,3 @@ def assert_exactly_once(center: Proc, expected: int) -> None:
     ids = [a["id"] for a in alarms]
     assert len(ids) == len(set(ids)), "an alarm id was dispatched twice"
     assert len(alarms) == expected, f"{len(alarms)} alarms dispatched for {expected} presses"
-
-
-async def in_background(coro: Awaitable[None]) -> asyncio.Task[None]:
-    return asyncio.ensure_future(coro)
-
-
-Starter = Callable[[], Proc]
