@@ -222,14 +222,17 @@ class Outbox:
         if PRIORITY[p.type] >= 2:
             self._telemetry += 1
 
-    def replace_payload(self, env: Envelope, payload: bytes) -> None:
-        """Store a re-signed envelope (same id, new seq) in place of the queued one."""
+    def replace_payloads(self, envs: Iterable[Envelope]) -> None:
+        """Store re-signed envelopes (same id, new seq) in place of the queued ones, in one
+        transaction (one sync for the whole round, not one per row)."""
+        rows = [(env.seq, env.to_bytes(), env.id) for env in envs]
         try:
-            self._db.execute(
-                "UPDATE outbox SET seq = ?, payload = ? WHERE id = ?", (env.seq, payload, env.id)
-            )
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("UPDATE outbox SET seq = ?, payload = ? WHERE id = ?", rows)
+            self._db.execute("COMMIT")
         except sqlite3.Error as err:
-            raise OutboxError(f"{self.path}: cannot update {env.id}: {err}") from err
+            self._rollback()
+            raise OutboxError(f"{self.path}: cannot store re-signed events: {err}") from err
 
     def below_seq(self, seq: int, limit: int = 1000) -> list[Pending]:
         """Queued envelopes whose seq is below ``seq`` (to re-sign before they age out of

@@ -41,6 +41,7 @@ MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
 MAX_UNACKED = 2_000
 SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
 SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
+RESIGN_ROUND = 200  # events re-signed per housekeeping round (keeps each round short)
 
 
 def _send_order(p: Pending) -> tuple[int, float, int]:
@@ -532,31 +533,37 @@ class Relay:
         limit = self._seq.peek - (SEQ_WINDOW - SEQ_MARGIN)
         if oldest is None or oldest >= limit:
             return
-        for p in self.outbox.below_seq(limit):
+        # A bounded round (this runs on the event loop) committed as one transaction.
+        fresh: list[Envelope] = []
+        for p in self.outbox.below_seq(limit, limit=RESIGN_ROUND):
             if p.id in self._inflight:
                 continue
             old = parse(p.payload)
-            env = build(
-                type=old.type,
-                site=old.site,
-                gw=old.gw,
-                seq=self._seq.next(),
-                body=old.body,
-                key=self._key,
-                ts=old.ts,
-                id=old.id,
+            fresh.append(
+                build(
+                    type=old.type,
+                    site=old.site,
+                    gw=old.gw,
+                    seq=self._seq.next(),
+                    body=old.body,
+                    key=self._key,
+                    ts=old.ts,
+                    id=old.id,
+                )
             )
-            try:
-                self.outbox.replace_payload(env, env.to_bytes())
-            except OutboxError as err:
-                log.error("cannot re-sign an aging event", id=p.id, error=str(err))
-                return
-            log.warning(
-                "re-signed an event about to leave the replay window",
-                id=p.id,
-                old_seq=old.seq,
-                new_seq=env.seq,
-            )
+        if not fresh:
+            return
+        try:
+            self.outbox.replace_payloads(fresh)
+        except OutboxError as err:
+            log.error("cannot re-sign aging events", count=len(fresh), error=str(err))
+            return
+        log.warning(
+            "re-signed events about to leave the replay window",
+            count=len(fresh),
+            oldest_was=oldest,
+            new_seqs=f"{fresh[0].seq}..{fresh[-1].seq}",
+        )
 
     # -- status ---------------------------------------------------------------------
 
