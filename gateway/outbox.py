@@ -234,20 +234,6 @@ class Outbox:
             self._rollback()
             raise OutboxError(f"{self.path}: cannot store re-signed events: {err}") from err
 
-    def below_seq(self, seq: int, limit: int = 1000) -> list[Pending]:
-        """Queued envelopes whose seq is below ``seq`` (to re-sign before they age out of
-        the center's anti-replay window)."""
-        rows = self._db.execute(
-            "SELECT id, type, seq, payload, created, attempts, last_error FROM outbox "
-            "WHERE seq < ? ORDER BY seq LIMIT ?",
-            (seq, limit),
-        ).fetchall()
-        return [Pending(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
-
-    def min_seq(self) -> int | None:
-        (value,) = self._db.execute("SELECT MIN(seq) FROM outbox").fetchone()
-        return None if value is None else int(value)
-
     def note_attempt(self, event_id: str, error: str | None = None) -> None:
         """Count a publish attempt (and its error). Not critical: NORMAL durability is fine."""
         try:

@@ -41,7 +41,6 @@ MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
 MAX_UNACKED = 2_000
 SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
 SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
-RESIGN_ROUND = 200  # events re-signed per housekeeping round (keeps each round short)
 
 
 def _send_order(p: Pending) -> tuple[int, float, int]:
@@ -441,7 +440,7 @@ class Relay:
                 self._housekeeping()
             free = MAX_INFLIGHT - len(self._inflight)
             if free > 0 and self._path("alarm", now) is not None:
-                for p in self._due(now, free):
+                for p in self._resign_aging(self._due(now, free)):
                     if not self._send(p, flush=False):
                         # No path for this type yet (secondary, before failover): look at
                         # the backlog again from the start next time.
@@ -506,7 +505,6 @@ class Relay:
 
     def _housekeeping(self) -> None:
         self._persist_memory()
-        self._resign_aging()
         if len(self._retry) > 4 * len(self._tracked) + 1024:  # mostly acked (stale) entries
             self._retry = [(t.next_due, i) for i, t in self._tracked.items() if t.attempts]
             heapq.heapify(self._retry)
@@ -524,46 +522,45 @@ class Relay:
             self._disk_trouble = None
             self.raise_event("restore", _gateway_trouble("outbox writable again"))
 
-    def _resign_aging(self) -> None:
-        """Keep the backlog within the center's anti-replay window (PROTOCOL.md: a gateway
-        never lets its backlog span more than 65,536 seqs): re-sign what is about to age out
-        with a fresh seq. Same id, body and ts, so the center can still tell it is the same
-        event; it is the only case where the bytes of a re-send change."""
-        oldest = self.outbox.min_seq()
+    def _resign_aging(self, batch: list[Pending]) -> list[Pending]:
+        """Keep what is sent inside the center's anti-replay window (PROTOCOL.md: a gateway
+        never lets its backlog span more than 65,536 seqs): an event about to be sent whose
+        seq is about to age out is re-signed first with a fresh seq, in one transaction for
+        the whole batch. Same id, body and ts, so the center can tell it is the same event;
+        the only case where the bytes of a re-send change."""
         limit = self._seq.peek - (SEQ_WINDOW - SEQ_MARGIN)
-        if oldest is None or oldest >= limit:
-            return
-        # A bounded round (this runs on the event loop) committed as one transaction.
-        fresh: list[Envelope] = []
-        for p in self.outbox.below_seq(limit, limit=RESIGN_ROUND):
-            if p.id in self._inflight:
-                continue
+        aging = [p for p in batch if p.seq < limit and p.id not in self._memory]
+        if not aging:
+            return batch
+        fresh: dict[str, Envelope] = {}
+        for p in aging:
             old = parse(p.payload)
-            fresh.append(
-                build(
-                    type=old.type,
-                    site=old.site,
-                    gw=old.gw,
-                    seq=self._seq.next(),
-                    body=old.body,
-                    key=self._key,
-                    ts=old.ts,
-                    id=old.id,
-                )
+            fresh[p.id] = build(
+                type=old.type,
+                site=old.site,
+                gw=old.gw,
+                seq=self._seq.next(),
+                body=old.body,
+                key=self._key,
+                ts=old.ts,
+                id=old.id,
             )
-        if not fresh:
-            return
         try:
-            self.outbox.replace_payloads(fresh)
+            self.outbox.replace_payloads(fresh.values())
         except OutboxError as err:
             log.error("cannot re-sign aging events", count=len(fresh), error=str(err))
-            return
+            return [p for p in batch if p.id not in fresh]
         log.warning(
             "re-signed events about to leave the replay window",
             count=len(fresh),
-            oldest_was=oldest,
-            new_seqs=f"{fresh[0].seq}..{fresh[-1].seq}",
+            oldest_was=min(p.seq for p in aging),
         )
+        return [
+            Pending(p.id, p.type, e.seq, e.to_bytes(), p.created, p.attempts, p.last_error)
+            if (e := fresh.get(p.id)) is not None
+            else p
+            for p in batch
+        ]
 
     # -- status ---------------------------------------------------------------------
 
