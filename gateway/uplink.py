@@ -37,7 +37,6 @@ log = structlog.get_logger("alarmgw.uplink")
 
 # MQTT 5 reason codes >= 0x80 are failures; 16 "no matching subscribers" is a success
 # (FIELD-NOTES), 135 "not authorized" is how an ACL refusal shows up.
-NOT_AUTHORIZED = 135
 
 
 class PublishRefused(AlarmgwError):
