@@ -118,7 +118,10 @@ class Registry:
 
 
 class CenterState:
-    """Anti-replay and de-duplication state in SQLite (survives restarts)."""
+    """Anti-replay and de-duplication state in SQLite (survives restarts).
+
+    Per envelope it costs one lookup and one insert; the signer's high-water mark is kept in
+    memory as well, and written (with the pruning of rows below the window) once per commit."""
 
     def __init__(self, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -127,25 +130,40 @@ class CenterState:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.executescript(_SCHEMA)
+        self._high: dict[str, int] = {}  # kid -> highest accepted seq (as in table signer)
+        self._dirty: set[str] = set()  # kids whose high moved in the open transaction
 
     def close(self) -> None:
         self._db.close()
 
+    def lookup(self, kid: str, seq: int, event_id: str) -> tuple[str | None, bool]:
+        """(id accepted under this kid and seq or None, whether this id was accepted from
+        this kid under any seq) in one statement."""
+        by_seq: str | None = None
+        id_seen = False
+        for found, same_id in self._db.execute(
+            "SELECT id, 0 FROM accepted WHERE kid = ?1 AND seq = ?2 "
+            "UNION ALL SELECT id, 1 FROM accepted WHERE id = ?3 AND kid = ?1",
+            (kid, seq, event_id),
+        ):
+            if same_id:
+                id_seen = True
+            else:
+                by_seq = str(found)
+        return by_seq, id_seen
+
     def seen(self, kid: str, seq: int) -> str | None:
-        row = self._db.execute(
-            "SELECT id FROM accepted WHERE kid = ? AND seq = ?", (kid, seq)
-        ).fetchone()
-        return None if row is None else str(row[0])
+        return self.lookup(kid, seq, "")[0]
 
     def seen_id(self, kid: str, event_id: str) -> bool:
-        row = self._db.execute(
-            "SELECT 1 FROM accepted WHERE id = ? AND kid = ?", (event_id, kid)
-        ).fetchone()
-        return row is not None
+        return self.lookup(kid, -1, event_id)[1]
 
     def high(self, kid: str) -> int:
-        row = self._db.execute("SELECT high FROM signer WHERE kid = ?", (kid,)).fetchone()
-        return 0 if row is None else int(row[0])
+        high = self._high.get(kid)
+        if high is None:
+            row = self._db.execute("SELECT high FROM signer WHERE kid = ?", (kid,)).fetchone()
+            high = self._high[kid] = 0 if row is None else int(row[0])
+        return high
 
     def begin_batch(self) -> None:
         """Open one transaction for a burst of envelopes (group commit): ``accept`` then
@@ -157,7 +175,7 @@ class CenterState:
     def commit_batch(self) -> None:
         if self._in_batch:
             self._in_batch = False
-            self._db.execute("COMMIT")
+            self._commit()
 
     def accept(self, env: Envelope) -> None:
         """Record (kid, seq, id); durable at once, or with the open batch's commit (the
@@ -168,25 +186,44 @@ class CenterState:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._record(env)
-            self._db.execute("COMMIT")
         except sqlite3.Error:
-            self._db.execute("ROLLBACK")
+            self._rollback()
             raise
+        self._commit()
 
     def _record(self, env: Envelope) -> None:
         self._db.execute(
             "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?,?,?,?,?)",
             (env.kid, env.seq, env.id, env.type, time.time()),
         )
-        self._db.execute(
-            "INSERT INTO signer (kid, high) VALUES (?, ?) "
-            "ON CONFLICT(kid) DO UPDATE SET high = MAX(high, excluded.high)",
-            (env.kid, env.seq),
-        )
-        # Rows below the window can never matter again (those seqs are rejected outright).
-        self._db.execute(
-            "DELETE FROM accepted WHERE kid = ? AND seq <= ?", (env.kid, env.seq - WINDOW)
-        )
+        if env.seq > self.high(env.kid):
+            self._high[env.kid] = env.seq
+            self._dirty.add(env.kid)
+
+    def _commit(self) -> None:
+        try:
+            for kid in self._dirty:
+                high = self._high[kid]
+                self._db.execute(
+                    "INSERT INTO signer (kid, high) VALUES (?, ?) "
+                    "ON CONFLICT(kid) DO UPDATE SET high = MAX(high, excluded.high)",
+                    (kid, high),
+                )
+                # Rows below the window can never matter again (those seqs are rejected).
+                self._db.execute(
+                    "DELETE FROM accepted WHERE kid = ? AND seq <= ?", (kid, high - WINDOW)
+                )
+            self._db.execute("COMMIT")
+        except sqlite3.Error:
+            self._rollback()
+            raise
+        self._dirty.clear()
+
+    def _rollback(self) -> None:
+        if self._db.in_transaction:
+            self._db.execute("ROLLBACK")
+        self._high.clear()  # re-read from the table: the moves were not committed
+        self._dirty.clear()
 
     def session(self, site: str, gw: str) -> int:
         row = self._db.execute(
@@ -321,7 +358,7 @@ class Center:
         except EnvelopeError as err:
             return Verdict("rejected", name, err.reason, err.detail, env)
         latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
-        earlier = self.state.seen(env.kid, env.seq)
+        earlier, id_seen = self.state.lookup(env.kid, env.seq, env.id)
         if earlier is not None:
             if earlier == env.id:
                 return Verdict("duplicate", name, env=env, latency_ms=latency)
@@ -334,7 +371,7 @@ class Center:
             )
         if env.seq <= self.state.high(env.kid) - WINDOW:
             return Verdict("rejected", name, "seq-below-window", f"seq {env.seq} is too old", env)
-        if self.state.seen_id(env.kid, env.id):
+        if id_seen:
             # The same event re-signed under a new seq (a gateway keeps its backlog inside the
             # window that way; PROTOCOL.md: the id is the dedupe key): acked, not dispatched.
             return Verdict("duplicate", name, env=env, latency_ms=latency)

@@ -17,6 +17,10 @@ from typing import Any
 MAX_SAFE = 2**53 - 1  # RFC 8785 §3.2.2.3 / I-JSON: integers beyond this are out of domain
 
 _str = json.JSONEncoder(ensure_ascii=False).encode
+# The whole value in C, for values where its output is already canonical (see ``_plain``).
+_whole = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
 
 
 class CanonicalizationError(ValueError):
@@ -26,9 +30,32 @@ class CanonicalizationError(ValueError):
 def dumps(obj: Any) -> bytes:
     """The canonical UTF-8 bytes of ``obj``."""
     try:
-        return _enc(obj).encode("utf-8")
+        return (_whole(obj) if _plain(obj) else _enc(obj)).encode("utf-8")
     except UnicodeEncodeError as err:
         raise CanonicalizationError(f"string is not valid Unicode: {err.reason}") from None
+
+
+def _plain(obj: Any) -> bool:
+    """True when the C encoder (sorted keys, compact) already writes ``obj`` canonically:
+    plain dicts, lists, strings, true/false/null, I-JSON integers, object keys in ASCII (where
+    code point order is UTF-16 order) and floats that Python's repr writes as ECMAScript
+    does (not integral, 1e-4 <= |x| < 1e16: no exponent in either, same shortest digits).
+    Anything else takes the general path (``_enc``)."""
+    t = type(obj)
+    if t is str or t is bool or obj is None:
+        return True
+    if t is int:
+        return -MAX_SAFE <= obj <= MAX_SAFE
+    if t is float:
+        return 1e-4 <= abs(obj) < 1e16 and not obj.is_integer()
+    if t is dict:
+        for key, value in obj.items():
+            if type(key) is not str or not key.isascii() or not _plain(value):
+                return False
+        return True
+    if t is list or t is tuple:
+        return all(map(_plain, obj))
+    return False
 
 
 def _utf16_key(key: str) -> bytes:

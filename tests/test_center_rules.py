@@ -97,6 +97,36 @@ def test_seq_window(tmp_path: Path) -> None:
     assert (v.result, v.reason) == ("rejected", "seq-below-window")
 
 
+def test_window_and_pruning_survive_a_restart_after_a_group_commit(tmp_path: Path) -> None:
+    # The signer's high-water mark lives in memory during a batch and reaches the table with
+    # the batch's commit, together with the pruning of rows below the window.
+    c = make_center(tmp_path)
+    c.state.begin_batch()
+    for seq in (100, 101, WINDOW + 100):
+        assert c.receive(EVENT_TOPIC, alarm(seq).to_bytes()).result == "accepted"
+    c.state.commit_batch()
+    rows = c.state._db.execute("SELECT seq FROM accepted ORDER BY seq").fetchall()
+    assert rows == [(101,), (WINDOW + 100,)]  # 100 fell below the window and was pruned
+    c.state.close()
+    c2 = make_center(tmp_path)
+    assert c2.state.high(GW_KEY.kid) == WINDOW + 100
+    v = c2.receive(EVENT_TOPIC, alarm(100).to_bytes())
+    assert (v.result, v.reason) == ("rejected", "seq-below-window")
+    v = c2.receive(EVENT_TOPIC, alarm(101).to_bytes())
+    assert (v.result, v.reason) == ("rejected", "replayed-seq")  # another id, same seq
+    assert c2.receive(EVENT_TOPIC, alarm(102).to_bytes()).result == "accepted"
+
+
+def test_an_uncommitted_batch_leaves_no_trace(tmp_path: Path) -> None:
+    c = make_center(tmp_path)
+    c.state.begin_batch()
+    assert c.receive(EVENT_TOPIC, alarm(WINDOW * 3).to_bytes()).result == "accepted"
+    c.state._rollback()  # what a failed commit does
+    c.state._in_batch = False
+    assert c.state.high(GW_KEY.kid) == 0  # re-read from the table, not the lost batch
+    assert c.receive(EVENT_TOPIC, alarm(5).to_bytes()).result == "accepted"
+
+
 def test_stale_state_session_is_ignored(tmp_path: Path) -> None:
     c = make_center(tmp_path)
     st_topic = f"{PREFIX}/{SITE}/{GW}/state"

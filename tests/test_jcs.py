@@ -68,3 +68,41 @@ def test_vectors() -> None:
 def test_out_of_domain(bad: object) -> None:
     with pytest.raises(jcs.CanonicalizationError):
         jcs.dumps(bad)
+
+
+ascii_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda children: (
+        st.lists(children, max_size=5)
+        | st.dictionaries(st.text(st.characters(max_codepoint=127), max_size=8), children)
+    ),
+    max_leaves=25,
+)
+
+
+@settings(max_examples=3000)
+@given(ascii_values)
+def test_fast_path_matches_reference(value: object) -> None:
+    # Values with ASCII keys mostly take the C-encoder path; both paths must agree with the
+    # reference, and with each other.
+    expected = rfc8785.dumps(value)
+    assert jcs.dumps(value) == expected
+    if jcs._plain(value):
+        assert jcs._enc(value).encode() == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [1e-4, 0.00009999999999999999, 9999999999999998.0, 1e16, 123.0, 0.1, -0.0, 1e-5, 0.5],
+)
+def test_float_boundaries_of_the_fast_path(value: float) -> None:
+    assert jcs.dumps({"x": value, "y": [value]}) == rfc8785.dumps({"x": value, "y": [value]})
+
+
+def test_envelope_takes_the_fast_path() -> None:
+    for vector in VECTORS["envelopes"]:
+        assert jcs._plain(vector["unsigned"])
