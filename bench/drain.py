@@ -34,8 +34,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import paho.mqtt.client as mqtt
-from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.broker import Mosquitto
 from gateway import logs
@@ -121,15 +119,10 @@ def bulk_signed(path: Path, key: SigningKey, seq: SeqCounter, n: int) -> None:
     db.close()
 
 
-def floor_burst(port: int, n: int, size: int) -> float:
-    """Raw paho QoS 1: messages/s from one publisher to a subscriber in another process."""
-    sub = subprocess.Popen(
-        [sys.executable, "-c", SUBSCRIBER, str(n), str(port)],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert sub.stdout is not None
-    sub.stdout.readline()  # subscribed
+PUBLISHER = textwrap.dedent("""
+    import sys, threading, paho.mqtt.client as mqtt
+    from paho.mqtt.enums import CallbackAPIVersion
+    n, port, size = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="floor-pub", protocol=mqtt.MQTTv5)
     pub.max_inflight_messages_set(20)
     pub.max_queued_messages_set(0)
@@ -137,18 +130,53 @@ def floor_burst(port: int, n: int, size: int) -> float:
     # id wraps: keep at most 2,000 un-PUBACKed (the gateway's own window is the same).
     window = threading.Semaphore(2000)
     pub.on_publish = lambda c, u, mid, rc, p: window.release()
+    connected = threading.Event()
+    pub.on_connect = lambda c, u, f, rc, p: connected.set()
     pub.connect("127.0.0.1", port)
     pub.loop_start()
+    connected.wait(10)
+    print("ready", flush=True)
+    sys.stdin.readline()
     payload = b"x" * size
-    t0 = time.perf_counter()
     for i in range(n):
         window.acquire()
         pub.publish(f"floor/{i % 8}", payload, qos=1)
-    line = sub.stdout.readline()
-    rate = n / (time.perf_counter() - t0)
+    sys.stdin.readline()
     pub.loop_stop()
     pub.disconnect()
-    sub.wait(10)
+""")
+
+
+def floor_burst(port: int, n: int, size: int) -> float:
+    """Raw paho QoS 1: messages/s from a publisher process to a subscriber process (both
+    stock paho-mqtt, not importing alarmgw)."""
+    sub = subprocess.Popen(
+        [sys.executable, "-c", SUBSCRIBER, str(n), str(port)], stdout=subprocess.PIPE, text=True
+    )
+    pub = subprocess.Popen(
+        [sys.executable, "-c", PUBLISHER, str(n), str(port), str(size)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert sub.stdout is not None and pub.stdin is not None and pub.stdout is not None
+    try:
+        sub.stdout.readline()  # subscribed
+        pub.stdout.readline()  # connected
+        t0 = time.perf_counter()
+        pub.stdin.write("go\n")
+        pub.stdin.flush()
+        line = sub.stdout.readline()
+        rate = n / (time.perf_counter() - t0)
+        pub.stdin.write("stop\n")
+        pub.stdin.flush()
+        pub.wait(10)
+        sub.wait(10)
+    finally:
+        for proc in (pub, sub):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
     if not line.startswith("done"):
         raise RuntimeError(f"floor subscriber: {line!r}")
     return rate
@@ -226,7 +254,8 @@ async def drain(root: Path, port: int, n: int) -> tuple[float, int]:
             st = relay.stats
             print(
                 f"    {time.perf_counter() - t0:6.2f}s {left} left, sent {st['events_sent']}"
-                f" acked {st['events_acked']} rejected {st['acks_rejected']}",
+                f" acked {st['events_acked']} rejected {st['acks_rejected']}"
+                f" tracked {len(relay._tracked)} inflight {len(relay._inflight)}",
                 flush=True,
             )
             last = left

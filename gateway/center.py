@@ -15,11 +15,17 @@ session is ignored) or ``online`` again.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
+import multiprocessing
+import signal
 import sqlite3
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Mapping
+from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -38,6 +44,7 @@ log = structlog.get_logger("alarmgw.center")
 
 WINDOW = 65_536  # PROTOCOL.md: the center remembers which of the 65,536 seqs below the top it saw
 ACK_IDS_MAX = 200  # ids per ack envelope (keeps an ack far below the envelope size limit)
+INLINE_MAX = 2  # a burst this small, with none ahead of it, is checked without a thread hop
 TOPIC_TYPES = {
     "event": EVENT_TYPES,
     "heartbeat": frozenset({"heartbeat"}),
@@ -177,6 +184,10 @@ class CenterState:
             self._in_batch = False
             self._commit()
 
+    def abort_batch(self) -> None:
+        self._in_batch = False
+        self._rollback()
+
     def accept(self, env: Envelope) -> None:
         """Record (kid, seq, id); durable at once, or with the open batch's commit (the
         center acknowledges only after that)."""
@@ -239,6 +250,9 @@ class CenterState:
         )
 
 
+Received = tuple[str, bytes, "Uplink | None", float]  # topic, payload, session, arrival time
+
+
 class Center:
     """Verifies, de-duplicates, acknowledges and reports. Pure decisions in ``receive``;
     the MQTT session is attached with ``attach``."""
@@ -251,7 +265,10 @@ class Center:
         seq: SeqCounter,
         state: CenterState,
         registry: Registry,
+        workers: str = "thread",
     ) -> None:
+        """``workers``: where bursts are checked: ``thread`` (a thread of this process) or
+        ``process`` (a process of its own, beside the GIL; ``alarmgw center`` uses that)."""
         self.prefix = prefix
         self._key = key
         self._seq = seq
@@ -259,7 +276,13 @@ class Center:
         self.registry = registry
         self._uplink: Uplink | None = None
         self.listeners: list[Callable[[Verdict], None]] = []
-        self._batch: list[tuple[Verdict, Uplink | None]] = []
+        # Received, not yet decided: (topic, payload, session, arrival time).
+        self._incoming: list[Received] = []
+        # Bursts whose signatures a worker thread is checking, decided in arrival order.
+        self._checking: deque[tuple[list[Received], asyncio.Future[list[Verdict | Envelope]]]]
+        self._checking = deque()
+        self._pool: Executor | None = None
+        self.workers = workers
         self.liveness = Liveness(registry.heartbeat_s)
         self.status_listeners: list[Callable[[GatewayStatus], None]] = []
 
@@ -276,17 +299,75 @@ class Center:
     def on_message(self, name: str, payload: bytes, via: Uplink | None = None) -> None:
         """One payload from the broker session ``via`` (default: the primary).
 
-        Group commit: every envelope of one burst (what one socket read delivered) goes into
-        one transaction; after its single sync the center acknowledges them, one ``ack``
-        per gateway naming all their ids, on the session each came in on."""
-        if not self._batch:
-            self.state.begin_batch()
-            asyncio.get_running_loop().call_soon(self._flush)
-        self._batch.append((self.receive(name, payload), via or self._uplink))
+        Everything received in one loop turn is a burst. Its signatures are checked in a
+        worker thread while the loop goes on reading (libsodium releases the GIL, so this
+        uses a second core), unless it is a lone envelope with nothing ahead of it: that
+        one is checked at once, without a thread hop. Bursts are decided in the order they
+        arrived, each in one transaction (group commit); after its single sync the center
+        acknowledges them, one ``ack`` per gateway naming all their ids, on the session
+        each came in on."""
+        if not self._incoming:
+            asyncio.get_running_loop().call_soon(self._dispatch)
+        self._incoming.append((name, payload, via or self._uplink, time.time()))
 
-    def _flush(self) -> None:
-        batch, self._batch = self._batch, []
-        self.state.commit_batch()
+    def _dispatch(self) -> None:
+        burst, self._incoming = self._incoming, []
+        if len(burst) <= INLINE_MAX and not self._checking:
+            self._decide(burst, [self._precheck(n, p) for n, p, _, _ in burst])
+            return
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[list[Verdict | Envelope]]
+        if self.workers == "process":
+            if self._pool is None:
+                raw = {
+                    sg: [k.public_raw for k in ks.values()] for sg, ks in self.registry.keys.items()
+                }
+                self._pool = ProcessPoolExecutor(
+                    1,
+                    mp_context=multiprocessing.get_context("spawn"),
+                    initializer=_remote_init,
+                    initargs=(self.prefix, raw),
+                )
+            pairs = [(name, payload) for name, payload, _, _ in burst]
+            fut = loop.run_in_executor(self._pool, _remote_precheck, pairs)
+        else:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="center-verify")
+            fut = loop.run_in_executor(self._pool, self._precheck_all, burst)
+        self._checking.append((burst, fut))
+        fut.add_done_callback(self._checked)
+
+    def _precheck_all(self, burst: list[Received]) -> list[Verdict | Envelope]:
+        return [self._precheck(name, payload) for name, payload, _, _ in burst]
+
+    def _checked(self, _fut: asyncio.Future[list[Verdict | Envelope]]) -> None:
+        while self._checking and self._checking[0][1].done():
+            burst, fut = self._checking.popleft()
+            if fut.cancelled():
+                continue
+            if (err := fut.exception()) is not None:  # a bug: the gateways will re-send
+                log.error("checking a burst failed", count=len(burst), error=repr(err))
+                continue
+            self._decide(burst, fut.result())
+
+    def close(self) -> None:
+        """Stop the worker thread (bursts still being checked are dropped, not acked)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _decide(self, burst: list[Received], checked: list[Verdict | Envelope]) -> None:
+        batch: list[tuple[Verdict, Uplink | None]] = []
+        try:
+            self.state.begin_batch()
+            for (name, _, via, received), pre in zip(burst, checked, strict=True):
+                batch.append((self._judge(name, pre, received), via))
+            self.state.commit_batch()
+        except sqlite3.Error as err:
+            # Nothing of the burst is kept or acknowledged: the gateways send it again.
+            self.state.abort_batch()
+            log.error("cannot record a burst; not acknowledged", count=len(burst), error=str(err))
+            return
         acks: dict[tuple[str, str, int], tuple[Uplink | None, list[str]]] = {}
         for verdict, via in batch:
             env = verdict.env
@@ -345,18 +426,17 @@ class Center:
     def receive(self, name: str, payload: bytes) -> Verdict:
         """Decide about one payload received on topic ``name``; never raises."""
         received = time.time()
-        where = parse_topic(self.prefix, name)
-        if where is None:
-            return Verdict("rejected", name, "bad-topic", "not a gateway topic under the prefix")
-        site, gw, kind = where
-        try:
-            env = parse(payload)
-        except EnvelopeError as err:
-            return Verdict("rejected", name, err.reason, err.detail)
-        try:
-            self._check(env, site, gw, kind)
-        except EnvelopeError as err:
-            return Verdict("rejected", name, err.reason, err.detail, env)
+        return self._judge(name, self._precheck(name, payload), received)
+
+    def _precheck(self, name: str, payload: bytes) -> Verdict | Envelope:
+        return precheck(self.prefix, self.registry.keys, name, payload)
+
+    def _judge(self, name: str, pre: Verdict | Envelope, received: float) -> Verdict:
+        """The stateful half, on the loop thread: anti-replay, de-duplication, acceptance."""
+        if isinstance(pre, Verdict):
+            return pre
+        env = pre
+        site, gw = env.site, env.gw
         latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
         earlier, id_seen = self.state.lookup(env.kid, env.seq, env.id)
         if earlier is not None:
@@ -389,20 +469,6 @@ class Center:
             "accepted", name, env=env, latency_ms=latency, stale=stale, verified_at=verified_at
         )
 
-    def _check(self, env: Envelope, site: str, gw: str, kind: str) -> None:
-        if (env.site, env.gw) != (site, gw):
-            raise EnvelopeError(
-                "topic-mismatch", f"envelope says {env.site}/{env.gw}, topic says {site}/{gw}"
-            )
-        if env.type not in TOPIC_TYPES.get(kind, ()):
-            raise EnvelopeError("wrong-topic", f"{env.type} published on {kind}")
-        keys = self.registry.keys.get((site, gw))
-        if keys is None:
-            raise EnvelopeError("unknown-gateway", f"{site}/{gw} is not in the registry")
-        if env.kid not in keys:
-            raise EnvelopeError("kid-not-registered", f"kid {env.kid} may not sign for {gw}")
-        verify(env, keys)
-
     def _ack(self, site: str, gw: str, ids: list[str], via: Uplink | None) -> None:
         if via is None or not via.connected:
             return  # the gateway re-sends; we will ack the duplicate then
@@ -416,6 +482,65 @@ class Center:
         )
         fut = via.publish(topic(self.prefix, site, gw, "ack"), ack.to_bytes())
         fut.add_done_callback(_ignore_failure)
+
+
+def precheck(
+    prefix: str, keys: Mapping[tuple[str, str], Mapping[str, VerifyKey]], name: str, payload: bytes
+) -> Verdict | Envelope:
+    """The stateless half of the center's decision (pure, so a worker can run it): the
+    envelope if it is well formed, on its own gateway's topic and signed by a key registered
+    for that gateway; else the rejection."""
+    where = parse_topic(prefix, name)
+    if where is None:
+        return Verdict("rejected", name, "bad-topic", "not a gateway topic under the prefix")
+    site, gw, kind = where
+    try:
+        env = parse(payload)
+    except EnvelopeError as err:
+        return Verdict("rejected", name, err.reason, err.detail)
+    gw_keys = keys.get((site, gw), {})
+    try:
+        _check_route(env, site, gw, kind, gw_keys)
+        verify(env, gw_keys)
+    except EnvelopeError as err:
+        return Verdict("rejected", name, err.reason, err.detail, env)
+    return env
+
+
+def _check_route(
+    env: Envelope, site: str, gw: str, kind: str, gw_keys: Mapping[str, VerifyKey]
+) -> None:
+    if (env.site, env.gw) != (site, gw):
+        raise EnvelopeError(
+            "topic-mismatch", f"envelope says {env.site}/{env.gw}, topic says {site}/{gw}"
+        )
+    if env.type not in TOPIC_TYPES.get(kind, ()):
+        raise EnvelopeError("wrong-topic", f"{env.type} published on {kind}")
+    if not gw_keys:
+        raise EnvelopeError("unknown-gateway", f"{site}/{gw} is not in the registry")
+    if env.kid not in gw_keys:
+        raise EnvelopeError("kid-not-registered", f"kid {env.kid} may not sign for {gw}")
+
+
+# -- the checking process of ``Center(workers="process")`` --------------------------------
+
+_REMOTE: tuple[str, dict[tuple[str, str], dict[str, VerifyKey]]] | None = None
+
+
+def _remote_init(prefix: str, raw: dict[tuple[str, str], list[bytes]]) -> None:
+    global _REMOTE  # noqa: PLW0603 - one checker per worker process
+    with contextlib.suppress(OSError, AttributeError):
+        # Die with the center, even when it is killed with SIGKILL (Linux prctl).
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the center's to handle
+    keys = {sg: {k.kid: k for k in map(VerifyKey.from_raw, pubs)} for sg, pubs in raw.items()}
+    _REMOTE = (prefix, keys)
+
+
+def _remote_precheck(burst: list[tuple[str, bytes]]) -> list[Verdict | Envelope]:
+    assert _REMOTE is not None
+    prefix, keys = _REMOTE
+    return [precheck(prefix, keys, name, payload) for name, payload in burst]
 
 
 def _ignore_failure(fut: asyncio.Future[int]) -> None:
@@ -506,6 +631,7 @@ def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
         seq=seq,
         state=CenterState(state_dir / "center.sqlite"),
         registry=registry,
+        workers="process",
     )
     return center, seq, cfg
 
@@ -543,5 +669,6 @@ async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdou
     finally:
         watcher.cancel()
         await asyncio.gather(watcher, return_exceptions=True)
+        center.close()
         seq.close()
         center.state.close()

@@ -56,10 +56,27 @@ def format_ts(when: datetime | float | None = None) -> str:
     """RFC 3339 UTC with milliseconds and ``Z``; a float is Unix seconds."""
     if when is None:
         when = time.time()
-    if isinstance(when, float | int):
-        when = datetime.fromtimestamp(when, UTC)
-    when = when.astimezone(UTC)
-    return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    if isinstance(when, datetime):
+        when = when.astimezone(UTC)
+        return when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{when.microsecond // 1000:03d}Z"
+    global _ts_second  # noqa: PLW0603 - a one-entry cache
+    # As datetime.fromtimestamp: microseconds rounded half-even, then truncated to ms.
+    frac, whole_f = math.modf(when)
+    us = round(frac * 1e6)
+    whole = int(whole_f)
+    if us >= 1_000_000:
+        whole, us = whole + 1, us - 1_000_000
+    elif us < 0:
+        whole, us = whole - 1, us + 1_000_000
+    ms = us // 1000
+    second, text = _ts_second
+    if second != whole:  # on the hot path most stamps fall in the same second as the last
+        text = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(whole))
+        _ts_second = (whole, text)
+    return f"{text}{ms:03d}Z"
+
+
+_ts_second: tuple[int, str] = (-1, "")
 
 
 def parse_ts(ts: str) -> datetime:

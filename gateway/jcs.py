@@ -45,9 +45,9 @@ def _plain(obj: Any) -> bool:
     if t is str or t is bool or obj is None:
         return True
     if t is int:
-        return -MAX_SAFE <= obj <= MAX_SAFE
+        return bool(-MAX_SAFE <= obj <= MAX_SAFE)
     if t is float:
-        return 1e-4 <= abs(obj) < 1e16 and not obj.is_integer()
+        return bool(1e-4 <= abs(obj) < 1e16 and not obj.is_integer())
     if t is dict:
         for key, value in obj.items():
             if type(key) is not str or not key.isascii() or not _plain(value):

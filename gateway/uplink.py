@@ -52,6 +52,110 @@ class NotConnected(AlarmgwError):
     """The session dropped before the broker acknowledged a publish."""
 
 
+def _share_property_tables() -> None:
+    """paho-mqtt 2.x rebuilds two constant 27-entry tables in every ``Properties()`` (one per
+    PUBLISH and PUBACK received under MQTT 5: ~17 µs) and its ``clear()`` probes all 27
+    names (~10 µs). The tables are never modified after construction: build them once and
+    share them through the class. Behaviour is unchanged (tests/test_uplink_relay.py packs
+    and unpacks every property both ways); skipped if paho's class looks different."""
+    if getattr(Properties, "_alarmgw_shared", False):
+        return
+    proto = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
+    tables = {k: proto.__dict__.get(k) for k in ("types", "names", "properties")}
+    if any(v is None for v in tables.values()) or set(proto.__dict__) != {"packetType", *tables}:
+        return
+    compressed = tuple(name.replace(" ", "") for name in tables["names"])  # type: ignore[union-attr]
+
+    def __init__(self: Properties, packetType: int) -> None:  # paho calls it packetType
+        object.__setattr__(self, "packetType", packetType)
+
+    def clear(self: Properties) -> None:
+        found = [name for name in compressed if name in self.__dict__]
+        for name in found:
+            delattr(self, name)
+
+    for key, value in tables.items():
+        setattr(Properties, key, value)
+    Properties.__init__ = __init__  # type: ignore[method-assign]
+    Properties.clear = clear  # type: ignore[method-assign]
+    Properties._alarmgw_shared = True  # type: ignore[attr-defined]
+
+
+_share_property_tables()
+
+RECV_CHUNK = 64 * 1024
+SEND_BUFFER_MAX = 256 * 1024  # beyond this, paho keeps packets in its own queue (backpressure)
+
+
+class BatchingClient(mqtt.Client):
+    """A paho client whose socket I/O is batched (paho's protocol logic is untouched).
+
+    paho writes every packet with its own ``send()`` (a burst of 20 publishes, or the
+    PUBACKs for 20 received messages, is 20 TCP segments) and reads every packet with three
+    or more ``recv()`` calls (1 byte of command, 1 per length byte, then the rest). Here
+    writes collect in a buffer that the ``Uplink`` sends with one ``send()`` per loop turn
+    (``flush_out``), and reads are served from one ``recv(64 KiB)``. This works through
+    paho's two socket primitives, ``_sock_send``/``_sock_recv`` (paho-mqtt 2.x, pinned
+    ``<3`` in pyproject.toml; tests/test_uplink_relay.py covers it against Mosquitto)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._rbuf = bytearray()
+        self._wbuf = bytearray()
+
+    def buffered_in(self) -> bool:
+        """Bytes read from the socket that paho has not consumed yet (an SSL socket may
+        also hold decrypted bytes the selector cannot see)."""
+        if self._rbuf:
+            return True
+        sock = self._sock
+        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        rbuf = self._rbuf
+        if not rbuf:
+            data = super()._sock_recv(max(bufsize, RECV_CHUNK))
+            if len(data) <= bufsize:
+                return data  # also b"" (closed by the broker)
+            rbuf += data
+        out = bytes(rbuf[:bufsize])
+        del rbuf[:bufsize]
+        return out
+
+    def _sock_send(self, buf: bytes | bytearray) -> int:
+        if self._sock is None:
+            raise ConnectionError("self._sock is None")
+        if len(self._wbuf) >= SEND_BUFFER_MAX and not self.flush_out():
+            self._call_socket_register_write()
+            raise BlockingIOError
+        self._wbuf += buf
+        return len(buf)
+
+    def wants_flush(self) -> bool:
+        return bool(self._wbuf)
+
+    def flush_out(self) -> bool:
+        """Send what the buffer holds, as far as the socket takes it; True when all went.
+        Raises OSError when the connection is gone."""
+        wbuf = self._wbuf
+        while wbuf:
+            try:
+                sent = super()._sock_send(wbuf)
+            except BlockingIOError:
+                return False
+            del wbuf[:sent]
+        return True
+
+    def _sock_close(self) -> None:
+        # paho closes right after queueing DISCONNECT: give the buffered bytes one try.
+        with contextlib.suppress(OSError, ConnectionError):
+            if self._sock is not None:
+                self.flush_out()
+        self._wbuf.clear()
+        self._rbuf.clear()
+        super()._sock_close()
+
+
 @dataclass(frozen=True, slots=True)
 class Session:
     """What one connection needs from the gateway: set before each connect attempt."""
@@ -139,7 +243,7 @@ class Uplink:
         self._on_state = on_state
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
-        self._client: mqtt.Client | None = None
+        self._client: BatchingClient | None = None
         self._pending: dict[int, tuple[asyncio.Future[int], str]] = {}
         self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
@@ -257,10 +361,10 @@ class Uplink:
 
     # -- connection ------------------------------------------------------------------
 
-    def _new_client(self) -> mqtt.Client:
+    def _new_client(self) -> BatchingClient:
         s = self.settings
         proto = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
-        client = mqtt.Client(
+        client = BatchingClient(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=proto,
@@ -386,29 +490,46 @@ class Uplink:
         if client is self._client and self._loop is not None:
             self._loop.add_writer(sock, self._write, client)
 
-    def _unregister_write(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
-        if self._loop is not None:
+    def _unregister_write(self, client: BatchingClient, _ud: Any, sock: Any) -> None:
+        if self._loop is not None and not client.wants_flush():
             self._loop.remove_writer(sock)
 
-    def _read(self, client: mqtt.Client) -> None:
+    def _read(self, client: BatchingClient) -> None:
         if self._loop is not None:
             self._last_rx = self._loop.time()
         try:
+            # paho reads at most a packet or a few per call; go on while bytes that were
+            # already read wait in the client (the selector cannot see those).
             rc = client.loop_read()
+            for _ in range(10_000):
+                if rc != mqtt.MQTT_ERR_SUCCESS or not client.buffered_in():
+                    break
+                rc = client.loop_read()
         except Exception:
             log.exception("mqtt read failed")
             rc = mqtt.MQTT_ERR_CONN_LOST
         if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
             self._mark_lost(f"read: {mqtt.error_string(rc)}")
 
-    def _write(self, client: mqtt.Client) -> None:
+    def _write(self, client: BatchingClient) -> None:
+        why = ""
         try:
-            rc = client.loop_write()
+            rc = client.loop_write()  # paho's queue into the client's buffer
+            if rc == mqtt.MQTT_ERR_SUCCESS:
+                done = client.flush_out()  # one send() for all of it
+                sock = client.socket()
+                if sock is not None and self._loop is not None:
+                    if done and not client.want_write():
+                        self._loop.remove_writer(sock)
+                    else:
+                        self._loop.add_writer(sock, self._write, client)  # when it drains
+        except OSError as err:
+            rc, why = mqtt.MQTT_ERR_CONN_LOST, f"write: {err}"
         except Exception:
             log.exception("mqtt write failed")
             rc = mqtt.MQTT_ERR_CONN_LOST
         if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
-            self._mark_lost(f"write: {mqtt.error_string(rc)}")
+            self._mark_lost(why or f"write: {mqtt.error_string(rc)}")
 
     def _mark_lost(self, why: str) -> None:
         if not self._lost.is_set():

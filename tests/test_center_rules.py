@@ -121,8 +121,7 @@ def test_an_uncommitted_batch_leaves_no_trace(tmp_path: Path) -> None:
     c = make_center(tmp_path)
     c.state.begin_batch()
     assert c.receive(EVENT_TOPIC, alarm(WINDOW * 3).to_bytes()).result == "accepted"
-    c.state._rollback()  # what a failed commit does
-    c.state._in_batch = False
+    c.state.abort_batch()  # what a failed commit does
     assert c.state.high(GW_KEY.kid) == 0  # re-read from the table, not the lost batch
     assert c.receive(EVENT_TOPIC, alarm(5).to_bytes()).result == "accepted"
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import stat
 import subprocess
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -110,6 +111,20 @@ def test_uuid7_and_ts_format() -> None:
     assert len(ids) == 1000 and all(E.UUID7_RE.match(i) for i in ids)
     assert E.format_ts(0.0) == "1970-01-01T00:00:00.000Z"
     assert E.format_ts(1764315665.1239) == "2025-11-28T07:41:05.123Z"
+
+
+@given(
+    st.floats(min_value=0, max_value=4e9)
+    | st.integers(0, 4_000_000_000).map(lambda s: s + 0.0009995)
+    | st.integers(0, 4_000_000_000).map(lambda s: s + 0.9999995)
+)
+def test_format_ts_matches_datetime(when: float) -> None:
+    # The fast path (a cached second, no datetime) gives what datetime gives, rounding
+    # of microseconds included.
+    dt = datetime.fromtimestamp(when, UTC)
+    expected = dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+    assert E.format_ts(when) == expected
+    assert E.format_ts(dt) == expected
 
 
 def test_keygen_cli_writes_0600_and_refuses_overwrite(tmp_path: Path) -> None:
