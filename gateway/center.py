@@ -285,6 +285,7 @@ class Center:
         self.workers = workers
         self.liveness = Liveness(registry.heartbeat_s)
         self.status_listeners: list[Callable[[GatewayStatus], None]] = []
+        self.burst_listeners: list[Callable[[], None]] = []  # after each burst's listeners
 
     def attach(self, uplink: Uplink) -> None:
         self._uplink = uplink
@@ -389,6 +390,8 @@ class Center:
             change = self.observe(verdict)
             if change is not None:
                 self._status_changed(change)
+        for after in self.burst_listeners:
+            after()
 
     def observe(self, v: Verdict) -> GatewayStatus | None:
         """Feed an accepted heartbeat or state to the liveness view; the change, if any."""
@@ -642,9 +645,9 @@ async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdou
 
     def show(v: Verdict) -> None:
         out.write((json.dumps(v.to_json()) if as_json else human_line(v)) + "\n")
-        out.flush()
 
     center.listeners.append(show)
+    center.burst_listeners.append(out.flush)  # one write per burst, not per line
 
     def show_status(change: GatewayStatus) -> None:
         out.write((json.dumps(change.to_json()) if as_json else change.human()) + "\n")

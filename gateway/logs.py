@@ -20,6 +20,8 @@ def configure(stream: TextIO | None = None, *, json: bool | None = None, level: 
     use_json = (not out.isatty()) if json is None else json
     name = (level or os.environ.get("ALARMGW_LOG_LEVEL", "info")).upper()
     threshold = logging.getLevelNamesMapping().get(name, logging.INFO)
+    global _threshold  # noqa: PLW0603 - mirrors structlog's global configuration
+    _threshold = threshold
     renderer: structlog.typing.Processor = (
         structlog.processors.JSONRenderer()
         if use_json
@@ -37,3 +39,12 @@ def configure(stream: TextIO | None = None, *, json: bool | None = None, level: 
         logger_factory=structlog.PrintLoggerFactory(out),
         cache_logger_on_first_use=False,
     )
+
+
+_threshold = logging.INFO  # until configure() says otherwise (structlog's default: all)
+
+
+def enabled(level: int) -> bool:
+    """Whether a record at ``level`` would be written: lets a hot path skip building a
+    line nobody will see."""
+    return level >= _threshold

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import functools
 import heapq
+import logging
 import random
 import time
 from collections import Counter
@@ -23,7 +24,7 @@ from typing import Any
 
 import structlog
 
-from gateway import __version__
+from gateway import __version__, logs
 from gateway.envelope import Envelope, build, format_ts, parse, parse_and_verify
 from gateway.errors import EnvelopeError, OutboxError
 from gateway.feedback import Feedback, Raised
@@ -363,6 +364,7 @@ class Relay:
                     tracked.overdue.cancel()
                 for fb in tracked.feedback:
                     fb.led("solid")
+            if tracked is not None and logs.enabled(logging.INFO):
                 # The alarm's one summary line (DESIGN.md "canonical log lines"): loop times
                 # shown as wall-clock times; latency from durable to acknowledged.
                 wall = time.time() - loop_now

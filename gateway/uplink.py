@@ -243,6 +243,7 @@ class Uplink:
         self._on_state = on_state
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
+        self._writer_on = False  # a writer callback is registered for the current socket
         self._client: BatchingClient | None = None
         self._pending: dict[int, tuple[asyncio.Future[int], str]] = {}
         self._connected = asyncio.Event()
@@ -416,6 +417,7 @@ class Uplink:
             if sock is not None and self._loop is not None:
                 self._loop.remove_reader(sock)
                 self._loop.remove_writer(sock)
+            self._writer_on = False
             with contextlib.suppress(OSError):
                 client._sock_close()  # paho has no public close-without-DISCONNECT
         if was_up:
@@ -485,14 +487,19 @@ class Uplink:
         if self._loop is not None:
             self._loop.remove_reader(sock)
             self._loop.remove_writer(sock)
+            if client is self._client:
+                self._writer_on = False
 
     def _register_write(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
-        if client is self._client and self._loop is not None:
+        # paho asks for every packet it queues; one registration serves them all.
+        if client is self._client and self._loop is not None and not self._writer_on:
             self._loop.add_writer(sock, self._write, client)
+            self._writer_on = True
 
     def _unregister_write(self, client: BatchingClient, _ud: Any, sock: Any) -> None:
         if self._loop is not None and not client.wants_flush():
             self._loop.remove_writer(sock)
+            self._writer_on = False
 
     def _read(self, client: BatchingClient) -> None:
         if self._loop is not None:
@@ -510,6 +517,8 @@ class Uplink:
             rc = mqtt.MQTT_ERR_CONN_LOST
         if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
             self._mark_lost(f"read: {mqtt.error_string(rc)}")
+        elif client.want_write() or client.wants_flush():
+            self._write(client)  # the PUBACKs for what was read, in one send()
 
     def _write(self, client: BatchingClient) -> None:
         why = ""
@@ -521,8 +530,10 @@ class Uplink:
                 if sock is not None and self._loop is not None:
                     if done and not client.want_write():
                         self._loop.remove_writer(sock)
-                    else:
+                        self._writer_on = False
+                    elif not self._writer_on:
                         self._loop.add_writer(sock, self._write, client)  # when it drains
+                        self._writer_on = True
         except OSError as err:
             rc, why = mqtt.MQTT_ERR_CONN_LOST, f"write: {err}"
         except Exception:

@@ -28,8 +28,13 @@ async def test_broker_restarted_ten_times_during_a_burst(site: Site) -> None:
         burst = Burst(sims)
         driver = asyncio.ensure_future(burst.run(PRESSES, per_second=25.0, rng=rng))
         try:
-            for _ in range(RESTARTS):
+            for done in range(RESTARTS):
                 await asyncio.sleep(rng.uniform(1.0, 3.0))
+                # Each outage must hit a connected gateway (its reconnect backoff can be
+                # longer than the gap between two restarts on a loaded machine).
+                async with asyncio.timeout(60):
+                    while len(gateway.matching(is_connected)) <= done:
+                        await asyncio.sleep(0.05)
                 # a crash (SIGKILL) half the time: no clean DISCONNECTs, no saved state
                 if rng.random() < 0.5:
                     site.broker.kill()
@@ -46,3 +51,7 @@ async def test_broker_restarted_ten_times_during_a_burst(site: Site) -> None:
     assert gateway.proc.poll() is None
     lost = gateway.matching(lambda e: e["event"] == "broker connection lost")
     assert len(lost) >= RESTARTS  # it really went through every outage
+
+
+def is_connected(entry: dict) -> bool:  # type: ignore[type-arg]
+    return entry["event"] == "connected to broker"
