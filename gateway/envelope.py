@@ -163,6 +163,20 @@ def build(
     return Envelope(sig=sig, **fields)
 
 
+def resign(payload: bytes, *, seq: int, key: SigningKey) -> tuple[int, bytes]:
+    """Our own queued envelope under a fresh ``seq`` and signature (same id, type, ts and
+    body; the current key's kid): (seq, payload). Skips the validation ``build`` does,
+    because the payload is one we built; raises ValueError if it is not an envelope."""
+    obj = json.loads(payload)
+    if not isinstance(obj, dict) or set(obj) != set(FIELDS):
+        raise ValueError("not an envelope")
+    del obj["sig"]
+    obj["seq"] = seq
+    obj["kid"] = key.kid
+    obj["sig"] = key.sign(canonical(obj))
+    return seq, json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
 def parse(payload: bytes | str) -> Envelope:
     """Decode and structurally validate a payload (no signature check yet).
 

@@ -222,17 +222,25 @@ class Outbox:
         if PRIORITY[p.type] >= 2:
             self._telemetry += 1
 
-    def replace_payloads(self, envs: Iterable[Envelope]) -> None:
+    def replace_payloads(self, envs: Iterable[Envelope | Pending]) -> None:
         """Store re-signed envelopes (same id, new seq) in place of the queued ones, in one
-        transaction (one sync for the whole round, not one per row)."""
-        rows = [(env.seq, env.to_bytes(), env.id) for env in envs]
+        transaction. Committed with ``synchronous=NORMAL``: if a power cut loses it, the
+        event is still queued under its old signature and is simply re-signed again (a
+        fresh seq; the center knows the id)."""
+        rows = [
+            (e.seq, e.payload if isinstance(e, Pending) else e.to_bytes(), e.id) for e in envs
+        ]
         try:
+            self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
             self._db.executemany("UPDATE outbox SET seq = ?, payload = ? WHERE id = ?", rows)
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
             raise OutboxError(f"{self.path}: cannot store re-signed events: {err}") from err
+        finally:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.execute("PRAGMA synchronous=FULL")
 
     def note_attempt(self, event_id: str, error: str | None = None) -> None:
         """Count a publish attempt (and its error). Not critical: NORMAL durability is fine."""

@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from gateway import __version__, logs
-from gateway.envelope import Envelope, build, format_ts, parse, parse_and_verify
+from gateway.envelope import Envelope, build, format_ts, parse_and_verify, resign
 from gateway.errors import EnvelopeError, OutboxError
 from gateway.feedback import Feedback, Raised
 from gateway.outbox import PRIORITY, Outbox, Pending
@@ -308,6 +308,7 @@ class Relay:
         state = {"session": self.session, "version": __version__}
         birth = self._build("state", {"status": "online", **state})
         will = self._build("state", {"status": "offline", **state})
+        self._seq.mark_sent(will.seq)  # both leave with the connection (the will any time)
         self._will = (self._topic("state"), will.to_bytes())
         return Session(
             will_topic=self._will[0],
@@ -471,6 +472,7 @@ class Relay:
         tracked.path = path
         if tracked.first_sent_at is None:
             tracked.first_sent_at = loop.time()
+        self._seq.mark_sent(p.seq)
         fut = uplink.publish(self._topic("event"), p.payload, flush=flush)
         self._inflight[p.id] = fut
         self.stats["events_sent"] += 1
@@ -529,24 +531,37 @@ class Relay:
         never lets its backlog span more than 65,536 seqs): an event about to be sent whose
         seq is about to age out is re-signed first with a fresh seq, in one transaction for
         the whole batch. Same id, body and ts, so the center can tell it is the same event;
-        the only case where the bytes of a re-send change."""
-        limit = self._seq.peek - (SEQ_WINDOW - SEQ_MARGIN)
-        aging = [p for p in batch if p.seq < limit and p.id not in self._memory]
+        the only case where the bytes of a re-send change.
+
+        The window slides with the highest seq the center has seen from us, which is at most
+        the highest we ever sent (``SeqCounter.sent_high``): a backlog drained in order while
+        nothing newer went out needs no re-signing, however long it is. A re-send (no ack
+        came) is measured against the newest seq issued instead: if a first send was refused
+        as too old after all, its next attempt is re-signed."""
+        margin = SEQ_WINDOW - SEQ_MARGIN
+        first_limit = self._seq.sent_high - margin
+        resend_limit = self._seq.peek - margin
+
+        def is_aging(p: Pending) -> bool:
+            if p.id in self._memory:
+                return False
+            tracked = self._tracked.get(p.id)
+            resend = tracked is not None and tracked.attempts > 0
+            return p.seq < (resend_limit if resend else first_limit)
+
+        aging = [p for p in batch if is_aging(p)]
         if not aging:
             return batch
-        fresh: dict[str, Envelope] = {}
+        fresh: dict[str, Pending] = {}
         for p in aging:
-            old = parse(p.payload)
-            fresh[p.id] = build(
-                type=old.type,
-                site=old.site,
-                gw=old.gw,
-                seq=self._seq.next(),
-                body=old.body,
-                key=self._key,
-                ts=old.ts,
-                id=old.id,
-            )
+            try:
+                seq, payload = resign(p.payload, seq=self._seq.next(), key=self._key)
+            except ValueError as err:  # a damaged row: send it as it is, the center decides
+                log.error("cannot re-sign a queued event", id=p.id, error=str(err))
+                continue
+            fresh[p.id] = Pending(p.id, p.type, seq, payload, p.created, p.attempts, p.last_error)
+        if not fresh:
+            return batch
         try:
             self.outbox.replace_payloads(fresh.values())
         except OutboxError as err:
@@ -557,12 +572,7 @@ class Relay:
             count=len(fresh),
             oldest_was=min(p.seq for p in aging),
         )
-        return [
-            Pending(p.id, p.type, e.seq, e.to_bytes(), p.created, p.attempts, p.last_error)
-            if (e := fresh.get(p.id)) is not None
-            else p
-            for p in batch
-        ]
+        return [fresh.get(p.id, p) for p in batch]
 
     # -- status ---------------------------------------------------------------------
 

@@ -7,6 +7,12 @@ handed out is below R. After a clean stop the file holds the exact next value; a
 (kill -9, power loss) the next start jumps to R + one block, past anything that might have
 been used: the extra block covers numbers handed out while the disk refused the reservation
 (disk full: an alarm still gets a seq, issue 5), at most one block of them.
+
+The file also bounds the highest seq that may have left the gateway (``sent``, reserved
+the same way in blocks of ``SENT_BLOCK``): the center's anti-replay window slides with the
+highest seq it has seen from us, so that bound, not the counter, says which queued envelopes
+have fallen out of it (gateway/relay.py re-signs only those). A file without it (older
+versions) counts everything issued before the start as sent.
 """
 
 from __future__ import annotations
@@ -39,6 +45,9 @@ def write_durably(path: Path, data: bytes) -> None:
         os.close(dfd)
 
 
+SENT_BLOCK = 4096
+
+
 class SeqCounter:
     """Hands out increasing seqs; one durable write per ``block`` numbers."""
 
@@ -46,14 +55,19 @@ class SeqCounter:
         self._path = Path(path)
         self._block = block
         state = self._read()
+        sent = 0
         if state is None:
             start = 1
         elif state["clean"]:
             start = int(state["next"])
+            sent = int(state.get("sent", start - 1))
         else:
             start = int(state["reserved"]) + block
+            sent = int(state.get("sent", start - 1)) + SENT_BLOCK  # as the counter's margin
         self._next = start
         self._reserved = start  # nothing reserved yet: the first next() writes a block
+        self._sent = min(sent, start - 1)  # no seq at or above ``start`` was ever issued
+        self._sent_reserved = self._sent
         self._closed = False
 
     def _read(self) -> dict[str, int | bool] | None:
@@ -72,6 +86,7 @@ class SeqCounter:
             and isinstance(state.get("next"), int)
             and isinstance(state.get("reserved"), int)
             and isinstance(state.get("clean"), bool)
+            and isinstance(state.get("sent", 0), int)
             and state["next"] >= 1
             and state["reserved"] >= state["next"]
         ):
@@ -104,9 +119,34 @@ class SeqCounter:
         self._next += 1
         return value
 
-    def _write(self, *, clean: bool, reserved: int | None = None) -> None:
+    @property
+    def sent_high(self) -> int:
+        """No seq above this has left the gateway (0: none has): what the center may have
+        seen from this signer at most."""
+        return self._sent
+
+    def mark_sent(self, seq: int) -> None:
+        """Call before an envelope with ``seq`` is handed to the network (publish, will)."""
+        if seq <= self._sent:
+            return
+        self._sent = seq
+        if seq > self._sent_reserved:
+            top = seq + SENT_BLOCK
+            try:
+                self._write(clean=False, sent=top)
+            except OSError as err:  # never hold an alarm back; the restart margin covers it
+                log.critical("sent seq bound not persisted", error=str(err), seq=seq)
+            else:
+                self._sent_reserved = top
+
+    def _write(self, *, clean: bool, reserved: int | None = None, sent: int | None = None) -> None:
         top = self._reserved if reserved is None else reserved
-        state = {"next": self._next, "reserved": top, "clean": clean}
+        state = {
+            "next": self._next,
+            "reserved": top,
+            "clean": clean,
+            "sent": self._sent_reserved if sent is None else sent,
+        }
         write_durably(self._path, json.dumps(state).encode())
 
     def close(self) -> None:
@@ -114,6 +154,7 @@ class SeqCounter:
         if not self._closed:
             self._closed = True
             self._reserved = max(self._reserved, self._next)
+            self._sent_reserved = self._sent  # exact at a clean stop
             try:
                 self._write(clean=True)
             except OSError as err:  # the file still says "unclean": the next start jumps

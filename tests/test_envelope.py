@@ -195,3 +195,15 @@ def test_libsodium_and_openssl_agree() -> None:
         key.private.public_key().verify(b64url_decode(sig), data)  # raises if they disagree
         assert key.verify_key.verify(data, b64url(key.private.sign(data)))
         assert not key.verify_key.verify(data + b"!", sig)
+
+
+def test_resign_keeps_the_event_and_verifies() -> None:
+    old_key, new_key = SigningKey.generate(), SigningKey.generate()
+    body = {"code": "137", "device": "gateway", "detail": "x"}
+    env = E.build(type="trouble", site="s", gw="g", seq=5, body=body, key=old_key)
+    seq, payload = E.resign(env.to_bytes(), seq=70_000, key=new_key)
+    again = E.parse_and_verify(payload, {new_key.kid: new_key.verify_key})
+    assert (seq, again.seq, again.kid) == (70_000, 70_000, new_key.kid)
+    assert (again.id, again.type, again.ts, again.body) == (env.id, env.type, env.ts, env.body)
+    with pytest.raises(ValueError, match="not an envelope"):
+        E.resign(b'{"v": 1}', seq=1, key=new_key)

@@ -88,6 +88,7 @@ class Heartbeat:
             key=self._key,
             ts=ts,
         )
+        self._seq.mark_sent(env.seq)
         fut = self._uplink.publish(self.topic, env.to_bytes(), expiry_s=self.expiry_s)
         fut.add_done_callback(lambda f: self._published(f, ts, body))
         self.last_sent = {"ts": ts, "seq": env.seq, "id": env.id}
