@@ -166,15 +166,21 @@ def build(
 def resign(payload: bytes, *, seq: int, key: SigningKey) -> tuple[int, bytes]:
     """Our own queued envelope under a fresh ``seq`` and signature (same id, type, ts and
     body; the current key's kid): (seq, payload). Skips the validation ``build`` does,
-    because the payload is one we built; raises ValueError if it is not an envelope."""
+    because the payload is one we built; raises ValueError if it is not an envelope.
+
+    The new payload is the JCS form of the whole signed envelope: ``sig`` spliced into the
+    signed bytes at its sorted place, just before the top-level ``site`` (the last member
+    that can hold an object is ``body``, which sorts first), so JSON is encoded once."""
     obj = json.loads(payload)
     if not isinstance(obj, dict) or set(obj) != set(FIELDS):
         raise ValueError("not an envelope")
     del obj["sig"]
     obj["seq"] = seq
     obj["kid"] = key.kid
-    obj["sig"] = key.sign(canonical(obj))
-    return seq, json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+    signed = canonical(obj)
+    sig = key.sign(signed)
+    at = signed.rfind(b',"site":')
+    return seq, signed[:at] + b',"sig":"' + sig.encode() + b'"' + signed[at:]
 
 
 def parse(payload: bytes | str) -> Envelope:

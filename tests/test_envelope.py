@@ -205,5 +205,10 @@ def test_resign_keeps_the_event_and_verifies() -> None:
     again = E.parse_and_verify(payload, {new_key.kid: new_key.verify_key})
     assert (seq, again.seq, again.kid) == (70_000, 70_000, new_key.kid)
     assert (again.id, again.type, again.ts, again.body) == (env.id, env.type, env.ts, env.body)
+    assert payload == E.canonical(again.to_dict())  # the JCS form of the whole envelope
+    nested = {**body, "detail": 'a ,"site": b', "extra": {"site": "x", "z": [1]}}
+    tricky = E.Envelope(**{**env.to_dict(), "body": nested})
+    _, payload = E.resign(tricky.to_bytes(), seq=70_001, key=new_key)
+    assert E.parse_and_verify(payload, {new_key.kid: new_key.verify_key}).body == nested
     with pytest.raises(ValueError, match="not an envelope"):
         E.resign(b'{"v": 1}', seq=1, key=new_key)
