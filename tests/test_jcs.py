@@ -15,17 +15,22 @@ from gateway import jcs
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "envelopes.json").read_text())
 
-json_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=5) | st.dictionaries(st.text(max_size=8), children, max_size=5)
-    ),
-    max_leaves=25,
-)
+
+def json_values_with(keys: st.SearchStrategy[str]) -> st.SearchStrategy[object]:
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(),
+        lambda children: (
+            st.lists(children, max_size=5) | st.dictionaries(keys, children, max_size=5)
+        ),
+        max_leaves=25,
+    )
+
+
+json_values = json_values_with(st.text(max_size=8))
 
 
 @settings(max_examples=3000)
@@ -70,18 +75,7 @@ def test_out_of_domain(bad: object) -> None:
         jcs.dumps(bad)
 
 
-ascii_values = st.recursive(
-    st.none()
-    | st.booleans()
-    | st.integers(min_value=-(2**53) + 1, max_value=2**53 - 1)
-    | st.floats(allow_nan=False, allow_infinity=False)
-    | st.text(),
-    lambda children: (
-        st.lists(children, max_size=5)
-        | st.dictionaries(st.text(st.characters(max_codepoint=127), max_size=8), children)
-    ),
-    max_leaves=25,
-)
+ascii_values = json_values_with(st.text(st.characters(max_codepoint=127), max_size=8))
 
 
 @settings(max_examples=3000)

@@ -21,22 +21,7 @@ async def test_event_about_to_leave_the_replay_window_is_resigned(
     """PROTOCOL.md: a gateway never lets its backlog span more than 65,536 seqs. An alarm
     queued at seq 5 while the counter is at 100,000 goes out re-signed: same id and ts,
     a fresh seq, accepted (and dispatched once) by the center."""
-    old = E.build(
-        type="alarm",
-        site=SITE,
-        gw=GW,
-        seq=5,
-        key=SigningKey.generate(),
-        ts="2026-11-01T08:00:00.000Z",
-        body={
-            "code": "120",
-            "kind": "panic",
-            "input": "gpio:gate",
-            "test": False,
-            "location": {"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
-            "contact": {"phone": "110"},
-        },
-    )
+    old = _alarm(SigningKey.generate(), 5, ts="2026-11-01T08:00:00.000Z")
     Outbox(tmp_path / "outbox.sqlite").add(old)
     (tmp_path / "gseq").write_text(
         json.dumps({"next": 100_000, "reserved": 100_000, "clean": True})
@@ -63,7 +48,7 @@ def _relay(tmp_path: Path, key: SigningKey, seq_state: dict[str, object]) -> Rel
     )
 
 
-def _alarm(key: SigningKey, seq: int) -> E.Envelope:
+def _alarm(key: SigningKey, seq: int, ts: str | None = None) -> E.Envelope:
     body = {
         "code": "120",
         "kind": "panic",
@@ -72,7 +57,7 @@ def _alarm(key: SigningKey, seq: int) -> E.Envelope:
         "location": {"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
         "contact": {"phone": "110"},
     }
-    return E.build(type="alarm", site=SITE, gw=GW, seq=seq, body=body, key=key)
+    return E.build(type="alarm", site=SITE, gw=GW, seq=seq, body=body, key=key, ts=ts)
 
 
 def test_a_backlog_drained_in_order_is_not_resigned(tmp_path: Path) -> None:
