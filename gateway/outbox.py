@@ -227,9 +227,7 @@ class Outbox:
         transaction. Committed with ``synchronous=NORMAL``: if a power cut loses it, the
         event is still queued under its old signature and is simply re-signed again (a
         fresh seq; the center knows the id)."""
-        rows = [
-            (e.seq, e.payload if isinstance(e, Pending) else e.to_bytes(), e.id) for e in envs
-        ]
+        rows = [(e.seq, e.payload if isinstance(e, Pending) else e.to_bytes(), e.id) for e in envs]
         try:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")

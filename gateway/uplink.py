@@ -56,8 +56,9 @@ def _share_property_tables() -> None:
     """paho-mqtt 2.x rebuilds two constant 27-entry tables in every ``Properties()`` (one per
     PUBLISH and PUBACK received under MQTT 5: ~17 µs) and its ``clear()`` probes all 27
     names (~10 µs). The tables are never modified after construction: build them once and
-    share them through the class. Behaviour is unchanged (tests/test_uplink_relay.py packs
-    and unpacks every property both ways); skipped if paho's class looks different."""
+    share them through the class. Behaviour is unchanged (tests/test_paho_tables.py
+    compares packed and unpacked properties with stock paho in a subprocess); skipped if
+    paho's class looks different."""
     if getattr(Properties, "_alarmgw_shared", False):
         return
     proto = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
@@ -499,7 +500,8 @@ class Uplink:
     def _unregister_write(self, client: BatchingClient, _ud: Any, sock: Any) -> None:
         if self._loop is not None and not client.wants_flush():
             self._loop.remove_writer(sock)
-            self._writer_on = False
+            if client is self._client:
+                self._writer_on = False
 
     def _read(self, client: BatchingClient) -> None:
         if self._loop is not None:
@@ -527,7 +529,7 @@ class Uplink:
             if rc == mqtt.MQTT_ERR_SUCCESS:
                 done = client.flush_out()  # one send() for all of it
                 sock = client.socket()
-                if sock is not None and self._loop is not None:
+                if sock is not None and self._loop is not None and client is self._client:
                     if done and not client.want_write():
                         self._loop.remove_writer(sock)
                         self._writer_on = False
