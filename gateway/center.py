@@ -19,13 +19,14 @@ import contextlib
 import ctypes
 import json
 import multiprocessing
+import os
 import signal
 import sqlite3
 import sys
 import time
 from collections import deque
 from collections.abc import Callable, Mapping
-from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -314,10 +315,26 @@ class Center:
     def _dispatch(self) -> None:
         burst, self._incoming = self._incoming, []
         if len(burst) <= INLINE_MAX and not self._checking:
-            self._decide(burst, [self._precheck(n, p) for n, p, _, _ in burst])
+            self._decide(burst, self._precheck_all(burst))
             return
+        try:
+            fut = self._submit(burst)
+        except (BrokenExecutor, RuntimeError) as err:  # the worker died, or was shut down
+            log.error("burst checker unavailable; checking here", error=repr(err))
+            self._drop_pool()
+            if self._checking:  # keep the order: after what is still being checked
+                done: asyncio.Future[list[Verdict | Envelope]]
+                done = asyncio.get_running_loop().create_future()
+                done.set_result(self._precheck_all(burst))
+                self._checking.append((burst, done))
+                return
+            self._decide(burst, self._precheck_all(burst))
+            return
+        self._checking.append((burst, fut))
+        fut.add_done_callback(self._checked)
+
+    def _submit(self, burst: list[Received]) -> asyncio.Future[list[Verdict | Envelope]]:
         loop = asyncio.get_running_loop()
-        fut: asyncio.Future[list[Verdict | Envelope]]
         if self.workers == "process":
             if self._pool is None:
                 raw = {
@@ -327,16 +344,13 @@ class Center:
                     1,
                     mp_context=multiprocessing.get_context("spawn"),
                     initializer=_remote_init,
-                    initargs=(self.prefix, raw),
+                    initargs=(self.prefix, raw, os.getpid()),
                 )
             pairs = [(name, payload) for name, payload, _, _ in burst]
-            fut = loop.run_in_executor(self._pool, _remote_precheck, pairs)
-        else:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(1, thread_name_prefix="center-verify")
-            fut = loop.run_in_executor(self._pool, self._precheck_all, burst)
-        self._checking.append((burst, fut))
-        fut.add_done_callback(self._checked)
+            return loop.run_in_executor(self._pool, _remote_precheck, pairs)
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(1, thread_name_prefix="center-verify")
+        return loop.run_in_executor(self._pool, self._precheck_all, burst)
 
     def _precheck_all(self, burst: list[Received]) -> list[Verdict | Envelope]:
         return [self._precheck(name, payload) for name, payload, _, _ in burst]
@@ -345,16 +359,27 @@ class Center:
         while self._checking and self._checking[0][1].done():
             burst, fut = self._checking.popleft()
             if fut.cancelled():
-                continue
-            if (err := fut.exception()) is not None:  # a bug: the gateways will re-send
-                log.error("checking a burst failed", count=len(burst), error=repr(err))
+                continue  # the center is stopping: not acked, the gateways re-send
+            if (err := fut.exception()) is not None:
+                # The checker died (killed, out of memory): check the burst here, so no
+                # alarm waits for a re-send; a new checker starts with the next burst.
+                log.error("burst checker failed; checking here", count=len(burst), error=repr(err))
+                self._drop_pool()
+                self._decide(burst, self._precheck_all(burst))
                 continue
             self._decide(burst, fut.result())
 
     def close(self) -> None:
-        """Stop the worker thread (bursts still being checked are dropped, not acked)."""
+        """Stop the checker (bursts still being checked are dropped, not acked)."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+    def _drop_pool(self) -> None:
+        """Let a broken checker go (what it still holds fails and is checked here); the
+        next burst starts a new one."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
             self._pool = None
 
     def _decide(self, burst: list[Received], checked: list[Verdict | Envelope]) -> None:
@@ -530,11 +555,13 @@ def _check_route(
 _REMOTE: tuple[str, dict[tuple[str, str], dict[str, VerifyKey]]] | None = None
 
 
-def _remote_init(prefix: str, raw: dict[tuple[str, str], list[bytes]]) -> None:
+def _remote_init(prefix: str, raw: dict[tuple[str, str], list[bytes]], parent: int) -> None:
     global _REMOTE  # noqa: PLW0603 - one checker per worker process
     with contextlib.suppress(OSError, AttributeError):
         # Die with the center, even when it is killed with SIGKILL (Linux prctl).
-        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
+    if os.getppid() != parent:  # the center died while this process was starting
+        os._exit(0)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the center's to handle
     keys = {sg: {k.kid: k for k in map(VerifyKey.from_raw, pubs)} for sg, pubs in raw.items()}
     _REMOTE = (prefix, keys)

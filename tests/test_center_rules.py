@@ -3,7 +3,10 @@ on a real SQLite state file, without a broker."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -170,3 +173,57 @@ def test_test_events_are_labelled_not_dispatched(tmp_path: Path, kind: str) -> N
     line = human_line(v)
     assert ("TEST (not dispatched)" in line) == (kind == "test")
     assert v.to_json()["test"] is (kind == "test")
+
+
+class _Up:
+    connected = True
+
+    def __init__(self) -> None:
+        self.acks: list[bytes] = []
+
+    def publish(self, _topic: str, payload: bytes, **_kw: object) -> asyncio.Future[int]:
+        self.acks.append(payload)
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        fut.set_result(0)
+        return fut
+
+
+@pytest.mark.parametrize("workers", ["thread", "process"])
+async def test_bursts_are_checked_aside_and_decided_in_order(tmp_path: Path, workers: str) -> None:
+    # A burst is checked by a worker (a process for ``alarmgw center``); if that worker is
+    # killed, its burst is checked here and the next burst gets a new worker: nothing waits
+    # for a re-send.
+    c = make_center(tmp_path)
+    c.workers = workers
+    up = _Up()
+    c.attach(up)  # type: ignore[arg-type]
+    verdicts: list = []
+    c.listeners.append(verdicts.append)
+    killed = None
+    try:
+        for round_ in range(3):
+            for seq in range(1, 11):
+                c.on_message(EVENT_TOPIC, alarm(round_ * 100 + seq).to_bytes())
+            if workers == "process" and round_ == 1:
+                await asyncio.sleep(0)  # the burst is now with the checker
+                killed = c._pool
+                for proc in list(c._pool._processes.values()):  # type: ignore[union-attr]
+                    os.kill(proc.pid, signal.SIGKILL)
+            async with asyncio.timeout(60):
+                while len(verdicts) < 10 * (round_ + 1):
+                    await asyncio.sleep(0.01)
+        assert [v.result for v in verdicts] == ["accepted"] * 30
+        assert [v.env.seq for v in verdicts] == [
+            r * 100 + s for r in range(3) for s in range(1, 11)
+        ]
+        ids = {i for a in up.acks for i in E.parse(a).body["ids"]}
+        assert ids == {v.env.id for v in verdicts}
+        if workers == "process":
+            assert c._pool is not killed  # the dead checker was let go
+    finally:
+        procs = list(getattr(c._pool, "_processes", {}).values())
+        c.close()
+        for proc in procs:  # this test's checker stops with it
+            proc.join(10)
+            assert not proc.is_alive()
+        c.state.close()
