@@ -283,6 +283,7 @@ class Center:
         self._checking: deque[tuple[list[Received], asyncio.Future[list[Verdict | Envelope]]]]
         self._checking = deque()
         self._pool: Executor | None = None
+        self._closed = False
         self.workers = workers
         self.liveness = Liveness(registry.heartbeat_s)
         self.status_listeners: list[Callable[[GatewayStatus], None]] = []
@@ -314,6 +315,8 @@ class Center:
 
     def _dispatch(self) -> None:
         burst, self._incoming = self._incoming, []
+        if self._closed:
+            return  # stopping: not acknowledged, the gateways send it again
         if len(burst) <= INLINE_MAX and not self._checking:
             self._decide(burst, self._precheck_all(burst))
             return
@@ -356,6 +359,9 @@ class Center:
         return [self._precheck(name, payload) for name, payload, _, _ in burst]
 
     def _checked(self, _fut: asyncio.Future[list[Verdict | Envelope]]) -> None:
+        if self._closed:
+            self._checking.clear()
+            return
         while self._checking and self._checking[0][1].done():
             burst, fut = self._checking.popleft()
             if fut.cancelled():
@@ -370,10 +376,15 @@ class Center:
             self._decide(burst, fut.result())
 
     def close(self) -> None:
-        """Stop the checker (bursts still being checked are dropped, not acked)."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None
+        """Stop the checker at once (bursts still being checked are dropped, not acked:
+        the gateways re-send them to whoever runs next)."""
+        self._closed = True
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            workers = list((getattr(pool, "_processes", None) or {}).values())
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in workers:  # a process pool only; no need to wait for its turn
+                proc.terminate()
 
     def _drop_pool(self) -> None:
         """Let a broken checker go (what it still holds fails and is checked here); the
