@@ -160,12 +160,6 @@ class CenterState:
                 by_seq = str(found)
         return by_seq, id_seen
 
-    def seen(self, kid: str, seq: int) -> str | None:
-        return self.lookup(kid, seq, "")[0]
-
-    def seen_id(self, kid: str, event_id: str) -> bool:
-        return self.lookup(kid, -1, event_id)[1]
-
     def high(self, kid: str) -> int:
         high = self._high.get(kid)
         if high is None:
