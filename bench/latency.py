@@ -39,7 +39,8 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.broker import Mosquitto
 from gateway import logs
-from gateway.center import Center, CenterState, Registry, Verdict
+from gateway.center import Center, Registry, Verdict
+from gateway.center_state import CenterState
 from gateway.config import ButtonSection
 from gateway.inputs.gpio import GpioButtonInput
 from gateway.outbox import Outbox

@@ -14,7 +14,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import envelope as E
-from gateway.center import WINDOW, Center, CenterState, Registry, human_line
+from gateway.center import Center, Registry, human_line
+from gateway.center_state import WINDOW, CenterState
 from gateway.seq import SeqCounter
 from gateway.signing import SigningKey
 

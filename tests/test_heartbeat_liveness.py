@@ -19,7 +19,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.broker import Mosquitto
-from gateway.center import Center, CenterState, Registry, Verdict
+from gateway.center import Center, Registry, Verdict
+from gateway.center_state import CenterState
 from gateway.envelope import parse_ts
 from gateway.liveness import GatewayStatus
 from gateway.monitors.heartbeat import Heartbeat

@@ -24,7 +24,8 @@ from structlog.testing import capture_logs
 from firmware_sim.bollard import BollardSimulator
 from firmware_sim.nvr import NvrSimulator
 from gateway import envelope as E
-from gateway.center import Center, CenterState, Registry, human_line
+from gateway.center import Center, Registry, human_line
+from gateway.center_state import CenterState
 from gateway.config import CameraSection, load_config
 from gateway.errors import ConfigError
 from gateway.inputs.codec import Frame

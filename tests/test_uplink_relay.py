@@ -13,7 +13,8 @@ import pytest
 from structlog.testing import capture_logs
 
 from firmware_sim.broker import Mosquitto
-from gateway.center import Center, CenterState, Registry, Verdict
+from gateway.center import Center, Registry, Verdict
+from gateway.center_state import CenterState
 from gateway.outbox import Outbox
 from gateway.relay import Identity, Relay
 from gateway.seq import SeqCounter

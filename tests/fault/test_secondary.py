@@ -8,7 +8,8 @@ import asyncio
 from pathlib import Path
 
 from firmware_sim.broker import Mosquitto
-from gateway.center import Center, CenterState, Registry, Verdict
+from gateway.center import Center, Registry, Verdict
+from gateway.center_state import CenterState
 from gateway.outbox import Outbox
 from gateway.relay import Identity, Relay
 from gateway.seq import SeqCounter
