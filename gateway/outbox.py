@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -190,22 +190,13 @@ class Outbox:
         if not wanted:
             return []
         marks = ",".join("?" * len(wanted))
-        try:
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("BEGIN IMMEDIATE")
+        with self._relaxed("remove acknowledged rows"):
             rows = self._db.execute(
                 f"SELECT id, prio FROM outbox WHERE id IN ({marks})",  # noqa: S608 - placeholders only
                 wanted,
             ).fetchall()
             found = [r[0] for r in rows]
             self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", wanted)  # noqa: S608 - placeholders only
-            self._db.execute("COMMIT")
-        except sqlite3.Error as err:
-            self._rollback()
-            raise OutboxError(f"{self.path}: cannot remove acknowledged rows: {err}") from err
-        finally:
-            with contextlib.suppress(sqlite3.Error):
-                self._db.execute("PRAGMA synchronous=FULL")
         self._telemetry -= sum(1 for r in rows if r[1] >= 2)
         return found
 
@@ -222,20 +213,29 @@ class Outbox:
         if PRIORITY[p.type] >= 2:
             self._telemetry += 1
 
-    def replace_payloads(self, envs: Iterable[Envelope | Pending]) -> None:
+    def replace_payloads(self, rows: Iterable[Pending]) -> None:
         """Store re-signed envelopes (same id, new seq) in place of the queued ones, in one
         transaction. Committed with ``synchronous=NORMAL``: if a power cut loses it, the
         event is still queued under its old signature and is simply re-signed again (a
         fresh seq; the center knows the id)."""
-        rows = [(e.seq, e.payload if isinstance(e, Pending) else e.to_bytes(), e.id) for e in envs]
+        with self._relaxed("store re-signed events"):
+            self._db.executemany(
+                "UPDATE outbox SET seq = ?, payload = ? WHERE id = ?",
+                [(p.seq, p.payload, p.id) for p in rows],
+            )
+
+    @contextlib.contextmanager
+    def _relaxed(self, what: str) -> Iterator[None]:
+        """One transaction committed with ``synchronous=NORMAL``, for writes a power cut may
+        undo without losing an event; OutboxError saying ``cannot <what>`` on failure."""
         try:
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("BEGIN IMMEDIATE")
-            self._db.executemany("UPDATE outbox SET seq = ?, payload = ? WHERE id = ?", rows)
+            yield
             self._db.execute("COMMIT")
         except sqlite3.Error as err:
             self._rollback()
-            raise OutboxError(f"{self.path}: cannot store re-signed events: {err}") from err
+            raise OutboxError(f"{self.path}: cannot {what}: {err}") from err
         finally:
             with contextlib.suppress(sqlite3.Error):
                 self._db.execute("PRAGMA synchronous=FULL")
