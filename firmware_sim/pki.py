@@ -101,33 +101,31 @@ def _issue(
     return Issued(cert, key, cert_file, key_file)
 
 
+_USAGES = (
+    "digital_signature",
+    "content_commitment",
+    "key_encipherment",
+    "data_encipherment",
+    "key_agreement",
+    "key_cert_sign",
+    "crl_sign",
+    "encipher_only",
+    "decipher_only",
+)
+
+
+def _key_usage(*allowed: str) -> x509.KeyUsage:
+    """A KeyUsage extension with only ``allowed`` set."""
+    return x509.KeyUsage(**{name: name in allowed for name in _USAGES})
+
+
 def _leaf_usage() -> x509.KeyUsage:
-    return x509.KeyUsage(
-        digital_signature=True,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=True,
-        key_cert_sign=False,
-        crl_sign=False,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    return _key_usage("digital_signature", "key_agreement")
 
 
 def mint_ca(out: Path, name: str = "alarmgw TEST CA", *, days: int = 3650) -> Issued:
     """A self-signed CA: ``out/ca.pem`` and ``out/ca.key``."""
-    usage = x509.KeyUsage(
-        digital_signature=False,
-        content_commitment=False,
-        key_encipherment=False,
-        data_encipherment=False,
-        key_agreement=False,
-        key_cert_sign=True,
-        crl_sign=True,
-        encipher_only=False,
-        decipher_only=False,
-    )
+    usage = _key_usage("key_cert_sign", "crl_sign")
     return _issue(
         out,
         "ca",
