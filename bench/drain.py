@@ -31,6 +31,7 @@ import tempfile
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -148,7 +149,47 @@ PUBLISHER = textwrap.dedent("""
 """)
 
 
-def floor_burst(port: int, n: int, size: int) -> float:
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used so far, its threads included."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def family(pid: int) -> list[int]:
+    """pid and its live children (the center's checker process)."""
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(stat.parent.name))
+        except (OSError, ValueError, IndexError):
+            continue
+    return [pid, *kids]
+
+
+class CpuMeter:
+    """CPU µs per message of each named group of processes between creation and stop().
+    A group is a callable giving its pids, asked again at stop(): a process started in
+    between (the center's checker starts with the first burst) counts from zero."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
+        self.groups = groups
+        self.t0 = {pid: cpu_s(pid) for pids in groups.values() for pid in pids()}
+
+    def stop(self, n: int) -> dict[str, float]:
+        return {
+            name: round(sum(cpu_s(p) - self.t0.get(p, 0.0) for p in pids()) / n * 1e6, 1)
+            for name, pids in self.groups.items()
+        }
+
+
+def floor_burst(port: int, n: int, size: int, broker_pid: int) -> tuple[float, dict[str, float]]:
     """Raw paho QoS 1: messages/s from a publisher process to a subscriber process (both
     stock paho-mqtt, not importing alarmgw)."""
     sub = subprocess.Popen(
@@ -164,11 +205,19 @@ def floor_burst(port: int, n: int, size: int) -> float:
     try:
         sub.stdout.readline()  # subscribed
         pub.stdout.readline()  # connected
+        meter = CpuMeter(
+            {
+                "publisher": lambda: [pub.pid],
+                "subscriber": lambda: [sub.pid],
+                "broker": lambda: [broker_pid],
+            }
+        )
         t0 = time.perf_counter()
         pub.stdin.write("go\n")
         pub.stdin.flush()
         line = sub.stdout.readline()
         rate = n / (time.perf_counter() - t0)
+        cpu = meter.stop(n)
         pub.stdin.write("stop\n")
         pub.stdin.flush()
         pub.wait(10)
@@ -180,7 +229,7 @@ def floor_burst(port: int, n: int, size: int) -> float:
                 proc.wait()
     if not line.startswith("done"):
         raise RuntimeError(f"floor subscriber: {line!r}")
-    return rate
+    return rate, cpu
 
 
 def write_center_config(root: Path, port: int) -> Path:
@@ -194,7 +243,9 @@ def write_center_config(root: Path, port: int) -> Path:
     return cfg
 
 
-async def drain(root: Path, port: int, n: int) -> tuple[float, int]:
+async def drain(
+    root: Path, port: int, n: int, broker_pid: int
+) -> tuple[float, int, dict[str, float]]:
     """Queue n alarms, start the relay, time until the center acked them all."""
     gw_key = load_signing_key(root / "keys" / "gateway.key")
     c_pub = root / "keys" / "center.pub"
@@ -244,6 +295,14 @@ async def drain(root: Path, port: int, n: int) -> tuple[float, int]:
     tasks = [asyncio.create_task(up.run())]
     while not up.connected:
         await asyncio.sleep(0.01)
+    meter = CpuMeter(
+        {
+            "gateway": lambda: [os.getpid()],
+            "center": lambda: [center.pid],
+            "checker": lambda: family(center.pid)[1:],
+            "broker": lambda: [broker_pid],
+        }
+    )
     t0 = time.perf_counter()
     tasks.append(asyncio.create_task(relay.pump()))
     last = n
@@ -261,6 +320,7 @@ async def drain(root: Path, port: int, n: int) -> tuple[float, int]:
             )
             last = left
     elapsed = time.perf_counter() - t0
+    cpu = meter.stop(n)
     sent = relay.stats["events_sent"]
     for t in tasks:
         t.cancel()
@@ -268,7 +328,7 @@ async def drain(root: Path, port: int, n: int) -> tuple[float, int]:
     center.terminate()
     center.wait(10)
     outbox.close()
-    return n / elapsed, sent
+    return n / elapsed, sent, cpu
 
 
 RSS_PROBE = textwrap.dedent("""
@@ -354,11 +414,13 @@ def main() -> int:
                 ).to_bytes()
             )
             print(f"floor: raw paho QoS 1 burst of {args.drain} x {size} B ...", flush=True)
-            floor_before = floor_burst(broker.port, args.drain, size)
+            assert broker.proc is not None
+            bpid = broker.proc.pid
+            floor_before, floor_cpu = floor_burst(broker.port, args.drain, size, bpid)
             print(f"drain: {args.drain} queued alarms to the center, with acks ...", flush=True)
-            rate, sent = asyncio.run(drain(root, broker.port, args.drain))
+            rate, sent, drain_cpu = asyncio.run(drain(root, broker.port, args.drain, bpid))
             print("floor again (this machine's speed drifts) ...", flush=True)
-            floor_after = floor_burst(broker.port, args.drain, size)
+            floor_after, _ = floor_burst(broker.port, args.drain, size, bpid)
             floor = (floor_before + floor_after) / 2
             print(f"backlog: {args.queue} queued alarms ...", flush=True)
             big = backlog(root, broker.port, args.queue, args.enqueue_sample)
@@ -369,6 +431,8 @@ def main() -> int:
         "floor_before_after": [round(floor_before, 1), round(floor_after, 1)],
         "drain_ratio": round(rate / floor, 3),
         "publishes": sent,
+        "cpu_us_per_event": drain_cpu,
+        "floor_cpu_us_per_msg": floor_cpu,
         "queued": args.queue,
         **big,
         "self_maxrss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
@@ -376,6 +440,13 @@ def main() -> int:
     print(
         f"  drain   {rate:9.1f} events/s acked   floor {floor:9.1f} msg/s   "
         f"ratio {result['drain_ratio']:.2f} (target >= 0.50)"
+    )
+    print(
+        "  CPU µs per event: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in drain_cpu.items())
+        + f" (sum {sum(drain_cpu.values()):.0f}); floor per message: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in floor_cpu.items())
+        + f" (sum {sum(floor_cpu.values()):.0f})"
     )
     print(
         f"  backlog {args.queue} queued: {big['disk_bytes'] / 1e6:.1f} MB on disk, "

@@ -14,7 +14,7 @@ import os
 import re
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -104,6 +104,25 @@ class Envelope:
     kid: str
     body: Mapping[str, Any]
     sig: str
+    # The payload bytes when ``build`` made this envelope (the JCS form it already had).
+    wire: bytes | None = field(default=None, compare=False, repr=False)
+
+    def __reduce__(self) -> tuple[Callable[..., Envelope], tuple[Any, ...]]:
+        # Plain positional arguments: pickling (the center's checker process sends parsed
+        # envelopes back) then runs in C, not through dataclass __getstate__/__setstate__.
+        return Envelope, (
+            self.v,
+            self.id,
+            self.type,
+            self.site,
+            self.gw,
+            self.seq,
+            self.ts,
+            self.kid,
+            self.body,
+            self.sig,
+            self.wire,
+        )
 
     def unsigned(self) -> dict[str, Any]:
         return {
@@ -126,10 +145,24 @@ class Envelope:
         return {**self.unsigned(), "sig": self.sig}
 
     def to_bytes(self) -> bytes:
-        """The MQTT payload: compact JSON. It need not be canonical (the receiver
-        re-canonicalises to verify), and plain ``json`` is ~20x faster than JCS here; floats
-        print as their shortest round-trip form, so the receiver's JCS sees the same values."""
-        return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+        """The MQTT payload: the RFC 8785 form of the whole signed envelope (receivers
+        re-canonicalise to verify, so any JSON would do; this one is deterministic, and it
+        lets ``resign`` work on the bytes). Compact JSON if JCS cannot represent a value
+        (a parsed envelope that was never verified)."""
+        if self.wire is not None:
+            return self.wire
+        try:
+            return _splice_sig(self.signing_bytes(), self.sig)
+        except (TypeError, ValueError):
+            return json.dumps(self.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def _splice_sig(signed: bytes, sig: str) -> bytes:
+    """The JCS form of the whole envelope from that of the envelope without ``sig``: ``sig``
+    sorts just before the top-level ``site``, and nothing after ``body`` (which sorts first
+    and is the only member that can hold an object) can contain ``,"site":``."""
+    at = signed.rfind(b',"site":')
+    return signed[:at] + b',"sig":"' + sig.encode() + b'"' + signed[at:]
 
 
 def build(
@@ -159,8 +192,16 @@ def build(
         _check_fields({**fields, "sig": "x"})
     except EnvelopeError as err:
         raise ValueError(f"cannot build envelope: {err}") from err
-    sig = key.sign(canonical(fields))
-    return Envelope(sig=sig, **fields)
+    signed = canonical(fields)
+    sig = key.sign(signed)
+    return Envelope(sig=sig, wire=_splice_sig(signed, sig), **fields)
+
+
+# What follows ``body`` in the JCS form of one of our envelopes: flat members only.
+_TAIL_RE = re.compile(
+    rb'(,"gw":"[a-z0-9-]+","id":"[0-9a-f-]+"),"kid":"[0-9a-f]{16}","seq":[0-9]+'
+    rb',"sig":"[A-Za-z0-9_-]+"(,"site":"[a-z0-9-]+","ts":"[0-9:.TZ-]+","type":"[a-z]+","v":1})'
+)
 
 
 def resign(payload: bytes, *, seq: int, key: SigningKey) -> tuple[int, bytes]:
@@ -168,9 +209,16 @@ def resign(payload: bytes, *, seq: int, key: SigningKey) -> tuple[int, bytes]:
     body; the current key's kid): (seq, payload). Skips the validation ``build`` does,
     because the payload is one we built; raises ValueError if it is not an envelope.
 
-    The new payload is the JCS form of the whole signed envelope: ``sig`` spliced into the
-    signed bytes at its sorted place, just before the top-level ``site`` (the last member
-    that can hold an object is ``body``, which sorts first), so JSON is encoded once."""
+    The new payload is the JCS form of the whole signed envelope. A payload already in that
+    form (``build`` writes it) is edited as bytes: ``body`` is left as it is, and only the
+    flat members after it are written again. Others (rows queued by an older version) are
+    parsed and canonicalised."""
+    at = payload.rfind(b',"gw":"')
+    tail = _TAIL_RE.fullmatch(payload, at) if payload.startswith(b'{"body":{') else None
+    if tail is not None:
+        head = b'%s%s,"kid":"%s","seq":%d' % (payload[:at], tail[1], key.kid.encode(), seq)
+        sig = key.sign(head + tail[2])
+        return seq, b'%s,"sig":"%s"%s' % (head, sig.encode(), tail[2])
     obj = json.loads(payload)
     if not isinstance(obj, dict) or set(obj) != set(FIELDS):
         raise ValueError("not an envelope")
@@ -178,9 +226,7 @@ def resign(payload: bytes, *, seq: int, key: SigningKey) -> tuple[int, bytes]:
     obj["seq"] = seq
     obj["kid"] = key.kid
     signed = canonical(obj)
-    sig = key.sign(signed)
-    at = signed.rfind(b',"site":')
-    return seq, signed[:at] + b',"sig":"' + sig.encode() + b'"' + signed[at:]
+    return seq, _splice_sig(signed, key.sign(signed))
 
 
 def parse(payload: bytes | str) -> Envelope:

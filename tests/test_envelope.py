@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 import stat
 import subprocess
 from datetime import UTC, datetime
@@ -212,3 +213,40 @@ def test_resign_keeps_the_event_and_verifies() -> None:
     assert E.parse_and_verify(payload, {new_key.kid: new_key.verify_key}).body == nested
     with pytest.raises(ValueError, match="not an envelope"):
         E.resign(b'{"v": 1}', seq=1, key=new_key)
+
+
+_RESIGN_OLD, _RESIGN_NEW = SigningKey.generate(), SigningKey.generate()
+_details = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40)
+_extras = st.dictionaries(
+    st.sampled_from(["gw", "site", "kid", "sig", "seq", "x", "é"]),
+    st.one_of(_details, st.integers(-(2**53) + 1, 2**53 - 1), st.floats(-1e6, 1e6)),
+    max_size=4,
+)
+
+
+@given(detail=_details, extra=_extras)
+def test_resign_edits_canonical_bytes_exactly_as_the_general_path(
+    detail: str, extra: dict[str, object]
+) -> None:
+    """``build`` writes the JCS form, and ``resign`` edits those bytes without parsing the
+    body; a row in another form (an older version's compact JSON) is parsed and
+    canonicalised. Both must give the same bytes (Ed25519 is deterministic), and verify."""
+    body = {"code": "137", "device": "gateway", "detail": detail, "extra": extra}
+    env = E.build(type="trouble", site="s", gw="g", seq=5, body=body, key=_RESIGN_OLD)
+    assert env.to_bytes() == E.canonical(env.to_dict())
+    compact = json.dumps(env.to_dict(), separators=(",", ":"), ensure_ascii=False).encode()
+    fast = E.resign(env.to_bytes(), seq=99_999, key=_RESIGN_NEW)
+    assert fast == E.resign(compact, seq=99_999, key=_RESIGN_NEW)
+    again = E.parse_and_verify(fast[1], {_RESIGN_NEW.kid: _RESIGN_NEW.verify_key})
+    assert (again.id, again.seq, again.kid, again.body) == (env.id, 99_999, _RESIGN_NEW.kid, body)
+    assert fast[1] == again.to_bytes() == E.canonical(again.to_dict())
+
+
+def test_envelopes_pickle_in_c_and_keep_their_payload() -> None:
+    body = {"code": "137", "device": "gateway", "detail": "x"}
+    env = E.build(type="trouble", site="s", gw="g", seq=5, body=body, key=_RESIGN_OLD)
+    parsed = E.parse(env.to_bytes())
+    for one in (env, parsed):
+        back = pickle.loads(pickle.dumps(one))
+        assert back == one and back.to_bytes() == env.to_bytes() and back.wire == one.wire
+    assert parsed.wire is None and env.wire == env.to_bytes()
