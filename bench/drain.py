@@ -291,6 +291,14 @@ async def drain(
         on_state=relay.on_link,
     )
     relay.attach(up)
+    acks = [0]
+    if os.environ.get("BENCH_DEBUG"):  # count the center's acks (one per burst it decided)
+
+        def counting(name: str, payload: bytes, inner=up._on_message) -> None:  # type: ignore[no-untyped-def]
+            acks[0] += 1
+            inner(name, payload)
+
+        up._on_message = counting
     await asyncio.sleep(0.3)  # its SUBSCRIBE follows the CONNACK
     tasks = [asyncio.create_task(up.run())]
     while not up.connected:
@@ -315,7 +323,7 @@ async def drain(
             print(
                 f"    {time.perf_counter() - t0:6.2f}s {left} left, sent {st['events_sent']}"
                 f" acked {st['events_acked']} rejected {st['acks_rejected']}"
-                f" tracked {len(relay._tracked)} inflight {len(relay._inflight)}",
+                f" tracked {len(relay._tracked)} inflight {len(relay._inflight)} acks {acks[0]}",
                 flush=True,
             )
             last = left

@@ -7,6 +7,7 @@ import asyncio
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import envelope as E
-from gateway.center import Center, Registry, human_line
+from gateway.center import CHECKING_MAX, Center, Registry, human_line
 from gateway.center_state import WINDOW, CenterState
 from gateway.seq import SeqCounter
 from gateway.signing import SigningKey
@@ -226,6 +227,44 @@ async def test_bursts_are_checked_aside_and_decided_in_order(tmp_path: Path, wor
         c.close()
         for pid in pids:  # this test's checker stops with it
             assert await _gone(pid, 10.0), f"checker {pid} still running"
+        c.state.close()
+
+
+async def test_what_arrives_while_the_checker_is_full_goes_as_one_burst(tmp_path: Path) -> None:
+    # Two bursts at the checker at once; what arrives meanwhile, over many loop turns, waits
+    # and is then checked, committed and acknowledged as one burst (one ack), in order.
+    c = make_center(tmp_path)
+    up = _Up()
+    c.attach(up)  # type: ignore[arg-type]
+    verdicts: list = []
+    c.listeners.append(verdicts.append)
+    gate = threading.Event()
+    check = c._precheck_all
+
+    def slow_check(burst: list) -> list:
+        gate.wait(30)
+        return check(burst)
+
+    c._precheck_all = slow_check  # type: ignore[method-assign]
+    try:
+        for first in (1, 11):  # fills the checker: CHECKING_MAX bursts
+            for seq in range(first, first + 10):
+                c.on_message(EVENT_TOPIC, alarm(seq).to_bytes())
+            await asyncio.sleep(0.01)
+        assert len(c._checking) == CHECKING_MAX
+        for seq in range(21, 61):  # 40 more, one per loop turn
+            c.on_message(EVENT_TOPIC, alarm(seq).to_bytes())
+            await asyncio.sleep(0)
+        assert len(c._checking) == CHECKING_MAX and len(c._incoming) == 40
+        gate.set()
+        async with asyncio.timeout(30):
+            while len(verdicts) < 60:
+                await asyncio.sleep(0.01)
+        assert [v.env.seq for v in verdicts] == list(range(1, 61))
+        assert [len(E.parse(a).body["ids"]) for a in up.acks] == [10, 10, 40]
+    finally:
+        gate.set()
+        c.close()
         c.state.close()
 
 
