@@ -552,7 +552,7 @@ def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
         seq=seq,
         state=CenterState(state_dir / "center.sqlite"),
         registry=registry,
-        workers=os.environ.get("ALARMGW_CENTER_WORKERS", "process"),
+        workers="process",
     )
     return center, seq, cfg
 
