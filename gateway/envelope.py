@@ -236,7 +236,7 @@ def parse(payload: bytes | str) -> Envelope:
     if len(payload) > MAX_PAYLOAD:
         raise EnvelopeError("too-large", f"{len(payload)} bytes")
     try:
-        obj = json.loads(payload, parse_constant=_reject_constant)
+        obj = _loads(payload)
     except (ValueError, UnicodeDecodeError, RecursionError) as err:
         raise EnvelopeError("not-json", str(err)[:80]) from None
     if not isinstance(obj, dict):
@@ -276,17 +276,32 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
+_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+
+
+def _loads(payload: bytes | str) -> Any:
+    """json.loads(payload, parse_constant=_reject_constant), without a new decoder per call."""
+    if not isinstance(payload, str):
+        payload = payload.decode(json.detect_encoding(payload), "surrogatepass")
+    elif payload.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", payload, 0)
+    return _DECODE(payload)
+
+
+_FIELD_SET = frozenset(FIELDS)
+
+
 def _is_int(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _check_fields(obj: Mapping[str, Any]) -> None:
-    extra = set(obj) - set(FIELDS)
-    missing = [k for k in FIELDS if k not in obj]
-    if missing:
-        raise EnvelopeError("malformed", f"missing field(s): {', '.join(missing)}")
-    if extra:
-        raise EnvelopeError("malformed", f"unexpected field(s): {', '.join(sorted(extra))}")
+    if obj.keys() != _FIELD_SET:
+        missing = [k for k in FIELDS if k not in obj]
+        if missing:
+            raise EnvelopeError("malformed", f"missing field(s): {', '.join(missing)}")
+        extra = sorted(set(obj) - _FIELD_SET)
+        raise EnvelopeError("malformed", f"unexpected field(s): {', '.join(extra)}")
     if not _is_int(obj["v"]) or obj["v"] != VERSION:
         raise EnvelopeError("malformed", f"v must be {VERSION}")
     checks: list[tuple[str, re.Pattern[str]]] = [

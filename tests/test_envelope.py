@@ -250,3 +250,33 @@ def test_envelopes_pickle_in_c_and_keep_their_payload() -> None:
         back = pickle.loads(pickle.dumps(one))
         assert back == one and back.to_bytes() == env.to_bytes() and back.wire == one.wire
     assert parsed.wire is None and env.wire == env.to_bytes()
+
+
+@given(
+    text=st.one_of(
+        st.text(max_size=30),
+        st.builds(json.dumps, st.dictionaries(st.text(max_size=5), st.text(max_size=5))),
+    ),
+    form=st.sampled_from(["str", "utf-8", "utf-8-sig", "utf-16", "utf-32-le", "bom-str"]),
+)
+def test_payload_decoding_is_json_loads(text: str, form: str) -> None:
+    """parse() keeps one decoder instead of json.loads making one per call: same results
+    (and same refusals) for str and bytes in every encoding json.loads detects."""
+    if form == "str":
+        payload: str | bytes = text
+    elif form == "bom-str":
+        payload = "\ufeff" + text
+    else:
+        try:
+            payload = text.encode(form)
+        except UnicodeEncodeError:
+            return
+    try:
+        expected = ("ok", json.loads(payload, parse_constant=E._reject_constant))
+    except (ValueError, RecursionError) as err:
+        expected = ("error", type(err).__name__)
+    try:
+        got = ("ok", E._loads(payload))
+    except (ValueError, RecursionError) as err:
+        got = ("error", type(err).__name__)
+    assert got == expected
