@@ -457,7 +457,7 @@ def main() -> int:
                 rounds.append(
                     Round(round(rate, 1), round(floor, 1), round(rate / floor, 3), sent, cpu)
                 )
-                print(f"  round {i + 1}: {rate:.0f}/s vs {floor:.0f}/s, ratio {rate / floor:.2f}")
+                print(f"  round {i + 1}: {rate:.0f}/s vs {floor:.0f}/s, ratio {rate / floor:.3f}")
             print(f"backlog: {args.queue} queued alarms ...", flush=True)
             big = backlog(root, broker.port, args.queue, args.enqueue_sample)
     ratios = sorted(r.ratio for r in rounds)
@@ -478,8 +478,8 @@ def main() -> int:
     }
     print(
         f"  drain   {rate:9.1f} events/s acked   floor {floor:9.1f} msg/s   "
-        f"ratio {mid.ratio:.2f} (target >= 0.50; median of {args.rounds} rounds, "
-        f"{ratios[0]:.2f} to {ratios[-1]:.2f})"
+        f"ratio {mid.ratio:.3f} (target >= 0.50; median of {args.rounds} rounds, "
+        f"{ratios[0]:.3f} to {ratios[-1]:.3f})"
     )
     print(
         "  CPU µs per event (that round): "

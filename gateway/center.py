@@ -215,10 +215,17 @@ class Center:
         self._checking.append((burst, fut))
         fut.add_done_callback(self._checked)
 
-    def _submit(self, burst: list[Received]) -> asyncio.Future[list[Verdict | Envelope]]:
-        loop = asyncio.get_running_loop()
-        if self.workers == "process":
-            if self._pool is None:
+    def start_checker(self) -> None:
+        """Start the checker now, not with the first burst: a checker process takes a few
+        hundred milliseconds to start (a fresh interpreter), which the first alarms after
+        a center start should not wait for."""
+        pool = self._checker()
+        if isinstance(pool, ProcessPoolExecutor):
+            pool.submit(_remote_precheck, [])  # spawns it; should it fail, bursts notice
+
+    def _checker(self) -> Executor:
+        if self._pool is None:
+            if self.workers == "process":
                 raw = {
                     sg: [k.public_raw for k in ks.values()] for sg, ks in self.registry.keys.items()
                 }
@@ -228,11 +235,17 @@ class Center:
                     initializer=_remote_init,
                     initargs=(self.prefix, raw, os.getpid()),
                 )
+            else:
+                self._pool = ThreadPoolExecutor(1, thread_name_prefix="center-verify")
+        return self._pool
+
+    def _submit(self, burst: list[Received]) -> asyncio.Future[list[Verdict | Envelope]]:
+        loop = asyncio.get_running_loop()
+        pool = self._checker()
+        if isinstance(pool, ProcessPoolExecutor):
             pairs = [(name, payload) for name, payload, _, _ in burst]
-            return loop.run_in_executor(self._pool, _remote_precheck, pairs)
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="center-verify")
-        return loop.run_in_executor(self._pool, self._precheck_all, burst)
+            return loop.run_in_executor(pool, _remote_precheck, pairs)
+        return loop.run_in_executor(pool, self._precheck_all, burst)
 
     def _precheck_all(self, burst: list[Received]) -> list[Verdict | Envelope]:
         return [self._precheck(name, payload) for name, payload, _, _ in burst]
@@ -575,6 +588,7 @@ async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdou
     settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{center.kid}")
     uplink = Uplink(settings, subscriptions=center.subscriptions(), on_message=center.on_message)
     center.attach(uplink)
+    center.start_checker()
     jobs = [uplink.run()]
     if cfg.mqtt_secondary is not None:  # issue 5: listen (and ack) on the second path too
         second = Uplink(

@@ -268,6 +268,35 @@ async def test_what_arrives_while_the_checker_is_full_goes_as_one_burst(tmp_path
         c.state.close()
 
 
+async def test_the_checker_process_starts_with_the_center(tmp_path: Path) -> None:
+    # Not with the first burst: spawning an interpreter takes a few hundred milliseconds
+    # that the first alarms after a center start would otherwise wait for.
+    c = make_center(tmp_path)
+    c.workers = "process"
+    c.start_checker()
+    pids: list[int] = []
+    try:
+        async with asyncio.timeout(30):
+            while not pids:
+                await asyncio.sleep(0.05)
+                pids = list(getattr(c._pool, "_processes", {}))
+        up = _Up()
+        c.attach(up)  # type: ignore[arg-type]
+        verdicts: list = []
+        c.listeners.append(verdicts.append)
+        for seq in range(1, 11):
+            c.on_message(EVENT_TOPIC, alarm(seq).to_bytes())
+        async with asyncio.timeout(30):
+            while len(verdicts) < 10:
+                await asyncio.sleep(0.01)
+        assert list(getattr(c._pool, "_processes", {})) == pids  # the same checker did it
+    finally:
+        c.close()
+        for pid in pids:
+            assert await _gone(pid, 10.0), f"checker {pid} still running"
+        c.state.close()
+
+
 async def _gone(pid: int, timeout: float) -> bool:
     """The process has exited (gone, or a zombie its reaper has not collected yet). Asked
     of the OS: ``Process.is_alive()`` can say True while the pool's own thread reaps it."""
