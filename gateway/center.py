@@ -570,21 +570,36 @@ def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
     return center, seq, cfg
 
 
+def console(center: Center, out: TextIO, *, as_json: bool) -> None:
+    """Print each verdict and status change on ``out``, in order, one write per burst: the
+    lines are joined here, so that holds whatever ``out``'s own buffering is (with
+    PYTHONUNBUFFERED, as under many service managers, every line was a system call)."""
+    lines: list[str] = []
+
+    def show(v: Verdict) -> None:
+        lines.append((json.dumps(v.to_json()) if as_json else human_line(v)) + "\n")
+
+    def write_out() -> None:
+        if lines:
+            out.write("".join(lines))
+            lines.clear()
+        out.flush()
+
+    def show_status(change: GatewayStatus) -> None:
+        # At once (a stale gateway is noticed by a timer, outside any burst), after the
+        # lines of the burst so far.
+        lines.append((json.dumps(change.to_json()) if as_json else change.human()) + "\n")
+        write_out()
+
+    center.listeners.append(show)
+    center.burst_listeners.append(write_out)
+    center.status_listeners.append(show_status)
+
+
 async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdout) -> None:
     """``alarmgw center --config FILE``: run until cancelled."""
     center, seq, cfg = _open_center(config_path)
-
-    def show(v: Verdict) -> None:
-        out.write((json.dumps(v.to_json()) if as_json else human_line(v)) + "\n")
-
-    center.listeners.append(show)
-    center.burst_listeners.append(out.flush)  # one write per burst, not per line
-
-    def show_status(change: GatewayStatus) -> None:
-        out.write((json.dumps(change.to_json()) if as_json else change.human()) + "\n")
-        out.flush()
-
-    center.status_listeners.append(show_status)
+    console(center, out, as_json=as_json)
     settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{center.kid}")
     uplink = Uplink(settings, subscriptions=center.subscriptions(), on_message=center.on_message)
     center.attach(uplink)

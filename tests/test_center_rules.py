@@ -4,6 +4,7 @@ on a real SQLite state file, without a broker."""
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import signal
@@ -15,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gateway import envelope as E
-from gateway.center import CHECKING_MAX, Center, Registry, human_line
+from gateway.center import CHECKING_MAX, Center, Registry, console, human_line
 from gateway.center_state import WINDOW, CenterState
 from gateway.seq import SeqCounter
 from gateway.signing import SigningKey
@@ -294,6 +295,47 @@ async def test_the_checker_process_starts_with_the_center(tmp_path: Path) -> Non
         c.close()
         for pid in pids:
             assert await _gone(pid, 10.0), f"checker {pid} still running"
+        c.state.close()
+
+
+class _CountingOut(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+async def test_console_writes_once_per_burst_in_order(tmp_path: Path) -> None:
+    # alarmgw center's output: a burst's lines in one write (not a system call per line
+    # under PYTHONUNBUFFERED), and a status change after the lines that came before it.
+    c = make_center(tmp_path)
+    c.attach(_Up())  # type: ignore[arg-type]
+    out = _CountingOut()
+    console(c, out, as_json=False)
+    online = E.build(
+        type="state",
+        site=SITE,
+        gw=GW,
+        seq=11,
+        key=GW_KEY,
+        body={"status": "online", "session": 1, "version": "t"},
+    )
+    try:
+        for seq in range(1, 11):
+            c.on_message(EVENT_TOPIC, alarm(seq).to_bytes())
+        c.on_message(f"{PREFIX}/{SITE}/{GW}/state", online.to_bytes())
+        async with asyncio.timeout(30):
+            while out.getvalue().count("\n") < 12:  # 11 verdicts and "online"
+                await asyncio.sleep(0.01)
+        lines = out.getvalue().splitlines()
+        assert [("ALARM" in x) for x in lines[:10]] == [True] * 10
+        assert "online" in lines[-1] and len(lines) == 12
+        assert out.writes == 1  # the whole burst, the status line in its place
+    finally:
+        c.close()
         c.state.close()
 
 
