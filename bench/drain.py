@@ -181,7 +181,7 @@ def family(pid: int) -> list[int]:
 class CpuMeter:
     """CPU µs per message of each named group of processes between creation and stop().
     A group is a callable giving its pids, asked again at stop(): a process started in
-    between (the center's checker starts with the first burst) counts from zero."""
+    between (a center's checker started again after it died) counts from zero."""
 
     def __init__(self, groups: dict[str, Callable[[], list[int]]]) -> None:
         self.groups = groups
