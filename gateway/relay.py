@@ -147,6 +147,11 @@ class Relay:
         self._secondary = secondary
         self._failover_after_s = failover_after_s
 
+    def route(self, kind: str) -> Uplink | None:
+        """The session an envelope of ``kind`` would take now (None: it would wait)."""
+        path = self._path(kind, asyncio.get_running_loop().time())
+        return None if path is None else path[1]
+
     def _path(self, kind: str, now: float) -> tuple[str, Uplink] | None:
         """Which session carries an envelope of ``kind`` right now (None: hold it)."""
         if self._uplink is not None and self._uplink.connected:

@@ -50,11 +50,16 @@ class Heartbeat:
         snapshot: Callable[[], dict[str, Any]],
         session: Callable[[], int],
         wall: Callable[[], float] = time.time,
+        route: Callable[[], Uplink | None] | None = None,
     ) -> None:
+        """``route``: the session to publish on now (the relay's choice between the primary
+        broker and, after its failover time, the secondary; issue 5), None to wait. Without
+        it, ``uplink`` when it is connected."""
         self.ident = ident
         self._key = key
         self._seq = seq
         self._uplink = uplink
+        self._route = route
         self.interval_s = interval_s
         self._snapshot = snapshot
         self._session = session
@@ -73,9 +78,15 @@ class Heartbeat:
         self.waiting = (format_ts(self._wall()), body)
         self.stats["taken"] += 1
 
+    def _current(self) -> Uplink | None:
+        if self._route is not None:
+            return self._route()
+        return self._uplink if self._uplink.connected else None
+
     def send(self) -> None:
-        """Sign and publish the waiting snapshot (if connected)."""
-        if self.waiting is None or not self._uplink.connected:
+        """Sign and publish the waiting snapshot (if a session can take it)."""
+        uplink = self._current() if self.waiting is not None else None
+        if self.waiting is None or uplink is None:
             return
         ts, body = self.waiting
         self.waiting = None
@@ -89,7 +100,7 @@ class Heartbeat:
             ts=ts,
         )
         self._seq.mark_sent(env.seq)
-        fut = self._uplink.publish(self.topic, env.to_bytes(), expiry_s=self.expiry_s)
+        fut = uplink.publish(self.topic, env.to_bytes(), expiry_s=self.expiry_s)
         fut.add_done_callback(lambda f: self._published(f, ts, body))
         self.last_sent = {"ts": ts, "seq": env.seq, "id": env.id}
 
@@ -117,8 +128,9 @@ class Heartbeat:
                     next_at = now + self.interval_s
             self.send()
             left = next_at - loop.time()
-            if self.waiting is not None and not self._uplink.connected:
-                # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
+            if self.waiting is not None and self._current() is None:
+                # Until the primary is back (the secondary, if any, is tried at the next
+                # tick). asyncio.timeout, not wait_for: 3.11's can swallow a cancellation.
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(left):
                         await self._uplink.wait_connected()

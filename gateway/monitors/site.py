@@ -64,6 +64,7 @@ class SiteMonitors:
             interval_s=cfg.heartbeat.interval_s,
             snapshot=self.snapshot,
             session=lambda: gw.relay.session,
+            route=lambda: gw.relay.route("heartbeat"),  # the secondary after failover
         )
         devices = {"gateway", *(b.device for b in self.boxes)}
         devices |= {"bollard"} if self.bollard else set()

@@ -10,6 +10,7 @@ from pathlib import Path
 from firmware_sim.broker import Mosquitto
 from gateway.center import Center, Registry, Verdict
 from gateway.center_state import CenterState
+from gateway.monitors.heartbeat import Heartbeat
 from gateway.outbox import Outbox
 from gateway.relay import Identity, Relay
 from gateway.seq import SeqCounter
@@ -17,6 +18,14 @@ from gateway.signing import SigningKey
 from gateway.topics import topic
 from gateway.uplink import MqttSettings, Uplink
 from tests.test_uplink_relay import GW, PREFIX, SITE, Led, wait_until
+
+HEARTBEAT = {
+    "uptime_s": 1,
+    "queue": {"pending": 0, "oldest_s": 0},
+    "inputs": {},
+    "clock": {"synced": True},
+    "disk": {"free_bytes": 1},
+}
 
 
 async def test_alarm_on_secondary_at_once_trouble_after_failover(tmp_path: Path) -> None:
@@ -39,15 +48,22 @@ async def test_alarm_on_secondary_at_once_trouble_after_failover(tmp_path: Path)
             on_message=center.on_message,
         )
         center.attach(c1)
+        via_second: list[str] = []  # topics the center got from the secondary broker
+
+        def from_second(name: str, payload: bytes) -> None:
+            via_second.append(name)
+            center.on_message(name, payload, via=c2)
+
         c2 = Uplink(
             MqttSettings("127.0.0.1", b2.port, 5, "center", backoff_max_s=1.0),
             subscriptions=center.subscriptions(),
-            on_message=lambda n, p: center.on_message(n, p, via=c2),
+            on_message=from_second,
         )
+        gseq = SeqCounter(tmp_path / "gseq")
         relay = Relay(
             ident=Identity(SITE, GW, PREFIX),
             key=gw_key,
-            seq=SeqCounter(tmp_path / "gseq"),
+            seq=gseq,
             outbox=Outbox(tmp_path / "o.sqlite"),
             center_keys={c_key.kid: c_key.verify_key},
             location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
@@ -70,11 +86,23 @@ async def test_alarm_on_secondary_at_once_trouble_after_failover(tmp_path: Path)
             on_state=lambda up: relay.on_link(up, path="secondary"),
         )
         relay.attach(g1, g2, failover_after_s=3.0)
-        tasks = [
-            asyncio.create_task(c) for c in (c1.run(), c2.run(), g1.run(), g2.run(), relay.pump())
-        ]
+        hb = Heartbeat(  # as the daemon wires it: on the relay's path for its type
+            ident=relay.ident,
+            key=gw_key,
+            seq=gseq,
+            uplink=g1,
+            interval_s=0.5,
+            snapshot=lambda: dict(HEARTBEAT),
+            session=lambda: relay.session,
+            route=lambda: relay.route("heartbeat"),
+        )
+        jobs = (c1.run(), c2.run(), g1.run(), g2.run(), relay.pump(), hb.run())
+        tasks = [asyncio.create_task(c) for c in jobs]
+        beat = topic(PREFIX, SITE, GW, "heartbeat")
         try:
             await wait_until(lambda: all(u.connected for u in (c1, c2, g1, g2)))
+            await wait_until(lambda: hb.stats["sent"] >= 2)
+            assert beat not in via_second  # the primary carries heartbeats while it is up
             b1.stop()  # the primary goes away
             await wait_until(lambda: not g1.connected)
             loop = asyncio.get_running_loop()
@@ -93,6 +121,9 @@ async def test_alarm_on_secondary_at_once_trouble_after_failover(tmp_path: Path)
                 )
             )
             assert relay.sent_by_path["secondary"] >= 2
+            # Heartbeats too follow after the failover time, so the center does not call a
+            # gateway stale that is alive on the second path.
+            await wait_until(lambda: beat in via_second)
             b1.start()  # the primary comes back: un-acked work would go there again
             await wait_until(lambda: g1.connected)
             follow = Led()
@@ -112,4 +143,5 @@ async def test_alarm_on_secondary_at_once_trouble_after_failover(tmp_path: Path)
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             relay.outbox.close()
+            gseq.close()
             center.state.close()
