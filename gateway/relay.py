@@ -156,10 +156,12 @@ class Relay:
         """Which session carries an envelope of ``kind`` right now (None: hold it)."""
         if self._uplink is not None and self._uplink.connected:
             return "primary", self._uplink
+        if self._primary_down_since is None:  # it never came up: down since we first asked
+            self._primary_down_since = now
         second = self._secondary
         if second is None or not second.connected:
             return None
-        down_for = now - self._primary_down_since if self._primary_down_since else 0.0
+        down_for = now - self._primary_down_since
         if PRIORITY.get(kind, 9) <= 1 or down_for >= self._failover_after_s:
             return "secondary", second
         return None
