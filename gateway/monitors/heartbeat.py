@@ -85,8 +85,10 @@ class Heartbeat:
 
     def send(self) -> None:
         """Sign and publish the waiting snapshot (if a session can take it)."""
-        uplink = self._current() if self.waiting is not None else None
-        if self.waiting is None or uplink is None:
+        if self.waiting is None:
+            return
+        uplink = self._current()
+        if uplink is None:
             return
         ts, body = self.waiting
         self.waiting = None
