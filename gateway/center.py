@@ -15,12 +15,9 @@ session is ignored) or ``online`` again.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import json
 import multiprocessing
 import os
-import signal
 import sqlite3
 import sys
 import time
@@ -33,13 +30,13 @@ from typing import Any, TextIO
 
 import structlog
 
+from gateway.center_check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_precheck
 from gateway.center_state import WINDOW, CenterState
-from gateway.envelope import EVENT_TYPES, Envelope, build, parse, parse_ts, verify
-from gateway.errors import EnvelopeError
+from gateway.envelope import EVENT_TYPES, Envelope, build, parse_ts
 from gateway.liveness import GatewayStatus, Liveness
 from gateway.seq import SeqCounter
 from gateway.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key
-from gateway.topics import parse_topic, topic
+from gateway.topics import topic
 from gateway.uplink import MqttSettings, Uplink
 
 log = structlog.get_logger("alarmgw.center")
@@ -50,58 +47,6 @@ INLINE_MAX = 2  # a burst this small, with none ahead of it, is checked without 
 # arrives meanwhile waits here and goes as one bigger burst (fewer hand-offs, syncs, acks).
 CHECKING_MAX = 2
 BURST_MAX = 1024  # envelopes per burst at most
-TOPIC_TYPES = {
-    "event": EVENT_TYPES,
-    "heartbeat": frozenset({"heartbeat"}),
-    "state": frozenset({"state"}),
-}
-
-
-@dataclass(frozen=True, slots=True)
-class Verdict:
-    """What the center decided about one received payload."""
-
-    result: str  # accepted | duplicate | rejected
-    topic: str
-    reason: str | None = None
-    detail: str = ""
-    env: Envelope | None = None
-    latency_ms: float | None = None
-    stale: bool = False
-    verified_at: float = 0.0  # perf_counter() when the signature and replay checks passed
-
-    def to_json(self) -> dict[str, Any]:
-        env = self.env
-        out: dict[str, Any] = {
-            "result": self.result,
-            "reason": self.reason,
-            "type": env.type if env else None,
-            "id": env.id if env else None,
-            "site": env.site if env else None,
-            "gw": env.gw if env else None,
-            "seq": env.seq if env else None,
-            "latency_ms": self.latency_ms,
-            "topic": self.topic,
-        }
-        if self.detail:
-            out["detail"] = self.detail
-        if env is not None and env.type in ("alarm", "test", "trouble", "restore"):
-            out["code"] = env.body.get("code")
-            out["test"] = env.type == "test" or bool(env.body.get("test"))
-            out["input"] = env.body.get("input")
-            out["device"] = env.body.get("device")
-            if env.type in ("trouble", "restore") and self.result != "rejected":
-                out["detail"] = env.body.get("detail")
-                out["count"] = env.body.get("count")  # a flapping device's summary
-        if env is not None and env.type == "heartbeat" and self.result != "rejected":
-            out["session"] = env.body.get("session")
-            out["ts"] = env.ts
-            out["heartbeat"] = dict(env.body)
-        if env is not None and env.type == "state":
-            out["status"] = env.body.get("status")
-            out["session"] = env.body.get("session")
-            out["stale"] = self.stale
-        return out
 
 
 @dataclass(slots=True)
@@ -221,7 +166,7 @@ class Center:
         a center start should not wait for."""
         pool = self._checker()
         if isinstance(pool, ProcessPoolExecutor):
-            pool.submit(_remote_precheck, [])  # spawns it; should it fail, bursts notice
+            pool.submit(remote_precheck, [])  # spawns it; should it fail, bursts notice
 
     def _checker(self) -> Executor:
         if self._pool is None:
@@ -232,7 +177,7 @@ class Center:
                 self._pool = ProcessPoolExecutor(
                     1,
                     mp_context=multiprocessing.get_context("spawn"),
-                    initializer=_remote_init,
+                    initializer=remote_init,
                     initargs=(self.prefix, raw, os.getpid()),
                 )
             else:
@@ -244,7 +189,7 @@ class Center:
         pool = self._checker()
         if isinstance(pool, ProcessPoolExecutor):
             pairs = [(name, payload) for name, payload, _, _ in burst]
-            return loop.run_in_executor(pool, _remote_precheck, pairs)
+            return loop.run_in_executor(pool, remote_precheck, pairs)
         return loop.run_in_executor(pool, self._precheck_all, burst)
 
     def _precheck_all(self, burst: list[Received]) -> list[Verdict | Envelope]:
@@ -414,67 +359,6 @@ class Center:
         )
         fut = via.publish(topic(self.prefix, site, gw, "ack"), ack.to_bytes())
         fut.add_done_callback(_ignore_failure)
-
-
-def precheck(
-    prefix: str, keys: Mapping[tuple[str, str], Mapping[str, VerifyKey]], name: str, payload: bytes
-) -> Verdict | Envelope:
-    """The stateless half of the center's decision (pure, so a worker can run it): the
-    envelope if it is well formed, on its own gateway's topic and signed by a key registered
-    for that gateway; else the rejection."""
-    where = parse_topic(prefix, name)
-    if where is None:
-        return Verdict("rejected", name, "bad-topic", "not a gateway topic under the prefix")
-    site, gw, kind = where
-    try:
-        env = parse(payload)
-    except EnvelopeError as err:
-        return Verdict("rejected", name, err.reason, err.detail)
-    gw_keys = keys.get((site, gw), {})
-    try:
-        _check_route(env, site, gw, kind, gw_keys)
-        verify(env, gw_keys)
-    except EnvelopeError as err:
-        return Verdict("rejected", name, err.reason, err.detail, env)
-    return env
-
-
-def _check_route(
-    env: Envelope, site: str, gw: str, kind: str, gw_keys: Mapping[str, VerifyKey]
-) -> None:
-    if (env.site, env.gw) != (site, gw):
-        raise EnvelopeError(
-            "topic-mismatch", f"envelope says {env.site}/{env.gw}, topic says {site}/{gw}"
-        )
-    if env.type not in TOPIC_TYPES.get(kind, ()):
-        raise EnvelopeError("wrong-topic", f"{env.type} published on {kind}")
-    if not gw_keys:
-        raise EnvelopeError("unknown-gateway", f"{site}/{gw} is not in the registry")
-    if env.kid not in gw_keys:
-        raise EnvelopeError("kid-not-registered", f"kid {env.kid} may not sign for {gw}")
-
-
-# -- the checking process of ``Center(workers="process")`` --------------------------------
-
-_REMOTE: tuple[str, dict[tuple[str, str], dict[str, VerifyKey]]] | None = None
-
-
-def _remote_init(prefix: str, raw: dict[tuple[str, str], list[bytes]], parent: int) -> None:
-    global _REMOTE  # noqa: PLW0603 - one checker per worker process
-    with contextlib.suppress(OSError, AttributeError):
-        # Die with the center, even when it is killed with SIGKILL (Linux prctl).
-        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM))  # PR_SET_PDEATHSIG
-    if os.getppid() != parent:  # the center died while this process was starting
-        os._exit(0)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the center's to handle
-    keys = {sg: {k.kid: k for k in map(VerifyKey.from_raw, pubs)} for sg, pubs in raw.items()}
-    _REMOTE = (prefix, keys)
-
-
-def _remote_precheck(burst: list[tuple[str, bytes]]) -> list[Verdict | Envelope]:
-    assert _REMOTE is not None
-    prefix, keys = _REMOTE
-    return [precheck(prefix, keys, name, payload) for name, payload in burst]
 
 
 def _ignore_failure(fut: asyncio.Future[int]) -> None:
