@@ -20,15 +20,9 @@ from gateway.seq import SeqCounter
 from gateway.signing import SigningKey
 from gateway.topics import topic
 from gateway.uplink import MqttSettings, Uplink
+from tests.test_heartbeat_liveness import BODY as HEARTBEAT
 from tests.test_uplink_relay import GW, PREFIX, SITE, Led, wait_until
 
-HEARTBEAT = {
-    "uptime_s": 1,
-    "queue": {"pending": 0, "oldest_s": 0},
-    "inputs": {},
-    "clock": {"synced": True},
-    "disk": {"free_bytes": 1},
-}
 BEAT = topic(PREFIX, SITE, GW, "heartbeat")
 FAILOVER_S = 3.0
 
