@@ -13,14 +13,14 @@ import json
 import math
 from collections.abc import Mapping
 from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
-from typing import Any
+from typing import Any, NoReturn
 
 MAX_SAFE = 2**53 - 1  # RFC 8785 §3.2.2.3 / I-JSON: integers beyond this are out of domain
 
 _str = json.JSONEncoder(ensure_ascii=False).encode
 
 
-def _not_json(value: object) -> None:
+def _not_json(value: object) -> NoReturn:
     raise CanonicalizationError(f"{type(value).__name__} is not a JSON value")
 
 
@@ -104,7 +104,7 @@ def _enc(obj: Any) -> str:
         return "{" + ",".join(_str(k) + ":" + _enc(v) for k, v in items) + "}"
     if isinstance(obj, list | tuple):
         return "[" + ",".join(_enc(v) for v in obj) + "]"
-    raise CanonicalizationError(f"{type(obj).__name__} is not a JSON value")
+    _not_json(obj)
 
 
 def es6_number(value: float) -> str:
