@@ -284,7 +284,7 @@ async def drain(
     )
     assert center.stderr is not None
     for line in center.stderr:  # publishes before it subscribed would wait for a re-send
-        if "connected to broker" in line:
+        if '"subscribed"' in line:
             break
     threading.Thread(target=center.stderr.read, daemon=True).start()  # keep the pipe open
     relay = Relay(

@@ -281,7 +281,7 @@ async def run_demo(keep: bool) -> int:
             "center", [alarmgw(), "center", "--config", str(center_toml), "--json"], {}
         )
         children.append(center)
-        await center.wait(lambda e: e["event"] == "connected to broker", "broker connection")
+        await center.wait(lambda e: e["event"] == "subscribed", "broker subscription")
         print("  center   reference command center: connected, trusting the gateway's key")
         sock = root / "gpio.sock"
         env = {"GPIOZERO_PIN_FACTORY": "mock", "ALARMGW_GPIO_SIM": str(sock)}

@@ -32,6 +32,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway.errors import AlarmgwError
+from gateway.mqtt_client import BatchingClient
 
 log = structlog.get_logger("alarmgw.uplink")
 
@@ -50,111 +51,6 @@ class PublishRefused(AlarmgwError):
 
 class NotConnected(AlarmgwError):
     """The session dropped before the broker acknowledged a publish."""
-
-
-def _share_property_tables() -> None:
-    """paho-mqtt 2.x rebuilds two constant 27-entry tables in every ``Properties()`` (one per
-    PUBLISH and PUBACK received under MQTT 5: ~17 µs) and its ``clear()`` probes all 27
-    names (~10 µs). The tables are never modified after construction: build them once and
-    share them through the class. Behaviour is unchanged (tests/test_paho_tables.py
-    compares packed and unpacked properties with stock paho in a subprocess); skipped if
-    paho's class looks different."""
-    if getattr(Properties, "_alarmgw_shared", False):
-        return
-    proto = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]
-    tables = {k: proto.__dict__.get(k) for k in ("types", "names", "properties")}
-    if any(v is None for v in tables.values()) or set(proto.__dict__) != {"packetType", *tables}:
-        return
-    compressed = tuple(name.replace(" ", "") for name in tables["names"])  # type: ignore[union-attr]
-
-    def __init__(self: Properties, packetType: int) -> None:  # paho calls it packetType
-        object.__setattr__(self, "packetType", packetType)
-
-    def clear(self: Properties) -> None:
-        found = [name for name in compressed if name in self.__dict__]
-        for name in found:
-            delattr(self, name)
-
-    for key, value in tables.items():
-        setattr(Properties, key, value)
-    Properties.__init__ = __init__  # type: ignore[method-assign]
-    Properties.clear = clear  # type: ignore[method-assign]
-    Properties._alarmgw_shared = True  # type: ignore[attr-defined]
-
-
-_share_property_tables()
-
-RECV_CHUNK = 64 * 1024
-SEND_BUFFER_MAX = 256 * 1024  # beyond this, paho keeps packets in its own queue (backpressure)
-
-
-class BatchingClient(mqtt.Client):
-    """A paho client whose socket I/O is batched (paho's protocol logic is untouched).
-
-    paho writes every packet with its own ``send()`` (a burst of 20 publishes, or the
-    PUBACKs for 20 received messages, is 20 TCP segments) and reads every packet with three
-    or more ``recv()`` calls (1 byte of command, 1 per length byte, then the rest). Here
-    writes collect in a buffer that the ``Uplink`` sends with one ``send()`` per loop turn
-    (``flush_out``), and reads are served from one ``recv(64 KiB)``. This works through
-    paho's two socket primitives, ``_sock_send``/``_sock_recv`` (paho-mqtt 2.x, pinned
-    ``<3`` in pyproject.toml; tests/test_uplink_relay.py covers it against Mosquitto)."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._rbuf = bytearray()
-        self._wbuf = bytearray()
-
-    def buffered_in(self) -> bool:
-        """Bytes read from the socket that paho has not consumed yet (an SSL socket may
-        also hold decrypted bytes the selector cannot see)."""
-        if self._rbuf:
-            return True
-        sock = self._sock
-        return isinstance(sock, ssl.SSLSocket) and sock.pending() > 0
-
-    def _sock_recv(self, bufsize: int) -> bytes:
-        rbuf = self._rbuf
-        if not rbuf:
-            data = super()._sock_recv(max(bufsize, RECV_CHUNK))
-            if len(data) <= bufsize:
-                return data  # also b"" (closed by the broker)
-            rbuf += data
-        out = bytes(rbuf[:bufsize])
-        del rbuf[:bufsize]
-        return out
-
-    def _sock_send(self, buf: bytes | bytearray) -> int:
-        if self._sock is None:
-            raise ConnectionError("self._sock is None")
-        if len(self._wbuf) >= SEND_BUFFER_MAX and not self.flush_out():
-            self._call_socket_register_write()
-            raise BlockingIOError
-        self._wbuf += buf
-        return len(buf)
-
-    def wants_flush(self) -> bool:
-        return bool(self._wbuf)
-
-    def flush_out(self) -> bool:
-        """Send what the buffer holds, as far as the socket takes it; True when all went.
-        Raises OSError when the connection is gone."""
-        wbuf = self._wbuf
-        while wbuf:
-            try:
-                sent = super()._sock_send(wbuf)
-            except BlockingIOError:
-                return False
-            del wbuf[:sent]
-        return True
-
-    def _sock_close(self) -> None:
-        # paho closes right after queueing DISCONNECT: give the buffered bytes one try.
-        with contextlib.suppress(OSError, ConnectionError):
-            if self._sock is not None:
-                self.flush_out()
-        self._wbuf.clear()
-        self._rbuf.clear()
-        super()._sock_close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,6 +146,7 @@ class Uplink:
         self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
         self._session: Session | None = None
+        self._suback_mid = -1  # the SUBSCRIBE of the current session
         self.reconnects = 0
         self.last_error: str | None = None
         self.loop_heartbeat = 0.0  # loop time of the last misc tick: a stuck loop shows here
@@ -380,9 +277,11 @@ class Uplink:
         # Our outbox owns flow control; keep paho's window at Mosquitto's default (FIELD-NOTES).
         client.max_inflight_messages_set(20)
         client.on_connect = self._cb(self._handle_connect)
+        client.on_subscribe = self._cb(self._handle_subscribe)
         client.on_disconnect = self._cb(self._handle_disconnect)
         client.on_publish = self._cb(self._handle_publish)
         client.on_message = self._cb(self._handle_message)
+        client.on_payload = self._cb(self._handle_payload)  # PUBLISH the client decoded
         client.on_socket_open = self._cb(self._socket_open)
         client.on_socket_close = self._cb(self._socket_close)
         client.on_socket_register_write = self._cb(self._register_write)
@@ -561,14 +460,32 @@ class Uplink:
             log.error("broker refused connection", reason=str(reason), code=reason.value)
             self._mark_lost(self.last_error)
             return
-        for sub in self._subscriptions:
-            client.subscribe(sub, qos=1)
+        if self._subscriptions:
+            # One SUBSCRIBE for all; "subscribed" is logged on its SUBACK (what a center
+            # receives before then is not routed to it, so tests and the demo wait for it).
+            _rc, mid = client.subscribe([(sub, 1) for sub in self._subscriptions])
+            self._suback_mid = -1 if mid is None else mid
         self._connected.set()
         self.last_error = None
         log.info("connected to broker", host=self.settings.host, port=self.settings.port)
         if self._session is not None:
             self.publish(self._session.birth_topic, self._session.birth_payload, retain=True)
         self._on_state(True)
+
+    def _handle_subscribe(
+        self, client: mqtt.Client, _ud: Any, mid: int, reasons: list[ReasonCode], _props: Any
+    ) -> None:
+        if client is not self._client or mid != self._suback_mid:
+            return
+        refused = [
+            f"{sub} ({reason})"
+            for sub, reason in zip(self._subscriptions, reasons, strict=False)
+            if reason.is_failure
+        ]
+        if refused:  # e.g. the ACL: nothing on those topics will ever arrive
+            log.error("broker refused subscription", topics=refused)
+        else:
+            log.info("subscribed", topics=len(self._subscriptions))
 
     def _handle_disconnect(
         self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
@@ -594,3 +511,6 @@ class Uplink:
 
     def _handle_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._on_message(msg.topic, bytes(msg.payload))
+
+    def _handle_payload(self, name: str, payload: bytes) -> None:
+        self._on_message(name, payload)

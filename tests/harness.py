@@ -220,7 +220,7 @@ heartbeat_s = {self.heartbeat_s}
             alarmgw_cmd("center", "--config", str(self.center_toml), "--json"), name="center"
         )
         self.procs.append(proc)
-        proc.wait_for(lambda e: e["event"] == "connected to broker", stderr=True)
+        proc.wait_for(lambda e: e["event"] == "subscribed", stderr=True)
         return proc
 
     def start_gateway(self, env: dict[str, str] | None = None) -> Proc:

@@ -56,7 +56,7 @@ def start_human_center(site: Site) -> Proc:
     """The reference center printing its readable lines (what a dispatcher sees)."""
     proc = Proc(alarmgw_cmd("center", "--config", str(site.center_toml)), name="center")
     site.procs.append(proc)
-    proc.wait_for(lambda e: e["event"] == "connected to broker", stderr=True)
+    proc.wait_for(lambda e: e["event"] == "subscribed", stderr=True)
     return proc
 
 

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.reasoncodes import ReasonCode
 from structlog.testing import capture_logs
 
 from firmware_sim.broker import Mosquitto
@@ -210,3 +212,28 @@ async def test_exception_in_a_callback_does_not_kill_the_network_loop(
             await wait_until(lambda: first.modes[-1:] == ["solid"])
         assert r.gw_uplink.connected
         assert any(e["event"] == "mqtt callback failed" for e in logs)
+
+
+async def test_subscription_is_reported_granted_or_refused(
+    tmp_path: Path, broker: Mosquitto
+) -> None:
+    """ "subscribed" once the broker's SUBACK grants every topic (tests and the demo wait for
+    it: a center is not routed anything before); a refused topic is an error naming it.
+    Mosquitto 2.0 grants a subscription its ACL will not deliver on, so the refusal is fed
+    to the real session's handler here."""
+    with capture_logs() as logs:
+        async with rig(tmp_path, broker.port) as r:
+            await wait_until(lambda: sum(e["event"] == "subscribed" for e in logs) == 2)
+            up = r.gw_uplink
+            granted = ReasonCode(PacketTypes.SUBACK, identifier=1)
+            refused = ReasonCode(PacketTypes.SUBACK, identifier=0x87)
+            up._handle_subscribe(up._client, None, up._suback_mid, [refused], None)  # type: ignore[arg-type]
+            up._handle_subscribe(up._client, None, up._suback_mid + 1, [refused], None)  # type: ignore[arg-type]
+            up._handle_subscribe(up._client, None, up._suback_mid, [granted], None)  # type: ignore[arg-type]
+    subscribed = [e for e in logs if e["event"] == "subscribed"]
+    # the center's three topics and the gateway's ack topic, then the one fed here
+    assert sorted(e["topics"] for e in subscribed) == [1, 1, 3]
+    errors = [e for e in logs if e["event"] == "broker refused subscription"]
+    assert len(errors) == 1  # the SUBACK of another SUBSCRIBE is not this session's
+    assert errors[0]["log_level"] == "error"
+    assert errors[0]["topics"] == [f"{topic(PREFIX, SITE, GW, 'ack')} (Not authorized)"]
