@@ -84,6 +84,8 @@ _PAHO_NAMES = (
     "_do_on_publish",
     "_send_puback",
     "_call_socket_register_write",
+    "_in_callback_mutex",
+    "_easy_log",
 )
 
 
@@ -194,7 +196,13 @@ class BatchingClient(mqtt.Client):
         payload = bytes(rbuf[at:end])
         del rbuf[:end]
         self._received()
-        deliver(name, payload)
+        with self._in_callback_mutex:  # as paho calls on_message
+            try:
+                deliver(name, payload)
+            except Exception as err:
+                self._easy_log(mqtt.MQTT_LOG_ERR, "Caught exception in on_payload: %s", err)
+                if not self.suppress_exceptions:
+                    raise
         if not qos:
             return _SUCCESS
         if self._out_packet or len(self._wbuf) >= SEND_BUFFER_MAX:

@@ -118,6 +118,7 @@ def stream(v5: bool) -> bytes:
         puback(2),
         puback(999),  # unknown mid: ignored by both
         publish(t, b"after", qos=1, mid=65535, v5=v5),
+        publish(t, b"boom", qos=1, mid=20, v5=v5),  # the callback raises: still acknowledged
         bytes([0xD0, 0x00]),  # PINGRESP
     ]
     if v5:
@@ -139,8 +140,13 @@ def run(client_cls: type[mqtt.Client], v5: bool, chunks: list[bytes]) -> dict[st
     client = client_cls(CallbackAPIVersion.VERSION2, client_id="t", protocol=proto)
     log: list[tuple[Any, ...]] = []
 
+    def got(topic: bytes, payload: bytes) -> None:
+        log.append(("msg", topic, payload))
+        if payload == b"boom":
+            raise RuntimeError("a callback that fails")
+
     def on_message(_c: Any, _u: Any, m: mqtt.MQTTMessage) -> None:
-        log.append(("msg", m._topic, bytes(m.payload)))
+        got(m._topic, bytes(m.payload))
 
     def on_publish(_c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
         log.append(("pub", mid, int(rc.value), str(rc), rc.is_failure))
@@ -149,7 +155,8 @@ def run(client_cls: type[mqtt.Client], v5: bool, chunks: list[bytes]) -> dict[st
     client.on_publish = on_publish
     if isinstance(client, BatchingClient):
         assert client.direct_reads
-        client.on_payload = lambda topic, payload: log.append(("msg", topic.encode(), payload))
+        client.on_payload = lambda topic, payload: got(topic.encode(), payload)
+    client.suppress_exceptions = True  # logged, and the PUBACK still goes
     client.max_inflight_messages_set(100)
     sock = FakeSocket(chunks)
     client._sock = sock  # type: ignore[assignment]
