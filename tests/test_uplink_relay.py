@@ -58,6 +58,7 @@ async def rig(
     center_key: SigningKey | None = None,
     ack_timeout_s: float = 15.0,
     gw_user: str | None = None,
+    protocol: str = "5",
 ) -> AsyncIterator[Rig]:
     gw_key, c_key = SigningKey.generate(), SigningKey.generate()
     reg = Registry()
@@ -72,7 +73,7 @@ async def rig(
     verdicts: list[Verdict] = []
     center.listeners.append(verdicts.append)
     c_up = Uplink(
-        MqttSettings("127.0.0.1", port, 5, "center", backoff_max_s=1.0),
+        MqttSettings("127.0.0.1", port, 5, "center", protocol=protocol, backoff_max_s=1.0),
         subscriptions=center.subscriptions(),
         on_message=center.on_message,
     )
@@ -91,7 +92,9 @@ async def rig(
         resend_max_s=1.0,
     )
     g_up = Uplink(
-        MqttSettings("127.0.0.1", port, 5, "gw", username=gw_user, backoff_max_s=1.0),
+        MqttSettings(
+            "127.0.0.1", port, 5, "gw", protocol=protocol, username=gw_user, backoff_max_s=1.0
+        ),
         subscriptions=[topic(PREFIX, SITE, GW, "ack")],
         on_message=relay.on_message,
         prepare=relay.prepare_session,
@@ -114,8 +117,13 @@ def accepted(r: Rig, event_id: str) -> list[Verdict]:
     return [v for v in r.verdicts if v.env and v.env.id == event_id and v.result == "accepted"]
 
 
-async def test_alarm_delivered_acked_led_solid(tmp_path: Path, broker: Mosquitto) -> None:
-    async with rig(tmp_path, broker.port) as r:
+@pytest.mark.parametrize("protocol", ["5", "3.1.1"])
+async def test_alarm_delivered_acked_led_solid(
+    tmp_path: Path, broker: Mosquitto, protocol: str
+) -> None:
+    # Both MQTT versions: gateway/mqtt_client.py reads PUBLISH and PUBACK itself, and the
+    # two encode them differently.
+    async with rig(tmp_path, broker.port, protocol=protocol) as r:
         led = Led()
         raised = r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)
         assert r.relay.outbox.get(raised.event_id) is not None  # durable when it returns
