@@ -1,6 +1,7 @@
-"""gateway/uplink.py shares paho's constant Properties tables (a speed-up); the packed bytes
-and unpacked values must be exactly those of stock paho-mqtt, which runs in a subprocess
-here (this process has the shared tables, as the gateway and the center do)."""
+"""gateway/mqtt_client.py (imported by gateway/uplink.py) shares paho's constant Properties
+tables (a speed-up); the packed bytes and unpacked values must be exactly those of stock
+paho-mqtt, which runs in a subprocess here (this process has the shared tables, as the
+gateway and the center do)."""
 
 from __future__ import annotations
 
