@@ -134,7 +134,8 @@ PUBLISHER = textwrap.dedent("""
     pub.max_inflight_messages_set(20)
     pub.max_queued_messages_set(0)
     # paho numbers messages with 16-bit ids and a queued message is overwritten when the
-    # id wraps: keep at most 2,000 un-PUBACKed (the gateway's own window is the same).
+    # id wraps: keep at most 2,000 un-PUBACKed in paho's queue. On the wire both this and
+    # the gateway keep 20 in flight (Mosquitto's receive maximum).
     window = threading.Semaphore(2000)
     pub.on_publish = lambda c, u, mid, rc, p: window.release()
     connected = threading.Event()

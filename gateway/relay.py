@@ -38,8 +38,12 @@ log = structlog.get_logger("alarmgw.relay")
 
 MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
 # Events sent and waiting for the center's ack before the pump stops taking new ones from
-# the backlog: keeps memory bounded while a center does not answer (1,000,000 queued).
-MAX_UNACKED = 2_000
+# the backlog: keeps memory bounded while a center does not answer (1,000,000 queued), and
+# keeps a batching center busy: the reference center checks up to two bursts of 1,024 while
+# the next one forms, and at 2,000 the drain stalled on every ack (~15 % slower,
+# bench/drain.py). The re-send timer follows how long acks take (``Relay._ack_sample``), so
+# a center that is merely slow is not sent the whole window twice.
+MAX_UNACKED = 6_000
 SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
 SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
 
@@ -112,6 +116,11 @@ class Relay:
         # walk the outbox in send order from a cursor, so a 100,000-event backlog costs
         # O(log n) per publish, not a scan.
         self._retry: list[tuple[float, str]] = []
+        # How long the center takes to ack a first attempt, smoothed, and its variation
+        # (RFC 6298, with Karn's rule: re-sent events are not measured). A re-send waits at
+        # least srtt + 4 x rttvar, never less than ``resend_initial_s``.
+        self._ack_srtt: float | None = None
+        self._ack_rttvar = 0.0
         self._cursor: tuple[int, float, int] | None = None
         self._next_housekeeping = 0.0
         self._tracked: dict[str, _Tracked] = {}
@@ -368,6 +377,8 @@ class Relay:
                 continue  # an ack for something long forgotten (a duplicate ack)
             self.stats["events_acked"] += 1
             if tracked is not None:
+                if tracked.attempts == 1 and tracked.first_sent_at is not None:
+                    self._ack_sample(loop_now - tracked.first_sent_at)
                 if tracked.overdue is not None:
                     tracked.overdue.cancel()
                 for fb in tracked.feedback:
@@ -399,8 +410,20 @@ class Relay:
 
     # -- the pump -------------------------------------------------------------------
 
+    def _ack_sample(self, rtt: float) -> None:
+        if self._ack_srtt is None:
+            self._ack_srtt, self._ack_rttvar = rtt, rtt / 2
+            return
+        self._ack_rttvar += (abs(self._ack_srtt - rtt) - self._ack_rttvar) / 4
+        self._ack_srtt += (rtt - self._ack_srtt) / 8
+
     def _backoff(self, attempts: int) -> float:
-        delay = min(self._resend_initial_s * 2.0 ** max(attempts - 1, 0), self._resend_max_s)
+        """Seconds until the next attempt of an event sent ``attempts`` times: doubling from
+        ``resend_initial_s`` (or from how long acks take now, if longer), jittered."""
+        base = self._resend_initial_s
+        if self._ack_srtt is not None:
+            base = max(base, self._ack_srtt + 4 * self._ack_rttvar)
+        delay = min(base * 2.0 ** max(attempts - 1, 0), self._resend_max_s)
         return delay * (0.8 + 0.4 * random.random())
 
     def _schedule(self, event_id: str, tracked: _Tracked, due: float) -> None:
