@@ -113,6 +113,20 @@ async def rig(
         center.state.close()
 
 
+def bare_relay(tmp: Path, key: SigningKey, **options: float) -> Relay:
+    """A relay with its outbox and seq file in ``tmp``, attached to no broker."""
+    return Relay(
+        ident=Identity(SITE, GW, PREFIX),
+        key=key,
+        seq=SeqCounter(tmp / "gseq"),
+        outbox=Outbox(tmp / "outbox.sqlite"),
+        center_keys={},
+        location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
+        contact={"phone": "110"},
+        **options,
+    )
+
+
 def accepted(r: Rig, event_id: str) -> list[Verdict]:
     return [v for v in r.verdicts if v.env and v.env.id == event_id and v.result == "accepted"]
 
@@ -251,17 +265,7 @@ async def test_resend_timer_follows_how_long_acks_take(tmp_path: Path) -> None:
     """A center that is slow but answering is not sent everything again: the first re-send
     waits at least srtt + 4 x rttvar of first-attempt ack times (RFC 6298); re-sent events
     are not measured (Karn); with nothing measured, ``resend_initial_s``."""
-    key = SigningKey.generate()
-    relay = Relay(
-        ident=Identity(SITE, GW, PREFIX),
-        key=key,
-        seq=SeqCounter(tmp_path / "gseq"),
-        outbox=Outbox(tmp_path / "outbox.sqlite"),
-        center_keys={},
-        location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
-        contact={"phone": "110"},
-        resend_initial_s=2.0,
-    )
+    relay = bare_relay(tmp_path, SigningKey.generate(), resend_initial_s=2.0)
     now = asyncio.get_running_loop().time()
 
     def backoffs(attempts: int) -> tuple[float, float]:

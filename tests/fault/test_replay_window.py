@@ -9,10 +9,9 @@ from pathlib import Path
 from firmware_sim.broker import Mosquitto
 from gateway import envelope as E
 from gateway.outbox import Outbox
-from gateway.relay import Identity, Relay, _Tracked
-from gateway.seq import SeqCounter
+from gateway.relay import Relay, _Tracked
 from gateway.signing import SigningKey
-from tests.test_uplink_relay import GW, SITE, accepted, rig, wait_until
+from tests.test_uplink_relay import GW, SITE, accepted, bare_relay, rig, wait_until
 
 
 async def test_event_about_to_leave_the_replay_window_is_resigned(
@@ -37,15 +36,7 @@ async def test_event_about_to_leave_the_replay_window_is_resigned(
 
 def _relay(tmp_path: Path, key: SigningKey, seq_state: dict[str, object]) -> Relay:
     (tmp_path / "gseq").write_text(json.dumps(seq_state))
-    return Relay(
-        ident=Identity(SITE, GW, "schoolalarm/v1"),
-        key=key,
-        seq=SeqCounter(tmp_path / "gseq"),
-        outbox=Outbox(tmp_path / "outbox.sqlite"),
-        center_keys={},
-        location={"name": "Gate", "address": "Road 1", "lat": 1.0, "lon": 2.0},
-        contact={"phone": "110"},
-    )
+    return bare_relay(tmp_path, key)
 
 
 def _alarm(key: SigningKey, seq: int, ts: str | None = None) -> E.Envelope:
