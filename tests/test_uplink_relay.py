@@ -279,9 +279,12 @@ async def test_resend_timer_follows_how_long_acks_take(tmp_path: Path) -> None:
         relay._acked(["resent"])
         assert backoffs(1)[1] <= 2.4  # Karn: a re-sent event says nothing about the center
         relay._tracked["slow"] = _Tracked(registered_at=now, attempts=1, first_sent_at=now - 3.0)
-        relay._acked(["slow"])  # srtt 3 s, rttvar 1.5 s: at least 9 s
+        relay._acked(["slow"])
+        srtt, rttvar = relay._ack_srtt, relay._ack_rttvar
+        assert srtt is not None and 3.0 <= srtt < 3.5 and rttvar == srtt / 2
+        rto = srtt + 4 * rttvar  # 9 s, plus the moments this test took
         low, high = backoffs(1)
-        assert 7.2 <= low and high <= 10.8
+        assert 7.2 <= 0.8 * rto <= low and high <= 1.2 * rto
         assert backoffs(2)[0] >= 14.4  # still doubling
         for i in range(100):  # the center is quick again
             relay._tracked[f"quick{i}"] = _Tracked(
