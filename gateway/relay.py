@@ -15,7 +15,6 @@ import contextlib
 import functools
 import heapq
 import logging
-import random
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from gateway.envelope import Envelope, build, format_ts, parse_and_verify, resig
 from gateway.errors import EnvelopeError, OutboxError
 from gateway.feedback import Feedback, Raised
 from gateway.outbox import PRIORITY, Outbox, Pending
+from gateway.resend import ResendTimer
 from gateway.seq import SeqCounter
 from gateway.signing import SigningKey, VerifyKey
 from gateway.topics import topic
@@ -41,8 +41,8 @@ MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
 # the backlog: keeps memory bounded while a center does not answer (1,000,000 queued), and
 # keeps a batching center busy: the reference center checks up to two bursts of 1,024 while
 # the next one forms, and at 2,000 the drain stalled on every ack (~15 % slower,
-# bench/drain.py). The re-send timer follows how long acks take (``Relay._ack_sample``), so
-# a center that is merely slow is not sent the whole window twice.
+# bench/drain.py). The re-send timer follows how long acks take (gateway/resend.py), so a
+# center that is merely slow is not sent the whole window twice.
 MAX_UNACKED = 6_000
 SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
 SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
@@ -104,8 +104,7 @@ class Relay:
         self._location = dict(location)
         self._contact = dict(contact)
         self._ack_timeout_s = ack_timeout_s
-        self._resend_initial_s = resend_initial_s
-        self._resend_max_s = resend_max_s
+        self._resend = ResendTimer(resend_initial_s, resend_max_s)
         self._uplink: Uplink | None = None
         self._secondary: Uplink | None = None
         self._failover_after_s = 30.0
@@ -116,11 +115,6 @@ class Relay:
         # walk the outbox in send order from a cursor, so a 100,000-event backlog costs
         # O(log n) per publish, not a scan.
         self._retry: list[tuple[float, str]] = []
-        # How long the center takes to ack a first attempt, smoothed, and its variation
-        # (RFC 6298, with Karn's rule: re-sent events are not measured). A re-send waits at
-        # least srtt + 4 x rttvar, never less than ``resend_initial_s``.
-        self._ack_srtt: float | None = None
-        self._ack_rttvar = 0.0
         self._cursor: tuple[int, float, int] | None = None
         self._next_housekeeping = 0.0
         self._tracked: dict[str, _Tracked] = {}
@@ -378,7 +372,7 @@ class Relay:
             self.stats["events_acked"] += 1
             if tracked is not None:
                 if tracked.attempts == 1 and tracked.first_sent_at is not None:
-                    self._ack_sample(loop_now - tracked.first_sent_at)
+                    self._resend.sample(loop_now - tracked.first_sent_at)  # Karn's rule
                 if tracked.overdue is not None:
                     tracked.overdue.cancel()
                 for fb in tracked.feedback:
@@ -409,22 +403,6 @@ class Relay:
         self._wake.set()
 
     # -- the pump -------------------------------------------------------------------
-
-    def _ack_sample(self, rtt: float) -> None:
-        if self._ack_srtt is None:
-            self._ack_srtt, self._ack_rttvar = rtt, rtt / 2
-            return
-        self._ack_rttvar += (abs(self._ack_srtt - rtt) - self._ack_rttvar) / 4
-        self._ack_srtt += (rtt - self._ack_srtt) / 8
-
-    def _backoff(self, attempts: int) -> float:
-        """Seconds until the next attempt of an event sent ``attempts`` times: doubling from
-        ``resend_initial_s`` (or from how long acks take now, if longer), jittered."""
-        base = self._resend_initial_s
-        if self._ack_srtt is not None:
-            base = max(base, self._ack_srtt + 4 * self._ack_rttvar)
-        delay = min(base * 2.0 ** max(attempts - 1, 0), self._resend_max_s)
-        return delay * (0.8 + 0.4 * random.random())
 
     def _schedule(self, event_id: str, tracked: _Tracked, due: float) -> None:
         tracked.next_due = due
@@ -522,14 +500,14 @@ class Relay:
         err = fut.exception()
         if err is None:
             # PUBACK only ends this attempt; the center's ack ends the event (PROTOCOL.md).
-            self._schedule(event_id, tracked, now + self._backoff(tracked.attempts))
+            self._schedule(event_id, tracked, now + self._resend.backoff(tracked.attempts))
             return
         if isinstance(err, NotConnected):
             self._schedule(event_id, tracked, 0.0)  # re-send as soon as a session is back
             return
         if isinstance(err, PublishRefused):
             self.stats["publish_refused"] += 1
-        self._schedule(event_id, tracked, now + self._backoff(tracked.attempts))
+        self._schedule(event_id, tracked, now + self._resend.backoff(tracked.attempts))
         try:
             self.outbox.note_attempt(event_id, str(err))
         except OutboxError as db_err:

@@ -269,7 +269,7 @@ async def test_resend_timer_follows_how_long_acks_take(tmp_path: Path) -> None:
     now = asyncio.get_running_loop().time()
 
     def backoffs(attempts: int) -> tuple[float, float]:
-        got = [relay._backoff(attempts) for _ in range(200)]
+        got = [relay._resend.backoff(attempts) for _ in range(200)]
         return min(got), max(got)
 
     try:
@@ -280,7 +280,7 @@ async def test_resend_timer_follows_how_long_acks_take(tmp_path: Path) -> None:
         assert backoffs(1)[1] <= 2.4  # Karn: a re-sent event says nothing about the center
         relay._tracked["slow"] = _Tracked(registered_at=now, attempts=1, first_sent_at=now - 3.0)
         relay._acked(["slow"])
-        srtt, rttvar = relay._ack_srtt, relay._ack_rttvar
+        srtt, rttvar = relay._resend.srtt, relay._resend.rttvar
         assert srtt is not None and 3.0 <= srtt < 3.5 and rttvar == srtt / 2
         rto = srtt + 4 * rttvar  # 9 s, plus the moments this test took
         low, high = backoffs(1)
