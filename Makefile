@@ -26,8 +26,8 @@ test: venv
 	$(PY) -m pytest -q
 
 lint: venv
-	$(VENV)/bin/ruff check gateway firmware_sim tests bench
-	$(VENV)/bin/ruff format --check gateway firmware_sim tests bench
+	$(VENV)/bin/ruff check gateway center firmware_sim tests bench
+	$(VENV)/bin/ruff format --check gateway center firmware_sim tests bench
 	$(VENV)/bin/mypy
 
 bench: venv

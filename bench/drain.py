@@ -44,13 +44,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from firmware_sim.broker import Mosquitto
 from gateway import logs
-from gateway.envelope import build, uuid7
-from gateway.outbox import Outbox
-from gateway.relay import Identity, Relay
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey, load_signing_key, write_keypair
-from gateway.topics import topic
-from gateway.uplink import MqttSettings, Uplink
+from gateway.contract.envelope import build, uuid7
+from gateway.contract.signing import SigningKey, load_signing_key, write_keypair
+from gateway.contract.topics import topic
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.relay import Identity, Relay
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Uplink
 
 SITE, GW, PREFIX = "bench-school", "gw-bench", "schoolalarm/v1"
 BODY = {
@@ -265,7 +265,7 @@ async def drain(
     this round's own directory (its outbox, seq file and center state start empty)."""
     gw_key = load_signing_key(root / "keys" / "gateway.key")
     c_pub = root / "keys" / "center.pub"
-    from gateway.signing import load_verify_key  # noqa: PLC0415
+    from gateway.contract.signing import load_verify_key  # noqa: PLC0415
 
     c_key = load_verify_key(c_pub)
     seq = SeqCounter(root / "drain-seq.json")
@@ -358,11 +358,11 @@ async def drain(
 RSS_PROBE = textwrap.dedent("""
     import asyncio, resource, sys, time
     sys.path.insert(0, sys.argv[3])
-    from gateway.outbox import Outbox
-    from gateway.relay import Identity, Relay
-    from gateway.seq import SeqCounter
-    from gateway.signing import SigningKey
-    from gateway.uplink import MqttSettings, Uplink
+    from gateway.delivery.outbox import Outbox
+    from gateway.delivery.relay import Identity, Relay
+    from gateway.delivery.seq import SeqCounter
+    from gateway.contract.signing import SigningKey
+    from gateway.delivery.uplink import MqttSettings, Uplink
     from gateway import logs
     import os
     logs.configure(open(os.devnull, "w"), json=True, level="error")

@@ -37,18 +37,18 @@ from gpiozero import Device
 from gpiozero.pins.mock import MockFactory
 from paho.mqtt.enums import CallbackAPIVersion
 
+from center.service import Center, Registry, Verdict
+from center.state import CenterState
 from firmware_sim.broker import Mosquitto
 from gateway import logs
-from gateway.center import Center, Registry, Verdict
-from gateway.center_state import CenterState
 from gateway.config import ButtonSection
+from gateway.contract.signing import SigningKey
+from gateway.contract.topics import topic
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.relay import Identity, Relay
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.inputs.gpio import GpioButtonInput
-from gateway.outbox import Outbox
-from gateway.relay import Identity, Relay
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
-from gateway.topics import topic
-from gateway.uplink import MqttSettings, Uplink
 
 SITE, GW, PREFIX = "bench-school", "gw-bench", "schoolalarm/v1"
 

@@ -27,7 +27,7 @@ from typing import Any
 from firmware_sim.box import BoxSimulator
 from firmware_sim.broker import Mosquitto
 from firmware_sim.gpio import GpioSimClient
-from gateway.signing import write_keypair
+from gateway.contract.signing import write_keypair
 
 SITE, GW, PREFIX = "sz-futian-xmh-014", "gw-014-a", "schoolalarm/v1"
 BUTTON_PIN, LED_PIN = 17, 27

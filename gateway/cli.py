@@ -31,7 +31,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from gateway.signing import write_keypair  # noqa: PLC0415
+    from gateway.contract.signing import write_keypair  # noqa: PLC0415
 
     key, key_path, pub_path = write_keypair(args.out, args.name, force=args.force)
     print(f"wrote {key_path} (mode 0600) and {pub_path}", file=sys.stderr)
@@ -40,8 +40,8 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_center(args: argparse.Namespace) -> int:
+    from center.service import run_center  # noqa: PLC0415
     from gateway import logs  # noqa: PLC0415
-    from gateway.center import run_center  # noqa: PLC0415
 
     logs.configure(sys.stderr)
     asyncio.run(run_center(args.config, as_json=args.json))
@@ -49,7 +49,8 @@ def _cmd_center(args: argparse.Namespace) -> int:
 
 
 def _cmd_config_check(args: argparse.Namespace) -> int:
-    from gateway.config import load_center_config, load_config  # noqa: PLC0415
+    from center.config import load_center_config  # noqa: PLC0415
+    from gateway.config import load_config  # noqa: PLC0415
 
     loader = load_center_config if args.center else load_config
     try:
@@ -66,9 +67,9 @@ def _cmd_config_check(args: argparse.Namespace) -> int:
 def _cmd_verify(args: argparse.Namespace) -> int:
     import rfc8785  # noqa: PLC0415
 
-    from gateway.envelope import parse, verify  # noqa: PLC0415
+    from gateway.contract.envelope import parse, verify  # noqa: PLC0415
+    from gateway.contract.signing import load_verify_key  # noqa: PLC0415
     from gateway.errors import EnvelopeError  # noqa: PLC0415
-    from gateway.signing import load_verify_key  # noqa: PLC0415
 
     keys = {k.kid: k for k in (load_verify_key(p) for p in args.key)}
     data = sys.stdin.buffer.read() if args.file in (None, "-") else Path(args.file).read_bytes()
@@ -175,7 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-# --- technician tools (implementations in gateway/tools.py and gateway/diag.py) --------------
+# --- technician tools (gateway/technician/tools.py and diag.py) -----------------------
 
 _STATUS_HELP = """\
 Ask the running daemon how it is: the alarm path (health), the broker
@@ -224,19 +225,19 @@ exit status: 0 empty; 1 events waiting; 2 an alarm has waited longer than
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from gateway.tools import cmd_status  # noqa: PLC0415
+    from gateway.technician.tools import cmd_status  # noqa: PLC0415
 
     return cmd_status(args.config, as_json=args.json)
 
 
 def _cmd_queue(args: argparse.Namespace) -> int:
-    from gateway.tools import cmd_queue  # noqa: PLC0415
+    from gateway.technician.tools import cmd_queue  # noqa: PLC0415
 
     return cmd_queue(args.config, as_json=args.json)
 
 
 def _cmd_test_alarm(args: argparse.Namespace) -> int:
-    from gateway.tools import cmd_test_alarm  # noqa: PLC0415
+    from gateway.technician.tools import cmd_test_alarm  # noqa: PLC0415
 
     return cmd_test_alarm(
         args.config, timeout_s=args.timeout, input_ref=args.input, as_json=args.json
@@ -244,7 +245,7 @@ def _cmd_test_alarm(args: argparse.Namespace) -> int:
 
 
 def _cmd_diag(args: argparse.Namespace) -> int:
-    from gateway import diag  # noqa: PLC0415
+    from gateway.technician import diag  # noqa: PLC0415
 
     checks = diag.run_checks(args.config)
     code = diag.exit_code(checks)

@@ -1,7 +1,7 @@
 """One TOML file → typed, validated, frozen settings (shared/spec/OPERATOR.md "Gateway config",
-"Site monitors", "Command-center config").
+"Site monitors").
 
-``load_config`` and ``load_center_config`` read the file with ``tomllib``, validate it with
+``load_config`` reads the file with ``tomllib``, validate it with
 pydantic and raise one ``ConfigError`` listing *every* problem as ``FILE:LINE: key: what is
 wrong``. ``tomllib`` keeps no positions, so ``gateway.tomlpos.Locator`` re-scans the text to
 map a key path such as ``("button", 1, "pin")`` back to its line. Unknown keys are errors (a
@@ -47,12 +47,12 @@ INPUT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 STANDARD_BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 
 
-def _raise_if(problems: Problems) -> None:
+def raise_if(problems: Problems) -> None:
     if problems:
         raise _Problems(problems)
 
 
-def _given(model: BaseModel) -> dict[str, Any]:
+def given(model: BaseModel) -> dict[str, Any]:
     """The keys set explicitly, like raw TOML: cross-key checks see the same input either
     way, so a problem found both in the model and in the raw data is reported once."""
     return {name: getattr(model, name) for name in model.model_fields_set}
@@ -144,7 +144,7 @@ PollSeconds = Annotated[float, Field(ge=0.1)]  # a floor that keeps a poll loop 
 Url = Annotated[str, AfterValidator(_url)]
 
 
-class _Section(BaseModel):
+class Section(BaseModel):
     # strict: TOML is typed, so "17" for a pin or true for a number is a mistake, not
     # something to coerce. frozen: settings never change after start.
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -153,7 +153,7 @@ class _Section(BaseModel):
 # --- gateway sections ------------------------------------------------------------------
 
 
-class GatewaySection(_Section):
+class GatewaySection(Section):
     """``[gateway]``: who this gateway is and where it keeps its key and state."""
 
     site: Identity
@@ -162,7 +162,7 @@ class GatewaySection(_Section):
     state_dir: DirPath
 
 
-class LocationSection(_Section):
+class LocationSection(Section):
     """``[location]``: copied into every alarm body (shared/spec/PROTOCOL.md "Bodies")."""
 
     name: NonEmpty
@@ -174,7 +174,7 @@ class LocationSection(_Section):
     room: NonEmpty | None = None
 
 
-class MqttSection(_Section):
+class MqttSection(Section):
     """``[mqtt]``: the broker session (shared/spec/PROTOCOL.md "Transport"). ``center_keys``:
     the center public keys whose acks the gateway trusts."""
 
@@ -195,7 +195,7 @@ class MqttSection(_Section):
 
     @model_validator(mode="after")
     def _check_transport(self) -> MqttSection:
-        _raise_if(_transport_problems(_given(self)))
+        raise_if(transport_problems(given(self)))
         return self
 
 
@@ -208,7 +208,7 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
-def _transport_problems(d: Mapping[str, Any]) -> Problems:
+def transport_problems(d: Mapping[str, Any]) -> Problems:
     """``[mqtt]`` rules across keys; ``d`` holds the keys given (raw TOML or validated)."""
     found: Problems = []
     tls, host = d.get("tls", False), d.get("host", "127.0.0.1")
@@ -246,16 +246,7 @@ class SecondaryMqttSection(MqttSection):
         return value
 
 
-class CenterMqttSection(MqttSection):
-    """``[mqtt]`` of the command center: the gateway's keys minus ``center_keys``."""
-
-    @field_validator("center_keys")
-    @classmethod
-    def _no_center_keys(cls, value: list[Path]) -> list[Path]:
-        raise ValueError("a gateway setting; the center signs acks with [center] key_file")
-
-
-class ButtonSection(_Section):
+class ButtonSection(Section):
     """``[[button]]``: a GPIO alarm button wired to ground (internal pull-up)."""
 
     name: InputName
@@ -267,7 +258,7 @@ class ButtonSection(_Section):
     kind: Annotated[str, Field(min_length=1, max_length=64)] = "panic"
 
 
-class SerialSection(_Section):
+class SerialSection(Section):
     """``[[serial]]``: a button box (shared/spec/SERIAL.md)."""
 
     name: InputName
@@ -277,13 +268,13 @@ class SerialSection(_Section):
     rs485: bool = False
 
 
-class HeartbeatSection(_Section):
+class HeartbeatSection(Section):
     """``[heartbeat]``: how often the gateway sends its snapshot."""
 
     interval_s: Annotated[float, Field(ge=1.0)] = 30.0
 
 
-class HttpSection(_Section):
+class HttpSection(Section):
     """``[http]``: the local status endpoint, ``host:port`` (``[::1]:port`` for IPv6)."""
 
     listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8787"
@@ -297,7 +288,7 @@ class HttpSection(_Section):
         return split_host_port(self.listen)[1]
 
 
-class AlarmSection(_Section):
+class AlarmSection(Section):
     """``[alarm]``: presser feedback and re-sending. ``ack_timeout_s``: after this long
     without the center's signed ack the presser's LED turns ``fast``. ``resend_initial_s`` /
     ``resend_max_s``: the exponential backoff for re-sending an un-acked event.
@@ -311,11 +302,11 @@ class AlarmSection(_Section):
 
     @model_validator(mode="after")
     def _check_backoff(self) -> AlarmSection:
-        _raise_if(_backoff_problems(_given(self)))
+        raise_if(_backoff_problems(given(self)))
         return self
 
 
-class OutboxSection(_Section):
+class OutboxSection(Section):
     """``[outbox]``: limits of the durable queue. ``max_events``: queued non-alarm events
     (trouble/restore) kept on disk; past it the oldest go first, counted and logged. Alarms
     and tests are never evicted. ``failover_after_s``: with ``[mqtt_secondary]``, how long the
@@ -333,7 +324,7 @@ def _backoff_problems(d: Mapping[str, Any]) -> Problems:
     return []
 
 
-class BollardSection(_Section):
+class BollardSection(Section):
     """``[bollard]``: limit switches on GPIO (active low by default) and/or an HTTP controller
     whose GET returns ``{"state": "up"|"down"|"moving"|"fault"}``."""
 
@@ -351,7 +342,7 @@ class BollardSection(_Section):
 
     @model_validator(mode="after")
     def _check_source(self) -> BollardSection:
-        _raise_if(_bollard_problems(_given(self)))
+        raise_if(_bollard_problems(given(self)))
         return self
 
 
@@ -364,7 +355,7 @@ def _bollard_problems(d: Mapping[str, Any]) -> Problems:
     return []
 
 
-class CameraSection(_Section):
+class CameraSection(Section):
     """``[camera]``: NVR recording/retention check; the ``json`` adapter GETs ``url``, which
     returns ``{"recording": true, "retention_days": 34}``."""
 
@@ -375,7 +366,7 @@ class CameraSection(_Section):
     timeout_s: Seconds = 10.0  # per request (issue 3); a slower recorder is "unreachable"
 
 
-class SelfCheckSection(_Section):
+class SelfCheckSection(Section):
     """``[selfcheck]``: the gateway's own health (issue 3). Every ``interval_s``: free space
     under ``state_dir`` below ``min_free_mb`` → 330; clock not synchronised (``clock``) → 626;
     a TLS certificate expiring within ``cert_warn_days``, or a private key file readable by
@@ -387,7 +378,7 @@ class SelfCheckSection(_Section):
     cert_warn_days: Annotated[int, Field(ge=0)] = 30
 
 
-class TroubleSection(_Section):
+class TroubleSection(Section):
     """``[trouble]``: while a device flaps (more than 20 changes in 10 minutes,
     shared/spec/PROTOCOL.md "Delivery semantics") its changes go out as one summary with a
     count every ``flap_summary_s``."""
@@ -395,7 +386,7 @@ class TroubleSection(_Section):
     flap_summary_s: PollSeconds = 60.0
 
 
-class GatewayConfig(_Section):
+class GatewayConfig(Section):
     """The whole gateway config file. ``path``: the file it came from (not a TOML key)."""
 
     gateway: GatewaySection
@@ -417,12 +408,12 @@ class GatewayConfig(_Section):
     @field_validator("mqtt")
     @classmethod
     def _needs_center_keys(cls, value: MqttSection) -> MqttSection:
-        _raise_if(_center_keys_problems(_given(value)))
+        raise_if(_center_keys_problems(given(value)))
         return value
 
     @model_validator(mode="after")
     def _check_unique(self) -> GatewayConfig:
-        _raise_if(_unique_problems(self.model_dump(include={"button", "serial", "bollard"})))
+        raise_if(_unique_problems(self.model_dump(include={"button", "serial", "bollard"})))
         return self
 
 
@@ -434,7 +425,7 @@ def _center_keys_problems(d: Mapping[str, Any]) -> Problems:
     return []
 
 
-def _duplicates(items: Iterable[tuple[Loc, object]], what: str) -> Problems:
+def duplicates(items: Iterable[tuple[Loc, object]], what: str) -> Problems:
     first: dict[object, Loc] = {}
     problems: Problems = []
     for loc, value in items:
@@ -445,7 +436,7 @@ def _duplicates(items: Iterable[tuple[Loc, object]], what: str) -> Problems:
     return problems
 
 
-def _entries(value: object) -> list[tuple[int, Mapping[str, Any]]]:
+def entries(value: object) -> list[tuple[int, Mapping[str, Any]]]:
     items = value if isinstance(value, list) else []
     return [(i, entry) for i, entry in enumerate(items) if isinstance(entry, Mapping)]
 
@@ -455,12 +446,12 @@ def _unique_problems(data: Mapping[str, Any]) -> Problems:
     names: list[tuple[Loc, object]] = [
         ((section, i, "name"), e["name"])
         for section in ("button", "serial")
-        for i, e in _entries(data.get(section))
+        for i, e in entries(data.get(section))
         if scalar(e.get("name"), str)
     ]
     pins: list[tuple[Loc, object]] = [
         (("button", i, key), e[key])
-        for i, e in _entries(data.get("button"))
+        for i, e in entries(data.get("button"))
         for key in ("pin", "led_pin")
         if scalar(e.get(key), int)
     ]
@@ -468,69 +459,29 @@ def _unique_problems(data: Mapping[str, Any]) -> Problems:
     if isinstance(bollard, Mapping):
         keys = ("up_pin", "down_pin", "fault_pin")
         pins += [(("bollard", k), bollard[k]) for k in keys if scalar(bollard.get(k), int)]
-    return _duplicates(names, "name") + _duplicates(pins, "GPIO pin")
-
-
-# --- command center --------------------------------------------------------------------
-
-
-class CenterSection(_Section):
-    """``[center]``: the center's signing key and its de-duplication state."""
-
-    key_file: FilePath
-    state_dir: DirPath
-
-
-class RegistryEntry(_Section):
-    """``[[gateways]]``: which public keys may sign for which gateway."""
-
-    id: Identity
-    site: Identity
-    public_keys: Annotated[list[FilePath], Field(min_length=1)]
-    heartbeat_s: Annotated[float, Field(ge=1.0)] = 30.0
-
-
-class CenterConfig(_Section):
-    """The whole command-center config file."""
-
-    center: CenterSection
-    mqtt: CenterMqttSection = Field(default_factory=CenterMqttSection)
-    mqtt_secondary: CenterMqttSection | None = None  # also listen (and ack) on a 2nd broker
-    gateways: list[RegistryEntry] = Field(default_factory=list)
-    path: Path
-
-    @model_validator(mode="after")
-    def _unique_gateways(self) -> CenterConfig:
-        _raise_if(_registry_problems([dict(g) for g in self.gateways]))
-        return self
-
-
-def _registry_problems(entries: object) -> Problems:
-    pairs = [
-        (("gateways", i, "id"), (e.get("site"), e.get("id")))
-        for i, e in _entries(entries)
-        if scalar(e.get("site"), str) and scalar(e.get("id"), str)
-    ]
-    return _duplicates(pairs, "gateway (site, id)")
+    return duplicates(names, "name") + duplicates(pins, "GPIO pin")
 
 
 # --- loading and error reporting -------------------------------------------------------
 
-_M = TypeVar("_M", GatewayConfig, CenterConfig)
+_M = TypeVar("_M", bound=BaseModel)
 
 
 def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
     """Read and validate a gateway config. ``check_files``: referenced key files must exist
     (off for tools that only look at the settings)."""
-    return _load(Path(path), GatewayConfig, check_files=check_files)
+    return load_model(Path(path), GatewayConfig, check_files=check_files, raw=_raw_problems)
 
 
-def load_center_config(path: str | Path, *, check_files: bool = True) -> CenterConfig:
-    """Read and validate a command-center config."""
-    return _load(Path(path), CenterConfig, check_files=check_files)
-
-
-def _load(path: Path, model: type[_M], *, check_files: bool) -> _M:
+def load_model(
+    path: Path,
+    model: type[_M],
+    *,
+    check_files: bool,
+    raw: typing.Callable[[Mapping[str, Any]], Problems],
+) -> _M:
+    """Read ``path`` as TOML and validate it as ``model``; ``raw`` repeats the cross-key checks
+    on the raw TOML so that every problem is reported in one run."""
     shown = str(path)
     try:
         text = path.read_bytes().decode("utf-8")
@@ -551,7 +502,7 @@ def _load(path: Path, model: type[_M], *, check_files: bool) -> _M:
     try:
         config = model.model_validate({**data, "path": path.resolve()}, context=context)
     except ValidationError as err:
-        found += collect(err.errors(include_url=False), model) + _raw_problems(model, data)
+        found += collect(err.errors(include_url=False), model) + raw(data)
     else:
         if not found:
             return config
@@ -560,20 +511,15 @@ def _load(path: Path, model: type[_M], *, check_files: bool) -> _M:
     raise ConfigError(shown, [f"{shown}:{line}: {key}: {msg}" for line, key, msg in located])
 
 
-def _raw_problems(model: type[BaseModel], data: Mapping[str, Any]) -> Problems:
+def _raw_problems(data: Mapping[str, Any]) -> Problems:
     """The cross-key checks again, on the raw TOML: pydantic skips a model's own checks when
     one of its fields failed, but a technician should see every problem in one run."""
     checks: dict[str, typing.Callable[[Mapping[str, Any]], Problems]] = {
-        "mqtt": _transport_problems,
+        "mqtt": lambda d: transport_problems(d) + _center_keys_problems(d),
         "alarm": _backoff_problems,
         "bollard": _bollard_problems,
     }
-    found: Problems = []
-    if model is GatewayConfig:
-        found += _unique_problems(data)
-        checks["mqtt"] = lambda d: _transport_problems(d) + _center_keys_problems(d)
-    else:
-        found += _registry_problems(data.get("gateways"))
+    found: Problems = _unique_problems(data)
     for key, check in checks.items():
         section = data.get(key)
         if isinstance(section, Mapping):

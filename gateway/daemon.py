@@ -17,17 +17,17 @@ import structlog
 
 from gateway import __version__, watchdog
 from gateway.config import GatewayConfig
+from gateway.contract.signing import key_mode_problem, load_signing_key, load_verify_key
+from gateway.contract.topics import topic
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.relay import Identity, Relay
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.errors import AlarmgwError
-from gateway.health import HealthServer
 from gateway.monitors.site import SiteMonitors
-from gateway.outbox import Outbox
-from gateway.relay import Identity, Relay
 from gateway.sdnotify import notify
-from gateway.seq import SeqCounter
-from gateway.signing import key_mode_problem, load_signing_key, load_verify_key
 from gateway.supervise import Supervisor
-from gateway.topics import topic
-from gateway.uplink import MqttSettings, Uplink
+from gateway.technician.health import HealthServer
 
 log = structlog.get_logger("alarmgw.daemon")
 
@@ -140,7 +140,7 @@ class Gateway:
         return led_modes(self.buttons)
 
     async def _gpio_sim(self, path: str) -> None:
-        from firmware_sim.gpio import GpioSimServer  # noqa: PLC0415 - simulator only on request
+        from gateway.inputs.gpio_sim import GpioSimServer  # noqa: PLC0415 - simulator only on request
 
         server = GpioSimServer(path, leds=self.led_modes)
         await server.start()

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.broker import Mosquitto
-from gateway.signing import write_keypair
+from gateway.contract.signing import write_keypair
 
 SITE = "sz-futian-xmh-014"
 GW = "gw-014-a"

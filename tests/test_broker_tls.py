@@ -23,10 +23,10 @@ import pytest
 from firmware_sim.gpio import GpioSimClient
 from firmware_sim.pki import TestPki, gateway_cn, mint_ca, mint_client, mint_test_pki
 from gateway.config import load_config
-from gateway.envelope import parse_ts
+from gateway.contract.envelope import parse_ts
+from gateway.contract.signing import write_keypair
+from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.errors import ConfigError
-from gateway.signing import write_keypair
-from gateway.uplink import MqttSettings, Uplink
 from tests.harness import GW, PREFIX, SITE, Proc, Site, is_event
 from tests.tls_helpers import ProductionMosquitto, add_to_mqtt_section, tls_lines
 

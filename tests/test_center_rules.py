@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway import envelope as E
-from gateway.center import CHECKING_MAX, Center, Registry, console, human_line
-from gateway.center_state import WINDOW, CenterState
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
+from center.service import CHECKING_MAX, Center, Registry, console, human_line
+from center.state import WINDOW, CenterState
+from gateway.contract import envelope as E
+from gateway.contract.signing import SigningKey
+from gateway.delivery.seq import SeqCounter
 
 SITE, GW, PREFIX = "school-1", "gw-1", "schoolalarm/v1"
 GW_KEY = SigningKey.generate()

@@ -10,13 +10,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel, ValidationError
 
+from center.config import CenterConfig, load_center_config
 from gateway.config import (
     ButtonSection,
-    CenterConfig,
     GatewayConfig,
     HttpSection,
     MqttSection,
-    load_center_config,
     load_config,
 )
 from gateway.errors import ConfigError

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.signing import load_signing_key
+from gateway.contract.signing import load_signing_key
 
 REPO = Path(__file__).resolve().parent.parent
 INSTALL = REPO / "scripts" / "install.sh"

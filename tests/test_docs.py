@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from gateway.config import CenterConfig, GatewayConfig, MqttSection
+from center.config import CenterConfig
+from gateway.config import GatewayConfig, MqttSection
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE = (REPO / "docs" / "configuration.md").read_text()

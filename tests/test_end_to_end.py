@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.box import BoxSimulator
 from firmware_sim.gpio import GpioSimClient
-from gateway import envelope as E
+from gateway.contract import envelope as E
 from tests.harness import GW, PREFIX, SITE, Proc, Site, is_event
 
 pytestmark = pytest.mark.slow
@@ -152,7 +152,7 @@ def test_forged_tampered_replayed_are_rejected_with_reasons(site: Site) -> None:
         "location": {"name": "Gate", "address": "Road 1", "lat": 22.5, "lon": 114.0},
         "contact": {"phone": "110"},
     }
-    from gateway.signing import SigningKey
+    from gateway.contract.signing import SigningKey
 
     genuine = E.build(type="alarm", site=SITE, gw=GW, seq=500, body=body, key=site.gw_key)
     forged = E.build(type="alarm", site=SITE, gw=GW, seq=501, body=body, key=SigningKey.generate())

@@ -13,9 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway import envelope as E
-from gateway.errors import EnvelopeError, KeyFileError
-from gateway.signing import (
+from gateway.contract import envelope as E
+from gateway.contract.signing import (
     SigningKey,
     b64url,
     b64url_decode,
@@ -24,6 +23,7 @@ from gateway.signing import (
     load_verify_key,
     write_keypair,
 )
+from gateway.errors import EnvelopeError, KeyFileError
 from tests.harness import alarmgw_cmd
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "envelopes.json").read_text())

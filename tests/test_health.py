@@ -1,4 +1,5 @@
-"""The local endpoint (gateway/health.py) in-process, on a real Mosquitto and real HTTP on
+"""The local endpoint (gateway/technician/health.py) in-process, on a real Mosquitto and real
+HTTP on
 loopback: ``/healthz`` turns 503 while the daemon's event loop is stalled and recovers after;
 the POST guard; and the pieces (Prometheus text, loopback test, status verdicts) on their own.
 """
@@ -15,9 +16,9 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from gateway.config import load_config
 from gateway.daemon import Gateway
-from gateway.health import connect_address, is_loopback
-from gateway.metrics import Family, Histogram, histogram_family, render
-from gateway.tools import (
+from gateway.technician.health import connect_address, is_loopback
+from gateway.technician.metrics import Family, Histogram, histogram_family, render
+from gateway.technician.tools import (
     format_queue,
     format_status,
     queue_verdict,

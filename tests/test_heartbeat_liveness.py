@@ -18,18 +18,18 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
 
+from center.liveness import GatewayStatus
+from center.service import Center, Registry, Verdict
+from center.state import CenterState
 from firmware_sim.broker import Mosquitto
-from gateway.center import Center, Registry, Verdict
-from gateway.center_state import CenterState
-from gateway.envelope import parse_ts
-from gateway.liveness import GatewayStatus
+from gateway.contract.envelope import parse_ts
+from gateway.contract.signing import SigningKey
+from gateway.contract.topics import topic
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.relay import Identity, Relay
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Session, Uplink
 from gateway.monitors.heartbeat import Heartbeat
-from gateway.outbox import Outbox
-from gateway.relay import Identity, Relay
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
-from gateway.topics import topic
-from gateway.uplink import MqttSettings, Session, Uplink
 
 SITE, GW, PREFIX = "school-1", "gw-1", "schoolalarm/v1"
 HB_S = 0.4

@@ -32,9 +32,9 @@ from referencing import Registry, Resource
 
 from firmware_sim.broker import Mosquitto
 from firmware_sim.gpio import GpioSimClient
-from gateway.envelope import EVENT_TYPES, TYPES
-from gateway.topics import KINDS, parse_topic
-from gateway.uplink import MqttSettings, Uplink
+from gateway.contract.envelope import EVENT_TYPES, TYPES
+from gateway.contract.topics import KINDS, parse_topic
+from gateway.delivery.uplink import MqttSettings, Uplink
 from tests.harness import PREFIX as HARNESS_PREFIX
 from tests.harness import Site, is_event
 from tests.test_uplink_relay import PREFIX, rig, wait_until

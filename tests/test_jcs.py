@@ -11,7 +11,7 @@ import rfc8785
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway import jcs
+from gateway.contract import jcs
 
 VECTORS = json.loads((Path(__file__).parent / "data" / "envelopes.json").read_text())
 

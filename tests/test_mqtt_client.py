@@ -1,4 +1,4 @@
-"""gateway/mqtt_client.py reads PUBLISH and PUBACK packets itself (a speed-up). Whatever
+"""gateway/delivery/mqtt_client.py reads PUBLISH and PUBACK packets itself (a speed-up). Whatever
 bytes arrive, and however they are split across reads, it must do exactly what stock
 paho-mqtt does: the same messages and publish completions in the same order, the same
 bytes written back (PUBACKs, PUBRECs), the same state left behind. Both read the same
@@ -16,7 +16,7 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.mqtt_client import BatchingClient
+from gateway.delivery.mqtt_client import BatchingClient
 
 PUBLISHED = 6  # messages each client publishes first, so PUBACKs have something to complete
 

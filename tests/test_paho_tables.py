@@ -1,4 +1,5 @@
-"""gateway/mqtt_client.py (imported by gateway/uplink.py) shares paho's constant Properties
+"""gateway/delivery/mqtt_client.py (imported by gateway/delivery/uplink.py) shares paho's
+constant Properties
 tables (a speed-up); the packed bytes and unpacked values must be exactly those of stock
 paho-mqtt, which runs in a subprocess here (this process has the shared tables, as the
 gateway and the center do)."""
@@ -12,7 +13,7 @@ import sys
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-import gateway.uplink  # noqa: F401 - applies the shared tables
+import gateway.delivery.uplink  # noqa: F401 - applies the shared tables
 
 CASES = """
 from paho.mqtt.packettypes import PacketTypes

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from gateway import envelope as E
+from gateway.contract import envelope as E
+from gateway.contract.signing import SigningKey
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.seq import SeqCounter
 from gateway.errors import OutboxError
-from gateway.outbox import Outbox
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
 
 KEY = SigningKey.generate()
 

@@ -20,7 +20,7 @@ import pytest
 from firmware_sim.bollard import BollardSimulator
 from firmware_sim.box import BoxSimulator, SimEvent
 from firmware_sim.nvr import NvrSimulator
-from gateway.envelope import parse_ts
+from gateway.contract.envelope import parse_ts
 from tests.gpio_helpers import socket_dir
 from tests.harness import Proc, Site
 

@@ -21,23 +21,23 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
+from center.liveness import Liveness
+from center.service import Center, Registry, human_line
+from center.state import CenterState
 from firmware_sim.bollard import BollardSimulator
 from firmware_sim.nvr import NvrSimulator
-from gateway import envelope as E
-from gateway.center import Center, Registry, human_line
-from gateway.center_state import CenterState
 from gateway.config import CameraSection, load_config
+from gateway.contract import envelope as E
+from gateway.contract.signing import SigningKey
+from gateway.delivery.seq import SeqCounter
 from gateway.errors import ConfigError
 from gateway.inputs.codec import Frame
-from gateway.liveness import Liveness
 from gateway.monitors.bollard import BollardTracker, gpio_state, parse_status
 from gateway.monitors.boxlink import BoxSupervisor
 from gateway.monitors.camera import CameraMonitor, CameraStatus, parse_json_status
 from gateway.monitors.http import StatusError
 from gateway.monitors.reporter import FLAP_LIMIT, TroubleReporter
 from gateway.monitors.selfcheck import SelfCheck, kernel_clock_synced
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
 from gateway.supervise import Supervisor
 from tests.gpio_helpers import FakeClock
 

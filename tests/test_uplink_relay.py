@@ -14,15 +14,15 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.reasoncodes import ReasonCode
 from structlog.testing import capture_logs
 
+from center.service import Center, Registry, Verdict
+from center.state import CenterState
 from firmware_sim.broker import Mosquitto
-from gateway.center import Center, Registry, Verdict
-from gateway.center_state import CenterState
-from gateway.outbox import Outbox
-from gateway.relay import Identity, Relay, _Tracked
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
-from gateway.topics import topic
-from gateway.uplink import MqttSettings, Uplink
+from gateway.contract.signing import SigningKey
+from gateway.contract.topics import topic
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.relay import Identity, Relay, _Tracked
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Uplink
 
 SITE, GW, PREFIX = "school-1", "gw-1", "schoolalarm/v1"
 
@@ -135,7 +135,7 @@ def accepted(r: Rig, event_id: str) -> list[Verdict]:
 async def test_alarm_delivered_acked_led_solid(
     tmp_path: Path, broker: Mosquitto, protocol: str
 ) -> None:
-    # Both MQTT versions: gateway/mqtt_client.py reads PUBLISH and PUBACK itself, and the
+    # Both MQTT versions: gateway/delivery/mqtt_client.py reads PUBLISH and PUBACK itself, and the
     # two encode them differently.
     async with rig(tmp_path, broker.port, protocol=protocol) as r:
         led = Led()

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from gateway.config import BollardSection
-from gateway.envelope import format_ts
+from gateway.contract.envelope import format_ts
 from gateway.errors import AlarmgwError
 from gateway.monitors.reporter import TroubleReporter
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import structlog
 
-from gateway.envelope import build, format_ts
-from gateway.relay import Identity
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
-from gateway.topics import topic
-from gateway.uplink import Uplink
+from gateway.contract.envelope import build, format_ts
+from gateway.contract.signing import SigningKey
+from gateway.contract.topics import topic
+from gateway.delivery.relay import Identity
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import Uplink
 
 log = structlog.get_logger("alarmgw.heartbeat")
 

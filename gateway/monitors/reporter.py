@@ -32,7 +32,7 @@ from typing import Any, Literal, Protocol
 
 import structlog
 
-from gateway.envelope import format_ts
+from gateway.contract.envelope import format_ts
 
 log = structlog.get_logger("alarmgw.trouble")
 
@@ -44,7 +44,7 @@ InputState = Literal["ok", "trouble", "unknown"]
 
 
 class EventSink(Protocol):
-    """Where trouble/restore envelopes go: ``gateway.relay.Relay`` (durable outbox)."""
+    """Where trouble/restore envelopes go: ``gateway.delivery.relay.Relay`` (durable outbox)."""
 
     def raise_event(self, kind: str, body: Mapping[str, Any], ts: str | None = None) -> str: ...
 

@@ -31,8 +31,8 @@ from pathlib import Path
 import structlog
 from cryptography import x509
 
+from gateway.contract.signing import key_mode_problem
 from gateway.monitors.reporter import TroubleReporter
-from gateway.signing import key_mode_problem
 
 log = structlog.get_logger("alarmgw.selfcheck")
 

@@ -127,7 +127,7 @@ class SiteMonitors:
             body["camera"] = self.camera.snapshot()
         return body
 
-    # -- /status (gateway/health.py) -------------------------------------------------------
+    # -- /status (gateway/technician/health.py) --------------------------------------
 
     def _register_status(self) -> None:
         providers = self.gw.health.providers

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from firmware_sim.broker import Mosquitto
-from gateway.envelope import parse, parse_ts
+from gateway.contract.envelope import parse, parse_ts
 from tests.test_uplink_relay import Led, accepted, rig, wait_until
 
 

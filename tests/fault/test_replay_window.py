@@ -7,10 +7,10 @@ import json
 from pathlib import Path
 
 from firmware_sim.broker import Mosquitto
-from gateway import envelope as E
-from gateway.outbox import Outbox
-from gateway.relay import Relay, _Tracked
-from gateway.signing import SigningKey
+from gateway.contract import envelope as E
+from gateway.contract.signing import SigningKey
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.relay import Relay, _Tracked
 from tests.test_uplink_relay import GW, SITE, accepted, bare_relay, rig, wait_until
 
 

@@ -10,16 +10,16 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from center.service import Center, Registry, Verdict
+from center.state import CenterState
 from firmware_sim.broker import Mosquitto
-from gateway.center import Center, Registry, Verdict
-from gateway.center_state import CenterState
+from gateway.contract.signing import SigningKey
+from gateway.contract.topics import topic
+from gateway.delivery.outbox import Outbox
+from gateway.delivery.relay import Identity, Relay
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.monitors.heartbeat import Heartbeat
-from gateway.outbox import Outbox
-from gateway.relay import Identity, Relay
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey
-from gateway.topics import topic
-from gateway.uplink import MqttSettings, Uplink
 from tests.test_heartbeat_liveness import BODY as HEARTBEAT
 from tests.test_uplink_relay import GW, PREFIX, SITE, Led, wait_until
 

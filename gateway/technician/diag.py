@@ -26,11 +26,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.client import DaemonClient, DaemonNotRunning, DaemonUnavailable
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import AlarmgwError, ConfigError
-from gateway.status import integrity_check, queue_summary, readonly_outbox
-from gateway.tools import ago, wrap
+from gateway.technician.client import DaemonClient, DaemonNotRunning, DaemonUnavailable
+from gateway.technician.status import integrity_check, queue_summary, readonly_outbox
+from gateway.technician.tools import ago, wrap
 
 Status = Literal["PASS", "WARN", "FAIL"]
 SEVERITY: dict[str, int] = {"PASS": 0, "WARN": 1, "FAIL": 2}
@@ -158,7 +158,7 @@ def _daemon(ctx: Context) -> list[Check]:
 
 
 def _key(ctx: Context) -> list[Check]:
-    from gateway.signing import load_signing_key  # noqa: PLC0415 - cryptography only here
+    from gateway.contract.signing import load_signing_key  # noqa: PLC0415 - cryptography only here
 
     path = Path(ctx.cfg.gateway.key_file)
     if not path.exists():
@@ -182,7 +182,7 @@ def _key(ctx: Context) -> list[Check]:
 
 
 def _center_keys(ctx: Context) -> list[Check]:
-    from gateway.signing import load_verify_key  # noqa: PLC0415
+    from gateway.contract.signing import load_verify_key  # noqa: PLC0415
 
     kids, checks = [], []
     for p in ctx.cfg.mqtt.center_keys:
@@ -344,7 +344,7 @@ def _broker(ctx: Context) -> list[Check]:
     import paho.mqtt.client as mqtt  # noqa: PLC0415 - paho only for this check
     from paho.mqtt.enums import CallbackAPIVersion  # noqa: PLC0415
 
-    from gateway.uplink import MqttSettings, tls_context  # noqa: PLC0415
+    from gateway.delivery.uplink import MqttSettings, tls_context  # noqa: PLC0415
 
     s = MqttSettings.from_config(ctx.cfg.mqtt, client_id=f"alarmgw-diag-{os.getpid()}")
     where = f"{s.host}:{s.port}"

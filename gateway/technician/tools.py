@@ -1,6 +1,6 @@
 """The technician's commands ``alarmgw status``, ``queue`` and ``test-alarm``
 (shared/spec/OPERATOR.md): readable in an 80-column terminal, ``--json`` for scripts, exit
-0 all good, 1 warnings, 2 failures or errors. ``alarmgw diag`` lives in gateway/diag.py.
+0 all good, 1 warnings, 2 failures or errors. ``alarmgw diag`` lives in gateway/technician/diag.py.
 """
 
 from __future__ import annotations
@@ -12,10 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from gateway.client import DaemonClient, DaemonUnavailable
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import OutboxError
-from gateway.status import queue_summary, readonly_outbox
+from gateway.technician.client import DaemonClient, DaemonUnavailable
+from gateway.technician.status import queue_summary, readonly_outbox
 
 WIDTH = 80
 OK, WARN, FAIL = 0, 1, 2
@@ -95,7 +95,7 @@ def status_verdict(
 
 
 def _sections(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """The provider sections of a snapshot (bollard, camera, ...; gateway/status.py)."""
+    """The provider sections of a snapshot (bollard, camera, ...; gateway/technician/status.py)."""
     return [(k, v) for k, v in sorted(st.items()) if k not in _CORE_KEYS and isinstance(v, dict)]
 
 

@@ -8,7 +8,7 @@ import sqlite3
 import time
 from pathlib import Path
 
-from gateway.envelope import Envelope
+from gateway.contract.envelope import Envelope
 
 WINDOW = 65_536  # PROTOCOL.md: the center remembers which of the 65,536 seqs below the top it saw
 

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway import jcs
+from gateway.contract import jcs
+from gateway.contract.signing import SigningKey, VerifyKey
 from gateway.errors import EnvelopeError
-from gateway.signing import SigningKey, VerifyKey
 
 VERSION = 1
 TYPES = frozenset({"alarm", "test", "trouble", "restore", "heartbeat", "state", "ack"})
@@ -86,7 +86,8 @@ def parse_ts(ts: str) -> datetime:
 
 
 def canonical(obj: Mapping[str, Any]) -> bytes:
-    """RFC 8785 (JCS) canonical UTF-8 bytes (gateway/jcs.py, checked against ``rfc8785``)."""
+    """RFC 8785 (JCS) canonical UTF-8 bytes (gateway/contract/jcs.py,
+    checked against ``rfc8785``)."""
     return jcs.dumps(obj)
 
 

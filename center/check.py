@@ -15,10 +15,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.envelope import EVENT_TYPES, Envelope, parse, verify
+from gateway.contract.envelope import EVENT_TYPES, Envelope, parse, verify
+from gateway.contract.signing import VerifyKey
+from gateway.contract.topics import parse_topic
 from gateway.errors import EnvelopeError
-from gateway.signing import VerifyKey
-from gateway.topics import parse_topic
 
 TOPIC_TYPES = {
     "event": EVENT_TYPES,

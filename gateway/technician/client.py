@@ -1,4 +1,4 @@
-"""Talking to the running daemon's local endpoint (gateway/health.py) from the CLI.
+"""Talking to the running daemon's local endpoint (gateway/technician/health.py) from the CLI.
 
 The address comes from the config: ``state_dir/http.addr`` (written by the daemon with the
 port it actually bound, which matters for ``listen = "...:0"``), else ``[http] listen``.
@@ -14,7 +14,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig, split_host_port
 from gateway.errors import AlarmgwError
-from gateway.health import ADDR_FILE, connect_address
+from gateway.technician.health import ADDR_FILE, connect_address
 
 
 class DaemonUnavailable(AlarmgwError):

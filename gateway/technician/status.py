@@ -27,7 +27,7 @@ import structlog
 
 from gateway import __version__
 from gateway.errors import OutboxError
-from gateway.metrics import Family, Histogram
+from gateway.technician.metrics import Family, Histogram
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway

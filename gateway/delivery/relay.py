@@ -24,15 +24,15 @@ from typing import Any
 import structlog
 
 from gateway import __version__, logs
-from gateway.envelope import Envelope, build, format_ts, parse_and_verify, resign
+from gateway.contract.envelope import Envelope, build, format_ts, parse_and_verify, resign
+from gateway.contract.signing import SigningKey, VerifyKey
+from gateway.contract.topics import topic
+from gateway.delivery.outbox import PRIORITY, Outbox, Pending
+from gateway.delivery.resend import ResendTimer
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import NotConnected, PublishRefused, Session, Uplink
 from gateway.errors import EnvelopeError, OutboxError
 from gateway.feedback import Feedback, Raised
-from gateway.outbox import PRIORITY, Outbox, Pending
-from gateway.resend import ResendTimer
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey, VerifyKey
-from gateway.topics import topic
-from gateway.uplink import NotConnected, PublishRefused, Session, Uplink
 
 log = structlog.get_logger("alarmgw.relay")
 
@@ -41,7 +41,7 @@ MAX_INFLIGHT = 20  # Mosquitto's default receive maximum (FIELD-NOTES)
 # the backlog: keeps memory bounded while a center does not answer (1,000,000 queued), and
 # keeps a batching center busy: the reference center checks up to two bursts of 1,024 while
 # the next one forms, and at 2,000 the drain stalled on every ack (~15 % slower,
-# bench/drain.py). The re-send timer follows how long acks take (gateway/resend.py), so a
+# bench/drain.py). The re-send timer follows how long acks take (gateway/delivery/resend.py), so a
 # center that is merely slow is not sent the whole window twice.
 MAX_UNACKED = 6_000
 SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
@@ -137,7 +137,7 @@ class Relay:
         # (input_ref, type) -> alarms/tests raised (repeats excluded): presses per input.
         self.raised_by: Counter[tuple[str, str]] = Counter()
         # Told (event id, seconds from commit to ack or None) on the loop thread after each
-        # ack, for status and metrics (gateway/health.py). A listener must not block.
+        # ack, for status and metrics (gateway/technician/health.py). A listener must not block.
         self.ack_listeners: list[Callable[[str, float | None], None]] = []
 
     def attach(

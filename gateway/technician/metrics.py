@@ -103,7 +103,7 @@ def render(families: Iterable[Family]) -> str:
 
 
 def families_from_status(status: Mapping[str, Any]) -> list[Family]:
-    """The gateway's metrics, read from one ``/status`` snapshot (gateway/status.py)."""
+    """The gateway's metrics, read from one ``/status`` snapshot (gateway/technician/status.py)."""
     gw = status["gateway"]
     counters = status["counters"]
     fams = [

@@ -11,7 +11,7 @@ been used: the extra block covers numbers handed out while the disk refused the 
 The file also bounds the highest seq that may have left the gateway (``sent``, reserved
 the same way in blocks of ``SENT_BLOCK``): the center's anti-replay window slides with the
 highest seq it has seen from us, so that bound, not the counter, says which queued envelopes
-have fallen out of it (gateway/relay.py re-signs only those). A file without it (older
+have fallen out of it (gateway/delivery/relay.py re-signs only those). A file without it (older
 versions) counts everything issued before the start as sent.
 """
 

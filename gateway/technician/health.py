@@ -17,7 +17,8 @@ application/json`` (a web page cannot send that cross-site without a preflight).
 
 Why a thread of its own: a health check that runs on the event loop it is checking cannot
 say that loop is stuck. aiohttp runs here on a second loop in its own thread; ``/healthz``
-reads only atomic attributes (gateway/status.py), everything that iterates the daemon's state
+reads only atomic attributes (gateway/technician/status.py), everything that iterates the
+daemon's state
 is handed to the daemon's loop with a timeout, and a timeout there is itself the answer
 ("event loop not responding"). For the daemon this is one more task: ``HealthServer.run``.
 """
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from aiohttp import web
 
-from gateway import metrics, status
+from gateway.technician import metrics, status
 
 if TYPE_CHECKING:
     from gateway.daemon import Gateway

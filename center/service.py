@@ -6,7 +6,7 @@ state in SQLite (so they survive a restart), acknowledges accepted events with a
 ``ack``, prints one readable line per envelope (or one JSON object with ``--json``) and logs
 every rejection with its reason. A garbage payload is a rejection, never a crash.
 
-It also watches each registered gateway's liveness (gateway/liveness.py): heartbeats and
+It also watches each registered gateway's liveness (center/liveness.py): heartbeats and
 troubles are shown as they arrive, and a line says when a gateway goes ``stale`` (no heartbeat
 within 2.5 x its ``heartbeat_s``), ``offline`` (its will or clean stop; a will from an older
 session is ignored) or ``online`` again.
@@ -30,14 +30,14 @@ from typing import Any, TextIO
 
 import structlog
 
-from gateway.center_check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_precheck
-from gateway.center_state import WINDOW, CenterState
-from gateway.envelope import EVENT_TYPES, Envelope, build, parse_ts
-from gateway.liveness import GatewayStatus, Liveness
-from gateway.seq import SeqCounter
-from gateway.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key
-from gateway.topics import topic
-from gateway.uplink import MqttSettings, Uplink
+from center.check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_precheck
+from center.liveness import GatewayStatus, Liveness
+from center.state import WINDOW, CenterState
+from gateway.contract.envelope import EVENT_TYPES, Envelope, build, parse_ts
+from gateway.contract.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key
+from gateway.contract.topics import topic
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Uplink
 
 log = structlog.get_logger("alarmgw.center")
 
@@ -432,7 +432,7 @@ def heartbeat_summary(body: Mapping[str, Any]) -> str:
 
 def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
     """Load the config, keys and state (blocking file I/O, before the loop matters)."""
-    from gateway.config import load_center_config  # noqa: PLC0415 - keeps import light for tests
+    from center.config import load_center_config  # noqa: PLC0415 - keeps import light for tests
 
     cfg = load_center_config(config_path)
     key = load_signing_key(cfg.center.key_file)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import structlog
 
-from gateway.envelope import Envelope
+from gateway.contract.envelope import Envelope
 from gateway.errors import OutboxError
 
 log = structlog.get_logger("alarmgw.outbox")

@@ -31,8 +31,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
+from gateway.delivery.mqtt_client import BatchingClient
 from gateway.errors import AlarmgwError
-from gateway.mqtt_client import BatchingClient
 
 log = structlog.get_logger("alarmgw.uplink")
 

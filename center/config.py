@@ -1,0 +1,90 @@
+"""The command center's config file (shared/spec/OPERATOR.md "Command-center config"): its
+signing key and state, the brokers it listens on, and the registry of gateways it accepts.
+
+Loaded the same way as the gateway's config (``gateway.config.load_model``): every problem is
+reported at once as ``FILE:LINE: key: what is wrong``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.config import (
+    DirPath,
+    FilePath,
+    Identity,
+    MqttSection,
+    Section,
+    duplicates,
+    entries,
+    load_model,
+    raise_if,
+    transport_problems,
+)
+from gateway.configerrors import Problems, scalar
+
+
+class CenterMqttSection(MqttSection):
+    """``[mqtt]`` of the command center: the gateway's keys minus ``center_keys``."""
+
+    @field_validator("center_keys")
+    @classmethod
+    def _no_center_keys(cls, value: list[Path]) -> list[Path]:
+        raise ValueError("a gateway setting; the center signs acks with [center] key_file")
+
+
+class CenterSection(Section):
+    """``[center]``: the center's signing key and its de-duplication state."""
+
+    key_file: FilePath
+    state_dir: DirPath
+
+
+class RegistryEntry(Section):
+    """``[[gateways]]``: which public keys may sign for which gateway."""
+
+    id: Identity
+    site: Identity
+    public_keys: Annotated[list[FilePath], Field(min_length=1)]
+    heartbeat_s: Annotated[float, Field(ge=1.0)] = 30.0
+
+
+class CenterConfig(Section):
+    """The whole command-center config file."""
+
+    center: CenterSection
+    mqtt: CenterMqttSection = Field(default_factory=CenterMqttSection)
+    mqtt_secondary: CenterMqttSection | None = None  # also listen (and ack) on a 2nd broker
+    gateways: list[RegistryEntry] = Field(default_factory=list)
+    path: Path
+
+    @model_validator(mode="after")
+    def _unique_gateways(self) -> CenterConfig:
+        raise_if(_registry_problems([dict(g) for g in self.gateways]))
+        return self
+
+
+def _registry_problems(gateways: object) -> Problems:
+    pairs = [
+        (("gateways", i, "id"), (e.get("site"), e.get("id")))
+        for i, e in entries(gateways)
+        if scalar(e.get("site"), str) and scalar(e.get("id"), str)
+    ]
+    return duplicates(pairs, "gateway (site, id)")
+
+
+def _raw_problems(data: Mapping[str, Any]) -> Problems:
+    found = _registry_problems(data.get("gateways"))
+    mqtt = data.get("mqtt")
+    if isinstance(mqtt, Mapping):
+        found += [(("mqtt", *loc), msg) for loc, msg in transport_problems(mqtt)]
+    return found
+
+
+def load_center_config(path: str | Path, *, check_files: bool = True) -> CenterConfig:
+    """Read and validate a command-center config."""
+    return load_model(Path(path), CenterConfig, check_files=check_files, raw=_raw_problems)
