@@ -261,7 +261,7 @@ async def open_box_cover(n: Narrator, box: BoxSimulator, center: Child) -> None:
     n.say("center", f"RESTORE 137 (tamper) {got['device']}: {got['detail']}")
 
 
-async def run_demo(keep: bool) -> int:
+async def run_demo(keep: bool, *, hold: bool = False) -> int:
     root = Path(tempfile.mkdtemp(prefix="alarmgw-demo-"))
     n = Narrator()
     children: list[Child] = []
@@ -300,6 +300,11 @@ async def run_demo(keep: bool) -> int:
         async with GpioSimClient(sock) as gpio:
             await press_gpio(n, gpio, center, gateway)
         await open_box_cover(n, box, center)
+        if hold:
+            print(
+                "\nThe site keeps running for you to look at; Ctrl-C stops everything.", flush=True
+            )
+            await asyncio.Event().wait()
 
         print("\n4) The gateway is stopped cleanly.")
         n.mark()
@@ -330,7 +335,7 @@ async def run_demo(keep: bool) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(run_demo(args.keep))
+        return asyncio.run(run_demo(args.keep, hold=args.hold))
     except KeyboardInterrupt:
         print("\ndemo interrupted; everything it started was stopped", file=sys.stderr)
         return 130
@@ -343,4 +348,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         description=__doc__.split("\n\n")[1] if __doc__ else None,
     )
     p.add_argument("--keep", action="store_true", help="keep the working directory")
+    p.add_argument(
+        "--hold",
+        action="store_true",
+        help="after the presses, keep the site running until Ctrl-C",
+    )
     p.set_defaults(func=_run)

@@ -7,7 +7,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -48,18 +47,22 @@ def test_demo_runs_end_to_end() -> None:
 
 
 def test_demo_ctrl_c_stops_everything() -> None:
+    # --hold keeps every process up after the presses, so the SIGINT always lands while the
+    # broker, center and gateway run (without it a fast demo could finish first).
     proc = subprocess.Popen(
-        [SIM, "demo"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        [SIM, "demo", "--hold"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
     assert proc.stdout is not None
-    first = proc.stdout.readline() + proc.stdout.readline()
-    root = workdir_of(first)
-    deadline = time.monotonic() + 30
-    while not processes_mentioning(f"{root}/gateway.toml") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    seen = ""
+    while "Ctrl-C stops everything" not in seen:
+        line = proc.stdout.readline()
+        assert line, seen  # the demo ended before holding
+        seen += line
+    root = workdir_of(seen)
+    assert processes_mentioning(f"{root}/gateway.toml")
     proc.send_signal(signal.SIGINT)
     rest, err = proc.communicate(timeout=60)
-    assert proc.returncode == 130, rest + err
+    assert proc.returncode == 130, seen + rest + err
     assert "everything it started was stopped" in err
     assert not processes_mentioning(root)
     assert not Path(root).exists()
