@@ -26,6 +26,7 @@ from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.errors import AlarmgwError
 from gateway.monitors.site import SiteMonitors
 from gateway.sdnotify import notify
+from gateway.statelock import StateLock
 from gateway.supervise import Supervisor
 from gateway.technician.health import HealthServer
 
@@ -48,6 +49,8 @@ class Gateway:
             state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         except OSError as err:
             raise AlarmgwError(f"{state_dir}: cannot create state_dir: {err.strerror}") from err
+        self.lock = StateLock(state_dir)
+        self.lock.acquire()
         self.seq = SeqCounter(state_dir / "seq.json")
         # The outbox lives in state_dir whatever else the config says: a config change never
         # reinitialises it (issue 5).
@@ -224,6 +227,7 @@ class Gateway:
             await asyncio.gather(uplink_task, return_exceptions=True)
             self.seq.close()
             self.outbox.close()
+            self.lock.release()
             log.info("gateway stopped")
 
 
