@@ -292,6 +292,7 @@ class FakeLink:
     connected: bool = True
     last_valid_frame_at: float | None = None
     box_id: str | None = "SN-1"
+    write_stalled: bool = False
 
 
 def test_box_frames_to_conditions() -> None:
@@ -322,6 +323,21 @@ def test_box_frames_to_conditions() -> None:
     assert sink.events[-1].body["code"] == "350" and sink.events[-1].type == "trouble"
     assert sup.describe() == {"device": "serial:box-1", "status": "trouble"}
     link.on_frame[0](Frame.of(6, "HB"))
+    assert (sink.events[-1].type, sink.events[-1].body["code"]) == ("restore", "350")
+
+
+def test_a_box_that_does_not_read_is_a_communication_trouble() -> None:
+    sink, clock = Sink(), FakeClock()
+    link = FakeLink(write_stalled=True)
+    sup = BoxSupervisor(link, reporter(sink, clock), clock=clock)
+    sup.check()
+    assert (sink.events[-1].type, sink.events[-1].body["code"]) == ("trouble", "350")
+    assert "does not read" in sink.events[-1].body["detail"]
+    count = len(sink.events)
+    link.on_frame[0](Frame.of(1, "HB"))  # it still sends: no restore while it does not read
+    assert len(sink.events) == count
+    link.write_stalled = False
+    link.on_frame[0](Frame.of(2, "HB"))
     assert (sink.events[-1].type, sink.events[-1].body["code"]) == ("restore", "350")
 
 

@@ -10,6 +10,7 @@ with jittered backoff: the link never dies and bad input never stops it.
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import threading
 import time
@@ -38,9 +39,15 @@ from gateway.inputs.codec import Frame, encode
 
 __all__ = ["BoxFeedback", "BoxLink", "RS485Options", "apply_rs485"]
 
-# Frames are at most 130 bytes (~0.14 s at 9600 baud). A write that cannot finish in this
-# time is dropped (the box re-sends what matters) rather than stalling the event loop.
+# Ports without a pollable fd (``loop://``) are written directly; a write that cannot finish
+# in this time is dropped (the box re-sends what matters).
 WRITE_TIMEOUT_S = 0.5
+# Ports with an fd are written without blocking, through a bounded buffer that the event loop
+# drains when the port is writable: ~30 frames. A box that stops reading fills it; what does
+# not fit is dropped (the box re-sends PRESS until ACKed) and the link reports ``write_stalled``.
+MAX_OUTBUF = 4096
+# The buffer has not emptied for this long: the box is not draining its side.
+WRITE_STALL_S = 5.0
 READ_CHUNK = 4096
 # Reader-thread ports (no fileno, e.g. loop://) poll with this read timeout so stop is quick.
 THREAD_READ_TIMEOUT_S = 0.2
@@ -150,6 +157,10 @@ class BoxLink:
         self._pongs: list[asyncio.Future[None]] = []
         self._open_failures = 0
         self._last_open_error: tuple[str, float] | None = None
+        self._writer_fd: int | None = None  # the port's fd while it is written without blocking
+        self._outbuf = bytearray()
+        self._outbuf_since: float | None = None  # when the buffer last went from empty to not
+        self.frames_dropped = 0  # frames that did not fit the buffer of a box not draining
 
     # --- status, for supervision and `alarmgw status` ---
 
@@ -183,6 +194,12 @@ class BoxLink:
         now = time.monotonic()
         since = self._proto.last_valid_frame_at or self._started_at
         return since is not None and now - since > 3 * self.heartbeat_s
+
+    @property
+    def write_stalled(self) -> bool:
+        """What we write has not drained for ``WRITE_STALL_S``: the box is not reading."""
+        since = self._outbuf_since
+        return since is not None and time.monotonic() - since > WRITE_STALL_S
 
     # --- the loop ---
 
@@ -274,7 +291,8 @@ class BoxLink:
         fd = _usable_fileno(port)
         reader: _ReaderThread | None = None
         if fd is not None:
-            self._reader_fd = fd
+            os.set_blocking(fd, False)  # writes go through _flush, never wait on the box
+            self._reader_fd = self._writer_fd = fd
             loop.add_reader(fd, self._on_readable)
         else:
             port.timeout = THREAD_READ_TIMEOUT_S
@@ -298,6 +316,12 @@ class BoxLink:
         if self._reader_fd is not None and self._loop is not None:
             self._loop.remove_reader(self._reader_fd)
             self._reader_fd = None
+        if self._writer_fd is not None and self._loop is not None:
+            self._loop.remove_writer(self._writer_fd)
+        # What was waiting for the old port is stale for the next one: the box re-sends.
+        self._writer_fd = None
+        self._outbuf.clear()
+        self._outbuf_since = None
 
     def _link_lost(self, err: BaseException) -> None:
         self._stop_reader()  # a dead fd stays readable: stop polling it at once
@@ -381,10 +405,43 @@ class BoxLink:
             self._write(self._proto.buzz(self.buzz_ms).frame)
 
     def _write(self, frame: Frame) -> bool:
+        """Queue ``frame`` for the box; False when the port is closed or the frame was dropped."""
         port = self._serial
         if port is None:
             return False
         data = encode(frame)
+        if self._writer_fd is None:
+            return self._write_direct(port, frame, data)
+        if len(self._outbuf) + len(data) > MAX_OUTBUF:
+            self.frames_dropped += 1
+            self._dropped(frame, "serial box not reading, frame dropped")
+            return False
+        if not self._outbuf:
+            self._outbuf_since = time.monotonic()
+        self._outbuf += data
+        self._flush()
+        return True
+
+    def _flush(self) -> None:
+        """Write what the port takes now; the loop calls this again when it is writable."""
+        fd, loop = self._writer_fd, self._loop
+        if fd is None or loop is None:
+            return
+        try:
+            written = os.write(fd, self._outbuf)
+        except BlockingIOError:
+            written = 0
+        except OSError as err:
+            self._link_lost(err)
+            return
+        del self._outbuf[:written]
+        if self._outbuf:
+            loop.add_writer(fd, self._flush)  # replaces an earlier registration
+        else:
+            loop.remove_writer(fd)
+            self._outbuf_since = None
+
+    def _write_direct(self, port: Any, frame: Frame, data: bytes) -> bool:
         try:
             written = port.write(data)
         except serial.SerialTimeoutException:
@@ -393,15 +450,14 @@ class BoxLink:
             self._link_lost(err)
             return False
         if written is not None and written < len(data):
-            allowed, suppressed = self._limiter.check("write-incomplete", time.monotonic())
-            if allowed:
-                self._log.warning(
-                    "serial write incomplete, frame dropped",
-                    frame=frame.body,
-                    suppressed=suppressed,
-                )
+            self._dropped(frame, "serial write incomplete, frame dropped")
             return False
         return True
+
+    def _dropped(self, frame: Frame, what: str) -> None:
+        allowed, suppressed = self._limiter.check(what, time.monotonic())
+        if allowed:
+            self._log.warning(what, frame=frame.body, suppressed=suppressed)
 
 
 def _usable_fileno(port: Any) -> int | None:

@@ -3,8 +3,9 @@
 ``BoxSupervisor`` hooks ``BoxLink.on_frame`` and watches ``BoxLink.stale``; it reports the
 box's conditions under device ``serial:<name>`` (the config name; PROTOCOL.md "Bodies"):
 
-- ``350`` communication trouble: no valid frame for 3 x the box heartbeat; the next valid
-  frame restores it.
+- ``350`` communication trouble: no valid frame for 3 x the box heartbeat, or the box does
+  not read what the gateway writes (its ACKs and LED frames pile up); the next valid frame
+  once the link is silent no more and drains again restores it.
 - ``137`` tamper: ``TAMPER,state=open``; ``closed`` restores it.
 - ``301`` mains lost: ``POWER,state=battery`` (and ``low``: a low battery runs on battery);
   ``302`` low battery: ``POWER,state=low``; ``mains`` restores both.
@@ -52,6 +53,9 @@ class SupervisedLink(Protocol):
     @property
     def box_id(self) -> str | None: ...
 
+    @property
+    def write_stalled(self) -> bool: ...
+
 
 class BoxSupervisor:
     """Supervises one box link; ``run()`` watches for silence until cancelled."""
@@ -88,7 +92,8 @@ class BoxSupervisor:
 
     def handle(self, frame: Frame) -> None:
         """One valid frame from the box: it is alive, and some frames carry a state."""
-        self._set("350", False, "", "link answers again")
+        if not self.link.write_stalled:
+            self._set("350", False, "", "link answers again")
         state = frame.get("state", "")
         if frame.type == "TAMPER":
             opened = state == "open"
@@ -105,7 +110,10 @@ class BoxSupervisor:
             self._set("330", False, "", f"box restarted (fw {frame.get('fw', '?')})")
 
     def check(self) -> None:
-        """Report ``350`` when the link has been silent for 3 heartbeats."""
+        """Report ``350`` when the link has been silent for 3 heartbeats or does not drain."""
+        if self.link.write_stalled:
+            self._set("350", True, "not-reading", "the box does not read what the gateway sends")
+            return
         if not self.link.stale:
             return
         last = self.link.last_valid_frame_at
