@@ -9,7 +9,7 @@ HTTP digest auth (aiohttp's ``DigestAuthMiddleware``). Per poll:
   not: a recorder that overwrites keeps its disks full, and retention says whether that hurts;
 - ``GET /ISAPI/ContentMgmt/record/tracks``: the main-stream tracks (``N01`` = channel N);
 - per track two ``POST /ISAPI/ContentMgmt/search``: the oldest match (retention = recorder
-  now − its start) and any match in the last ``recording_gap_s`` (recording).
+  now minus its start) and any match in the last ``recording_gap_s`` (recording).
 
 XML is parsed with defusedxml (no entity expansion) and matched namespace-agnostically.
 """
@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-import xml.etree.ElementTree as ET  # noqa: S405 - building requests only; parsing is defusedxml
+import xml.etree.ElementTree as ET
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,7 +28,7 @@ import defusedxml.ElementTree as SafeET
 from defusedxml import DefusedXmlException
 
 from gateway.config import CameraSection
-from gateway.monitors.camera.model import CameraStatus, ChannelStatus, DiskStatus
+from gateway.monitors.camera.model import CameraStatus, ChannelStatus, DiskStatus, clean_name
 from gateway.monitors.camera.secret import Login
 from gateway.monitors.http import MAX_BODY, StatusError
 
@@ -68,9 +68,9 @@ def _number(text: str | None) -> float | None:
 def parse_storage(root: Any) -> tuple[DiskStatus, ...]:
     """``<storage><hddList><hdd>`` → disks (NAS entries count as disks too)."""
     disks = []
-    for hdd in [*root.iter("{*}hdd"), *root.iter("{*}nas")]:
-        ident = _text(hdd, "{*}id") or "?"
-        state = (_text(hdd, "{*}status") or "unknown").strip()
+    for hdd in [*root.iterfind(".//{*}hdd"), *root.iterfind(".//{*}nas")]:
+        ident = clean_name(_text(hdd, "{*}id") or "?")
+        state = clean_name(_text(hdd, "{*}status") or "unknown")
         capacity = _number(_text(hdd, "{*}capacity"))
         free = _number(_text(hdd, "{*}freeSpace"))
         ok = state.lower() in DISK_OK
@@ -81,7 +81,7 @@ def parse_storage(root: Any) -> tuple[DiskStatus, ...]:
 def parse_tracks(root: Any) -> list[tuple[str, str]]:
     """``<TrackList><Track><id>101</id>`` → [(track id, channel)] of the main streams."""
     tracks = []
-    for track in root.iter("{*}Track"):
+    for track in root.iterfind(".//{*}Track"):
         ident = _text(track, "{*}id") or ""
         if ident.isdigit() and len(ident) >= 3 and ident.endswith("01"):
             tracks.append((ident, str(int(ident[:-2]))))
@@ -105,7 +105,7 @@ def search_body(track: str, start: datetime, end: datetime) -> bytes:
 
 def first_match_start(root: Any) -> datetime | None:
     """The start of the first ``searchMatchItem`` of a ``CMSearchResult``, None for none."""
-    for item in root.iter("{*}searchMatchItem"):
+    for item in root.iterfind(".//{*}searchMatchItem"):
         return parse_time(_text(item, "{*}timeSpan/{*}startTime"))
     return None
 

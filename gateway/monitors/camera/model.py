@@ -84,8 +84,15 @@ def fmt_days(days: float) -> str:
     return f"{round(days, 1):g}"
 
 
+def channel_label(name: str) -> str:
+    """``3`` → ``channel 3``; ``Gate north`` → ``channel "Gate north"``."""
+    return f"channel {name}" if name.isdigit() else f'channel "{name}"'
+
+
 def _channels_text(names: list[str], limit: int = 4) -> str:
-    shown = ", ".join(names[:limit])
+    if len(names) == 1:
+        return channel_label(names[0])
+    shown = ", ".join(n if n.isdigit() else f'"{n}"' for n in names[:limit])
     more = f" and {len(names) - limit} more" if len(names) > limit else ""
     return f"channel{'s' if len(names) > 1 else ''} {shown}{more}"
 
@@ -110,7 +117,10 @@ def problems(status: CameraStatus, required_days: int) -> list[tuple[str, str]]:
     stopped = [c.name for c in status.channels if not c.recording]
     if stopped:
         found.append(
-            (f"not-recording:{','.join(stopped)}", f"recording stopped on {_channels_text(stopped)}")
+            (
+                f"not-recording:{','.join(stopped)}",
+                f"recording stopped on {_channels_text(stopped)}",
+            )
         )
     short = sorted(
         (c for c in status.channels if (c.retention_days or 0.0) < required_days),
@@ -122,7 +132,7 @@ def problems(status: CameraStatus, required_days: int) -> list[tuple[str, str]]:
             (
                 f"retention:{c.name}",
                 f"retention {fmt_days(c.retention_days or 0.0)} of {required_days} days "
-                f"on channel {c.name}",
+                f"on {channel_label(c.name)}",
             )
         )
     elif short:
@@ -131,7 +141,7 @@ def problems(status: CameraStatus, required_days: int) -> list[tuple[str, str]]:
             (
                 f"retention:{','.join(sorted(c.name for c in short))}",
                 f"retention below {required_days} days on {len(short)} channels, worst "
-                f"{fmt_days(worst.retention_days or 0.0)} days on channel {worst.name}",
+                f"{fmt_days(worst.retention_days or 0.0)} days on {channel_label(worst.name)}",
             )
         )
     found += _disk_problems(status.disks)
@@ -140,4 +150,18 @@ def problems(status: CameraStatus, required_days: int) -> list[tuple[str, str]]:
 
 def _disk_problems(disks: tuple[DiskStatus, ...]) -> list[tuple[str, str]]:
     bad = [d for d in disks if not d.ok]
-    return [(f"disk:{d.name}", f"disk {d.name} {d.state}") for d in bad]
+    return [
+        (
+            f"disk:{d.name}",
+            f"disk {d.name} full"
+            if d.state.lower() == "full"
+            else f"disk {d.name} failed ({d.state})",
+        )
+        for d in bad
+    ]
+
+
+def clean_name(text: object, limit: int = 32) -> str:
+    """A channel or disk name from a recorder, printable and short (it is untrusted text)."""
+    name = "".join(ch if ch.isprintable() else "?" for ch in str(text)).strip()
+    return name[:limit] or "?"

@@ -23,6 +23,7 @@ from gateway.monitors.camera.model import (
     DEVICE,
     CameraStatus,
     NvrAdapter,
+    channel_label,
     fmt_days,
     problems,
 )
@@ -106,7 +107,7 @@ class CameraMonitor:
             worst = min(result.channels, key=lambda c: c.retention_days or 0.0)
             detail = (
                 f"{len(result.channels)} channels recording, retention at least "
-                f"{fmt_days(result.retention_days)} days (channel {worst.name})"
+                f"{fmt_days(result.retention_days)} days ({channel_label(worst.name)})"
             )
         else:
             detail = f"recording, retention {result.retention_days:g} days"
