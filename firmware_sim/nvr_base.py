@@ -63,6 +63,10 @@ class Recorder:
         rec.channels = {str(n): Channel(retention_days) for n in range(1, count + 1)}
         return rec
 
+    @staticmethod
+    def _where(words: list[str]) -> str:
+        return f"channel {words[0]}" if words else "every channel"
+
     def _pick(self, words: list[str]) -> list[Channel]:
         if not words:
             return list(self.channels.values())
@@ -82,14 +86,14 @@ class Recorder:
                 raise ValueError(f"retention: expected days >= 0, got {args[0]!r}")
             for ch in self._pick(args[1:]):
                 ch.retention_days = days
-            return f"retention {days:g} days on {args[1] if args[1:] else 'every'} channel"
+            return f"retention {days:g} days on {self._where(args[1:])}"
         if verb == "recording" and 1 <= len(args) <= 2 and args[0] in ("on", "off"):
             for ch in self._pick(args[1:]):
                 if args[0] == "on":
                     ch.stopped_at = None
                 elif ch.stopped_at is None:
                     ch.stopped_at = time.time() - STOPPED_AGO_S
-            return f"recording {args[0]} on {args[1] if args[1:] else 'every'} channel"
+            return f"recording {args[0]} on {self._where(args[1:])}"
         if verb == "disk" and len(args) == 2 and args[1] in ("ok", "failed", "full"):
             if not (args[0].isdigit() and 1 <= int(args[0]) <= len(self.disks)):
                 raise ValueError(f"no disk {args[0]!r} (1..{len(self.disks)})")

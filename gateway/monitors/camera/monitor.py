@@ -32,6 +32,8 @@ from gateway.monitors.reporter import TroubleReporter
 
 log = structlog.get_logger("alarmgw.camera")
 
+GRACE_S = 1.0
+
 
 def make_adapter(cfg: CameraSection) -> NvrAdapter:
     """The adapter ``cfg.adapter`` names. The vendor ones are imported only when configured
@@ -116,8 +118,9 @@ class CameraMonitor:
     async def poll(self, session: Any, timeout_s: float) -> CameraStatus | StatusError:
         """One bounded poll: the adapter's answer, or the StatusError saying why not."""
         try:
-            # The adapter bounds its own requests; this bounds the adapter as a whole.
-            async with asyncio.timeout(timeout_s):
+            # The adapter bounds its own requests and cleans up after a timeout; this bounds
+            # the adapter as a whole, a little later, so it does not cut that clean-up short.
+            async with asyncio.timeout(timeout_s + GRACE_S):
                 return await self.adapter.fetch(session, timeout_s=timeout_s)
         except StatusError as err:
             return err

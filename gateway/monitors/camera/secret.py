@@ -48,7 +48,7 @@ def mode_problem(path: Path, st: os.stat_result) -> str | None:
         return f"{path}: not a regular file"
     mode = stat.S_IMODE(st.st_mode)
     if mode & 0o077:
-        return f"{path}: mode {mode:04o}, others may read the password (chmod 600 {path})"
+        return f"{path}: mode {mode:04o}, others may read it; chmod 600 it"
     if st.st_uid != os.geteuid():
         return f"{path}: owned by uid {st.st_uid}, not the daemon's user (chown it)"
     return None
