@@ -8,13 +8,15 @@ and per disk. PASS, WARN or FAIL as in the rest of diag; an action for every non
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
 from gateway.config import CameraSection
 from gateway.monitors.camera.model import CameraStatus, channel_label, fmt_days
 from gateway.monitors.camera.monitor import make_adapter
 from gateway.monitors.http import StatusError, new_session
 
-Line = tuple[str, str, str]
+Verdict = Literal["PASS", "WARN", "FAIL"]
+Line = tuple[Verdict, str, str]
 
 FIXES = {
     "auth": "set the recorder's user in [camera] username and its password in password_file",
