@@ -190,6 +190,8 @@ class HikvisionAdapter:
                 if resp.status != 200:
                     raise StatusError("http-status", f"HTTP {resp.status} from {path}")
                 data = await resp.content.read(MAX_XML + 1)
+        except TimeoutError:  # aiohttp's own timeouts are ClientErrors too
+            raise StatusError("timeout", f"no answer from {url} in time") from None
         except aiohttp.ClientError as err:
             text = str(err) or type(err).__name__
             raise StatusError("unreachable", f"{url}: {text}"[:160]) from None
