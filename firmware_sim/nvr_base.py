@@ -58,8 +58,15 @@ class Recorder:
     disks: list[Disk] = field(default_factory=lambda: [Disk(), Disk()])
 
     @classmethod
-    def with_channels(cls, count: int, retention_days: float, **kw: object) -> Recorder:
-        rec = cls(**kw)  # type: ignore[arg-type]
+    def with_channels(
+        cls,
+        count: int,
+        retention_days: float,
+        *,
+        user: str = "admin",
+        password: str = "admin12345",  # noqa: S107 - a simulator's default
+    ) -> Recorder:
+        rec = cls(user=user, password=password)
         rec.channels = {str(n): Channel(retention_days) for n in range(1, count + 1)}
         return rec
 

@@ -63,8 +63,8 @@ def camera_cfg(kind: str, sim: Sim, pw: Path, **kw: Any) -> CameraSection:
             "url": sim.url,
             "username": "admin",
             "password_file": str(pw),
-            "poll_s": 1.5,
-            "timeout_s": 1.5,
+            "poll_s": 2.0,
+            "timeout_s": 2.0,
             **kw,
         }
     )

@@ -20,12 +20,15 @@ import contextlib
 import logging
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
+import onvif
 import zeep.exceptions
-from onvif import ONVIFCamera, ONVIFError
+from onvif import ONVIFCamera, ONVIFError, ONVIFService
+from onvif.definition import SERVICES
 from onvif.util import is_auth_error, stringify_onvif_error
 
 from gateway.config import CameraSection
@@ -37,6 +40,7 @@ for _name in ("onvif", "zeep"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
 SEARCH_NS = "http://www.onvif.org/ver10/search/wsdl"
+WSDL_DIR = Path(onvif.__file__).parent / "wsdl"  # the client's bundled WSDLs
 PARALLEL = 4
 MAX_PAGES = 64  # GetRecordingSearchResults rounds before a search counts as never finished
 NOT_RECORDING = {"Stopped", "Removing", "Removed"}
@@ -86,9 +90,32 @@ class OnvifAdapter:
         self.gap = timedelta(seconds=cfg.recording_gap_s)
         self.login = Login(cfg.username, cfg.password_file)
         self._clock = clock
+        self._wsdl_loaded = False
+
+    async def load_wsdl(self) -> None:
+        """Parse the WSDLs the poll uses, once: local work that should not count against a
+        recorder's time (the client keeps parsed documents for the process's life)."""
+        if self._wsdl_loaded:
+            return
+        for name in ("devicemgmt", "search"):
+            spec = SERVICES[name]
+            service = ONVIFService(
+                self.url,
+                None,
+                None,
+                str(WSDL_DIR / spec["wsdl"]),
+                no_cache=True,
+                binding_name=f"{{{spec['ns']}}}{spec['binding']}",
+            )
+            try:
+                await service.setup()
+            finally:
+                await service.close()
+        self._wsdl_loaded = True
 
     async def fetch(self, session: aiohttp.ClientSession, *, timeout_s: float) -> CameraStatus:
         password = self.login.password(self._clock())
+        await self.load_wsdl()
         camera = ONVIFCamera(self.host, self.port, self.login.username, password, no_cache=True)
         try:
             async with asyncio.timeout(timeout_s):
