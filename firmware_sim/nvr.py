@@ -1,4 +1,7 @@
-"""``alarmgw-sim nvr``: a CCTV recorder's status API (the ``json`` adapter of ``[camera]``).
+"""``alarmgw-sim nvr``: a CCTV recorder's status API. ``--kind json`` (the default) is the
+``json`` adapter of ``[camera]``, below; ``--kind onvif`` and ``--kind hikvision`` are the
+vendor recorders of ``firmware_sim.nvr_onvif`` and ``firmware_sim.nvr_hik`` (channels, disks,
+a user and password).
 
 ``NvrSimulator`` serves ``GET /status`` → ``{"recording": true, "retention_days": 34}`` on
 loopback (aiohttp) and lets a test or a script change what it says (``recording``,
@@ -85,16 +88,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     """Add ``alarmgw-sim nvr``."""
     parser = subparsers.add_parser(
         "nvr",
-        help="CCTV recorder status API over HTTP (the [camera] json adapter)",
-        description="Serve GET PATH -> {recording, retention_days} on HOST:PORT. Prints "
-        "'listening URL' first. Commands (script or stdin): recording on|off, retention DAYS, "
-        "ok, error [STATUS], garbage, hang, slow S, down, up, wait S, quit.",
+        help="CCTV recorder over HTTP: json status, ONVIF Profile G or Hikvision ISAPI",
+        description="--kind json: serve GET PATH -> {recording, retention_days}; --kind onvif: "
+        "an ONVIF recorder (device service /onvif/device_service); --kind hikvision: an ISAPI "
+        "NVR (digest auth). Prints 'listening URL' first (the URL [camera] url takes). "
+        "Commands (script or stdin): recording on|off [CH], retention DAYS [CH], ok, "
+        "error [STATUS], garbage, hang, slow S, down, up, wait S, quit; onvif/hikvision also "
+        "disk N ok|failed|full, password NEW, channels N.",
+    )
+    parser.add_argument(
+        "--kind", choices=("json", "onvif", "hikvision"), default="json", help="API (json)"
     )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (default loopback)")
     parser.add_argument("--port", type=int, default=8081, help="port (0: any free; default 8081)")
     parser.add_argument("--path", default="/status", help="status path (default /status)")
     parser.add_argument("--retention", type=float, default=34, help="retention days (34)")
     parser.add_argument("--not-recording", action="store_true", help="start not recording")
+    parser.add_argument("--user", default="admin", help="onvif/hikvision user (admin)")
+    parser.add_argument(
+        "--password", default="admin12345", help="onvif/hikvision password (admin12345)"
+    )
+    parser.add_argument("--channels", type=int, default=16, help="onvif/hikvision channels (16)")
     parser.add_argument("--script", default="", help='commands, ";"-separated, run first')
     parser.add_argument("--stay", action="store_true", help="keep serving at the end of stdin")
     parser.set_defaults(func=_run_cli)
@@ -105,6 +119,8 @@ def _run_cli(args: argparse.Namespace) -> int:
 
 
 async def _cli_main(args: argparse.Namespace) -> int:
+    if args.kind != "json":
+        return await _vendor_main(args)
     sim = NvrSimulator(
         host=args.host,
         port=args.port,
@@ -112,6 +128,34 @@ async def _cli_main(args: argparse.Namespace) -> int:
         recording=not args.not_recording,
         retention_days=args.retention,
     )
+    async with sim:
+        print(f"listening {sim.url}", flush=True)
+        await run_commands(
+            sim.command,
+            split_script(args.script),
+            stay=args.stay,
+            say=lambda text: print(text, flush=True),
+        )
+    return 0
+
+
+async def _vendor_main(args: argparse.Namespace) -> int:
+    from firmware_sim.nvr_base import Recorder  # noqa: PLC0415 - only for these kinds
+    from firmware_sim.nvr_hik import HikSimulator  # noqa: PLC0415
+    from firmware_sim.nvr_onvif import OnvifSimulator  # noqa: PLC0415
+
+    if not 1 <= args.channels <= 256:
+        raise ValueError(f"--channels must be 1..256, got {args.channels}")
+    recorder = Recorder.with_channels(
+        args.channels, args.retention, user=args.user, password=args.password
+    )
+    if args.not_recording:
+        recorder.command(["recording", "off"])
+    sim: OnvifSimulator | HikSimulator
+    if args.kind == "onvif":
+        sim = OnvifSimulator(recorder, host=args.host, port=args.port)
+    else:
+        sim = HikSimulator(recorder, host=args.host, port=args.port)
     async with sim:
         print(f"listening {sim.url}", flush=True)
         await run_commands(

@@ -356,14 +356,41 @@ def _bollard_problems(d: Mapping[str, Any]) -> Problems:
 
 
 class CameraSection(Section):
-    """``[camera]``: NVR recording/retention check; the ``json`` adapter GETs ``url``, which
-    returns ``{"recording": true, "retention_days": 34}``."""
+    """``[camera]``: NVR recording/retention check. ``adapter``: ``json`` GETs ``url``, which
+    returns ``{"recording": true, "retention_days": 34}``; ``onvif``: ``url`` is the device
+    service (``http://HOST[:PORT]/onvif/device_service``), read through Profile G recording
+    search; ``hikvision``: ``url`` is the NVR's base URL, read through ISAPI. Both vendor
+    adapters log in as ``username`` with the password in ``password_file`` (mode 0600, owned
+    by the daemon's user)."""
 
-    adapter: Literal["json"] = "json"
+    adapter: Literal["json", "onvif", "hikvision"] = "json"
     url: Annotated[Url, Field(min_length=1)]
+    username: str = ""
+    password_file: FilePath | None = None
     required_days: Annotated[int, Field(ge=1)] = 30
     poll_s: PollSeconds = 60.0
-    timeout_s: Seconds = 10.0  # per request (issue 3); a slower recorder is "unreachable"
+    timeout_s: Seconds = 10.0  # per poll; a slower recorder is a "timeout" trouble
+    # Keys beyond OPERATOR.md: a channel whose newest recorded data is older than this is
+    # not recording (ONVIF, Hikvision).
+    recording_gap_s: Seconds = 600.0
+
+    @model_validator(mode="after")
+    def _check_login(self) -> CameraSection:
+        raise_if(_camera_problems(given(self)))
+        return self
+
+
+def _camera_problems(d: Mapping[str, Any]) -> Problems:
+    if d.get("adapter", "json") == "json":
+        return []
+    found: Problems = []
+    if not d.get("username"):
+        found.append((("username",), f"the {d['adapter']} adapter needs a username"))
+    if d.get("password_file") is None:
+        found.append(
+            (("password_file",), f"the {d['adapter']} adapter needs a password_file (mode 0600)")
+        )
+    return found
 
 
 class SelfCheckSection(Section):

@@ -353,7 +353,18 @@ def test_unreadable_file_is_one_clear_line(tmp_path: Path) -> None:
         ("\n[bollard]\npoll_s = 5\n", "bollard", "status_url"),
         ('\n[bollard]\nstatus_url = "ftp://x"\n', "bollard.status_url", "http"),
         ("\n[camera]\nrequired_days = 30\n", "camera.url", "missing required key"),
-        ('\n[camera]\nurl = "http://nvr/status"\nadapter = "onvif"\n', "camera.adapter", "'json'"),
+        ('\n[camera]\nurl = "http://nvr/status"\nadapter = "xyz"\n', "camera.adapter", "'json'"),
+        (
+            '\n[camera]\nurl = "http://nvr/onvif/device_service"\nadapter = "onvif"\n'
+            'username = "admin"\n',
+            "camera.password_file",
+            "onvif adapter needs a password_file",
+        ),
+        (
+            '\n[camera]\nurl = "http://nvr"\nadapter = "hikvision"\npassword_file = "nvr.pw"\n',
+            "camera.password_file",
+            "file not found",
+        ),
         ('\n[[serial]]\nname = "box"\nport = ""\n', "serial[0].port", "at least 1"),
     ],
 )

@@ -525,8 +525,12 @@ def _urls(ctx: Context) -> list[Check]:
     cfg, checks = ctx.cfg, []
     if cfg.bollard is not None and cfg.bollard.status_url:
         checks.append(_get("bollard", cfg.bollard.status_url))
-    if cfg.camera is not None:
+    if cfg.camera is not None and cfg.camera.adapter == "json":
         checks.append(_get("nvr", cfg.camera.url))
+    elif cfg.camera is not None:
+        from gateway.monitors.camera.diag import recorder_report  # noqa: PLC0415 - ONVIF, ISAPI
+
+        checks += [Check("nvr", st, found, fix) for st, found, fix in recorder_report(cfg.camera)]
     return checks
 
 
