@@ -41,6 +41,7 @@ from gateway.configerrors import (
 from gateway.configerrors import SectionProblems as _Problems
 from gateway.errors import ConfigError
 from gateway.monitors.schedule import Schedule, Window, zone
+from gateway.placeholders import placeholder_problems
 from gateway.tomlpos import Loc, Locator
 
 IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # shared/spec/PROTOCOL.md "Identities"
@@ -520,7 +521,8 @@ def load_model(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(shown, [syntax_problem(shown, err, text)]) from err
 
-    found: Problems = []
+    placeholders = placeholder_problems(data)
+    found: Problems = list(placeholders)
     if "path" in data:  # filled in by the loader, not a setting
         found.append((("path",), "unknown key"))
         del data["path"]
@@ -533,7 +535,15 @@ def load_model(
         if not found:
             return config
     locator = Locator(text)
-    located = sorted({(locator.line(loc), dotted(loc), msg) for loc, msg in found})
+    # A placeholder line says "replace this" only, not also what is wrong with the placeholder.
+    marked = {locator.line(loc) for loc, _ in placeholders}
+    located = sorted(
+        {
+            (locator.line(loc), dotted(loc), msg)
+            for loc, msg in found
+            if locator.line(loc) not in marked or (loc, msg) in placeholders
+        }
+    )
     raise ConfigError(shown, [f"{shown}:{line}: {key}: {msg}" for line, key, msg in located])
 
 

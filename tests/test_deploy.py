@@ -179,7 +179,7 @@ def test_install_is_idempotent_and_uninstall_keeps_what_matters(tmp_path: Path) 
     assert again.returncode == 0, again.stderr
     assert "new gateway key" not in again.stdout
     assert snapshot(root) == before
-    edited = (etc / "gateway.toml").read_text().replace("gw-014-a", "gw-edited")
+    edited = (etc / "gateway.toml").read_text().replace("replace-me-gw", "gw-edited")
     (etc / "gateway.toml").write_text(edited)
     assert run_install(root, "--venv", str(VENV)).returncode == 0
     assert (etc / "gateway.toml").read_text() == edited
