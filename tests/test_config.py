@@ -72,8 +72,8 @@ FILLED = {
     "REPLACE-ME phone": "+86-755-0000-0000",
     "lat = 0.0 ": "lat = 22.5431 ",
     "lon = 0.0 ": "lon = 114.0287 ",
-    "198.51.100.10": "127.0.0.1",
 }
+DOCUMENTATION_ADDRESS = re.compile(r"\b(?:192\.0\.2|198\.51\.100|203\.0\.113)\.\d{1,3}\b")
 
 
 def example_in(tmp_path: Path, name: str, *, uncomment: bool = False, fill: bool = True) -> Path:
@@ -84,6 +84,7 @@ def example_in(tmp_path: Path, name: str, *, uncomment: bool = False, fill: bool
     if fill:
         for placeholder, value in FILLED.items():
             text = text.replace(placeholder, value)
+        text = DOCUMENTATION_ADDRESS.sub("127.0.0.1", text)  # e.g. the broker, 198.51.100.10
     if uncomment:
         text = re.sub(r"(?m)^#(?=\[|[a-z_]+ +=)", "", text)
     text = text.replace("/etc/alarmgw/", f"{tmp_path}/etc/").replace("/var/lib/", f"{tmp_path}/")
