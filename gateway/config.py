@@ -40,6 +40,8 @@ from gateway.configerrors import (
 )
 from gateway.configerrors import SectionProblems as _Problems
 from gateway.errors import ConfigError
+from gateway.monitors.schedule import Schedule, Window, zone
+from gateway.placeholders import placeholder_problems
 from gateway.tomlpos import Loc, Locator
 
 IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # shared/spec/PROTOCOL.md "Identities"
@@ -324,6 +326,17 @@ def _backoff_problems(d: Mapping[str, Any]) -> Problems:
     return []
 
 
+def _timezone(value: str) -> str:
+    if value:
+        zone(value)  # ValueError names the zone
+    return value
+
+
+def _window(value: str) -> str:
+    Window.parse(value)  # ValueError says what is wrong with it
+    return value
+
+
 class BollardSection(Section):
     """``[bollard]``: limit switches on GPIO (active low by default) and/or an HTTP controller
     whose GET returns ``{"state": "up"|"down"|"moving"|"fault"}``."""
@@ -335,24 +348,38 @@ class BollardSection(Section):
     status_url: Url = ""
     poll_s: PollSeconds = 5.0
     moving_timeout_s: Seconds = 20.0
-    # Keys beyond OPERATOR.md (issue 3): how long an HTTP status request may take, and how
-    # long the bollard may stay down before that is a 380 trouble (0: as soon as it is down).
+    # The hours the bollard must be up, in the site's time zone: down inside one of them is
+    # a trouble, down outside them is normal (gateway.monitors.schedule for the syntax).
+    timezone: Annotated[str, AfterValidator(_timezone)] = ""
+    protect: list[Annotated[str, AfterValidator(_window)]] = Field(default_factory=list)
+    # Keys beyond OPERATOR.md: how long an HTTP status request may take, and how long the
+    # bollard may stay down, at any hour, before that is a trouble (unset: never).
     timeout_s: Seconds = 2.0
-    down_alert_s: Annotated[float, Field(ge=0.0)] = 0.0
+    down_alert_s: Annotated[float, Field(ge=0.0)] | None = None
 
     @model_validator(mode="after")
     def _check_source(self) -> BollardSection:
         raise_if(_bollard_problems(given(self)))
         return self
 
+    @property
+    def schedule(self) -> Schedule | None:
+        """The protection hours, or None when ``protect`` is empty."""
+        return Schedule.parse(self.protect, self.timezone) if self.protect else None
+
 
 def _bollard_problems(d: Mapping[str, Any]) -> Problems:
+    found: Problems = []
     up, down = d.get("up_pin"), d.get("down_pin")
     if (up is None) != (down is None):
-        return [(("down_pin" if down is None else "up_pin",), "up_pin and down_pin go together")]
-    if up is None and not d.get("status_url"):
-        return [((), "set up_pin and down_pin, or status_url (or both)")]
-    return []
+        found.append(
+            (("down_pin" if down is None else "up_pin",), "up_pin and down_pin go together")
+        )
+    elif up is None and not d.get("status_url"):
+        found.append(((), "set up_pin and down_pin, or status_url (or both)"))
+    if d.get("protect") and not d.get("timezone"):
+        found.append((("protect",), 'protect needs timezone, e.g. timezone = "Asia/Shanghai"'))
+    return found
 
 
 class CameraSection(Section):
@@ -521,7 +548,8 @@ def load_model(
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(shown, [syntax_problem(shown, err, text)]) from err
 
-    found: Problems = []
+    placeholders = placeholder_problems(data)
+    found: Problems = list(placeholders)
     if "path" in data:  # filled in by the loader, not a setting
         found.append((("path",), "unknown key"))
         del data["path"]
@@ -534,7 +562,15 @@ def load_model(
         if not found:
             return config
     locator = Locator(text)
-    located = sorted({(locator.line(loc), dotted(loc), msg) for loc, msg in found})
+    # A placeholder line says "replace this" only, not also what is wrong with the placeholder.
+    marked = {locator.line(loc) for loc, _ in placeholders}
+    located = sorted(
+        {
+            (locator.line(loc), dotted(loc), msg)
+            for loc, msg in found
+            if locator.line(loc) not in marked or (loc, msg) in placeholders
+        }
+    )
     raise ConfigError(shown, [f"{shown}:{line}: {key}: {msg}" for line, key, msg in located])
 
 

@@ -10,6 +10,8 @@ command -v socat >/dev/null 2>&1 || need+=(socat)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # systemd: systemd-analyze (unit verify/security), systemd-sysusers and systemctl (install test).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
+# tzdata: the IANA zones zoneinfo reads ([bollard] timezone; tests use two zones).
+[ -e /usr/share/zoneinfo/Asia/Shanghai ] || need+=(tzdata)
 # node and npm: the official AsyncAPI parser checks docs/asyncapi.yaml (ensure-node-deps.sh).
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 node_deps="$(dirname "$0")/ensure-node-deps.sh"

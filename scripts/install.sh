@@ -11,9 +11,9 @@
 #
 # Steps: the system user `alarmgw` in groups gpio and dialout (systemd-sysusers), the udev
 # rule for /dev/gpiochip*, a virtual environment PREFIX/venv with alarmgw from this source
-# tree (pip), /etc/alarmgw/gateway.toml from config/gateway.example.toml, the gateway's
-# Ed25519 key (alarmgw keygen) if absent, the systemd unit, enabled (not started: edit the
-# config first).
+# tree (pip), the link /usr/local/bin/alarmgw to it, /etc/alarmgw/gateway.toml from
+# config/gateway.example.toml, the gateway's Ed25519 key (alarmgw keygen) if absent, the
+# systemd unit, enabled (not started: edit the config first).
 #
 # Options:
 #   --root DIR    treat DIR as the file system root (for images and tests; DESTDIR=DIR too):
@@ -72,6 +72,7 @@ UNIT=$UNIT_DIR/alarmgw.service
 SYSUSERS=$ROOT/etc/sysusers.d/alarmgw.conf
 UDEV=$ROOT/etc/udev/rules.d/60-alarmgw-gpio.rules
 OWN_VENV=$ROOT$PREFIX/venv
+LINK=$ROOT/usr/local/bin/alarmgw
 
 systemctl_() {
   command -v systemctl >/dev/null 2>&1 || { say "no systemctl: skipped systemctl $*"; return 0; }
@@ -112,6 +113,13 @@ do_install() {
     "$OWN_VENV/bin/python" -m pip install -q --upgrade pip
     "$OWN_VENV/bin/python" -m pip install -q "$SRC"
     bin=$OWN_VENV/bin/alarmgw
+  fi
+  # `alarmgw` on PATH for technicians: a link to the program (never over someone else's file).
+  install -d -m 0755 "$(dirname "$LINK")"
+  if [ -e "$LINK" ] && [ ! -L "$LINK" ]; then
+    say "$LINK exists and is not a link: left alone; run $bin instead"
+  elif [ "$(readlink "$LINK" || true)" != "$bin" ]; then
+    ln -sfn "$bin" "$LINK"
   fi
 
   # 3. Config and state directories. The daemon reads /etc/alarmgw as user alarmgw.
@@ -156,6 +164,8 @@ do_uninstall() {
   fi
   [ -n "$ROOT" ] || systemctl_ daemon-reload || true
   rm -f "$SYSUSERS" "$UDEV"
+  # Only our link (to some venv's bin/alarmgw), never a file someone else put there.
+  case "$(readlink "$LINK" || true)" in */bin/alarmgw) rm -f "$LINK" ;; esac
   if [ -d "$OWN_VENV" ]; then
     rm -rf "$OWN_VENV"
     rmdir "$ROOT$PREFIX" 2>/dev/null || true

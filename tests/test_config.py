@@ -63,10 +63,28 @@ def line_of(path: Path, needle: str, nth: int = 1) -> int:
     return hits[nth - 1]
 
 
-def example_in(tmp_path: Path, name: str, *, uncomment: bool = False) -> Path:
+# What a technician fills in for the examples' placeholders (gateway/placeholders.py).
+FILLED = {
+    "replace-me-site": "sz-futian-xmh-014",
+    "replace-me-gw": "gw-014-a",
+    "REPLACE-ME guardhouse name": "South gate guardhouse",
+    "REPLACE-ME street address": "Xiangmihu Road 1, Futian, Shenzhen",
+    "REPLACE-ME phone": "+86-755-0000-0000",
+    "lat = 0.0 ": "lat = 22.5431 ",
+    "lon = 0.0 ": "lon = 114.0287 ",
+}
+DOCUMENTATION_ADDRESS = re.compile(r"\b(?:192\.0\.2|198\.51\.100|203\.0\.113)\.\d{1,3}\b")
+
+
+def example_in(tmp_path: Path, name: str, *, uncomment: bool = False, fill: bool = True) -> Path:
     """Copy an example, pointing its /etc and /var paths into tmp_path and creating the key
-    files. ``uncomment`` enables the optional ``#key = value`` settings too."""
+    files. ``uncomment`` enables the optional ``#key = value`` settings too; ``fill``
+    replaces its placeholders with a real-looking school's values."""
     text = (EXAMPLES / name).read_text()
+    if fill:
+        for placeholder, value in FILLED.items():
+            text = text.replace(placeholder, value)
+        text = DOCUMENTATION_ADDRESS.sub("127.0.0.1", text)  # e.g. the broker, 198.51.100.10
     if uncomment:
         text = re.sub(r"(?m)^#(?=\[|[a-z_]+ +=)", "", text)
     text = text.replace("/etc/alarmgw/", f"{tmp_path}/etc/").replace("/var/lib/", f"{tmp_path}/")
@@ -128,6 +146,39 @@ def _section_model(name: str) -> type[BaseModel]:
         if isinstance(candidate, type) and issubclass(candidate, BaseModel):
             return candidate
     raise AssertionError(name)
+
+
+@pytest.mark.parametrize("name", ["gateway.example.toml", "center.example.toml"])
+def test_examples_refuse_their_placeholders(tmp_path: Path, name: str) -> None:
+    path = example_in(tmp_path, name, fill=False)
+    loader = load_center_config if name.startswith("center") else load_config
+    with pytest.raises(ConfigError) as caught:
+        loader(path)
+    found = caught.value.problems
+    gateway = ["gateway.site", "gateway.id", "location.name", "location.address"]
+    gateway += ["location.lat", "location.phone", "mqtt.host"]
+    center = ["gateways[0].id", "gateways[0].site", "gateways[0].public_keys[0]"]
+    expected = gateway if name.startswith("gateway") else center
+    assert [p.split(": ")[1] for p in found] == expected
+    assert all("replace this" in p for p in found)
+    for problem in found:  # each on the line of its key, once
+        line = int(problem.split(":")[1])
+        key = problem.split(": ")[1].split(".")[-1].split("[")[0]
+        assert path.read_text().splitlines()[line - 1].startswith(key)
+
+
+def test_placeholders_are_found_wherever_they_are(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        MINIMAL.replace('phone = "+86-755-0000-0000"', 'phone = "replace-me"')
+        + '\n[bollard]\nstatus_url = "http://[2001:db8::7]:8080/status"\n'
+        + '\n[camera]\nurl = "http://203.0.113.5/status"\n',
+    )
+    assert [p.split(": ", 1)[1] for p in problems(path)] == [
+        "location.phone: placeholder 'replace-me': replace this with the real value",
+        "bollard.status_url: 2001:db8::7 is a documentation address (a placeholder): replace this",
+        "camera.url: 203.0.113.5 is a documentation address (a placeholder): replace this",
+    ]
 
 
 def test_center_example_loads(tmp_path: Path) -> None:

@@ -169,6 +169,9 @@ def test_install_is_idempotent_and_uninstall_keeps_what_matters(tmp_path: Path) 
     assert state.stat().st_uid == uid and state.stat().st_mode & 0o777 == 0o700
     wants = root / "etc/systemd/system/multi-user.target.wants/alarmgw.service"
     assert os.readlink(wants) == "/etc/systemd/system/alarmgw.service"
+    # `alarmgw` on PATH: /usr/local/bin/alarmgw is the venv's entry point.
+    link = root / "usr/local/bin/alarmgw"
+    assert os.readlink(link) == f"{VENV}/bin/alarmgw"
 
     # Again: nothing changes, no new key; an edited config survives.
     before = snapshot(root)
@@ -176,7 +179,7 @@ def test_install_is_idempotent_and_uninstall_keeps_what_matters(tmp_path: Path) 
     assert again.returncode == 0, again.stderr
     assert "new gateway key" not in again.stdout
     assert snapshot(root) == before
-    edited = (etc / "gateway.toml").read_text().replace("gw-014-a", "gw-edited")
+    edited = (etc / "gateway.toml").read_text().replace("replace-me-gw", "gw-edited")
     (etc / "gateway.toml").write_text(edited)
     assert run_install(root, "--venv", str(VENV)).returncode == 0
     assert (etc / "gateway.toml").read_text() == edited
@@ -188,8 +191,9 @@ def test_install_is_idempotent_and_uninstall_keeps_what_matters(tmp_path: Path) 
         "etc/systemd/system/multi-user.target.wants/alarmgw.service",
         "etc/sysusers.d/alarmgw.conf",
         "etc/udev/rules.d/60-alarmgw-gpio.rules",
+        "usr/local/bin/alarmgw",
     ):
-        assert not (root / gone).exists(), gone
+        assert not (root / gone).is_symlink() and not (root / gone).exists(), gone
     assert key.exists() and (etc / "gateway.toml").read_text() == edited and state.is_dir()
     assert run_install(root, "--uninstall").returncode == 0  # idempotent too
 
@@ -209,3 +213,16 @@ def test_install_refuses_what_it_cannot_do_right(tmp_path: Path) -> None:
     assert run_install(root, "--purge").returncode == 2
     assert run_install(root, "--bogus").returncode == 2
     assert run_install(root, "--venv", str(tmp_path / "nothing")).returncode == 2
+
+
+def test_install_leaves_a_foreign_alarmgw_on_path_alone(tmp_path: Path) -> None:
+    need_systemd_tools()
+    root = tmp_path / "root"
+    (root / "usr/local/bin").mkdir(parents=True)
+    theirs = root / "usr/local/bin/alarmgw"
+    theirs.write_text("#!/bin/sh\necho someone else's\n")
+    result = run_install(root, "--venv", str(VENV))
+    assert result.returncode == 0, result.stderr
+    assert "is not a link: left alone" in result.stdout
+    assert run_install(root, "--uninstall").returncode == 0
+    assert theirs.read_text() == "#!/bin/sh\necho someone else's\n"

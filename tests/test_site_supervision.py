@@ -78,10 +78,19 @@ async def gateway_with_gpio_sim(site: Site, sock: Path) -> tuple[Proc, Proc]:
 
 # -- bollard -----------------------------------------------------------------------------
 
+# Down is a trouble only inside the protection hours: make every hour one.
+ALWAYS_PROTECTED = {"timezone": "UTC", "protect": ["Mon-Sun 00:00-24:00"]}
+
 
 async def test_bollard_on_gpio_down_fault_stuck_and_restores(site: Site) -> None:
     site.heartbeat_s = 1.0
-    site.tables["bollard"] = {"up_pin": 5, "down_pin": 6, "fault_pin": 13, "moving_timeout_s": 3}
+    site.tables["bollard"] = {
+        "up_pin": 5,
+        "down_pin": 6,
+        "fault_pin": 13,
+        "moving_timeout_s": 3,
+        **ALWAYS_PROTECTED,
+    }
     site.write_configs()
     with socket_dir() as tmp:
         sock = tmp / "gpio.sock"
@@ -89,7 +98,11 @@ async def test_bollard_on_gpio_down_fault_stuck_and_restores(site: Site) -> None
         async with BollardSimulator(gpio_socket=sock, up_pin=5, down_pin=6, fault_pin=13) as sim:
             await expect(center, heartbeat_with(lambda b: b["bollard"]["state"] == "up"))
             cases: list[tuple[Callable[[], Any], Callable[[], Any], str]] = [
-                (lambda: sim.set_position("down"), lambda: sim.set_position("up"), "bollard down"),
+                (
+                    lambda: sim.set_position("down"),
+                    lambda: sim.set_position("up"),
+                    "protection hours",
+                ),
                 (lambda: sim.set_fault(True), lambda: sim.set_fault(False), "fault input"),
                 (lambda: sim.set_position("moving"), lambda: sim.set_position("up"), "moving for"),
             ]
@@ -109,13 +122,18 @@ async def test_bollard_on_gpio_down_fault_stuck_and_restores(site: Site) -> None
 
 async def test_bollard_over_http_down_fault_unreachable_and_restores(site: Site) -> None:
     async with BollardSimulator(http=("127.0.0.1", 0)) as sim:
-        site.tables["bollard"] = {"status_url": sim.url, "poll_s": 0.3, "timeout_s": 0.5}
+        site.tables["bollard"] = {
+            "status_url": sim.url,
+            "poll_s": 0.3,
+            "timeout_s": 0.5,
+            **ALWAYS_PROTECTED,
+        }
         site.write_configs()
         center = site.start_center()
         site.start_gateway()
         assert sim.http is not None
         cases: list[tuple[Callable[[], Any], Callable[[], Any], str]] = [
-            (lambda: sim.set_position("down"), lambda: sim.set_position("up"), "bollard down"),
+            (lambda: sim.set_position("down"), lambda: sim.set_position("up"), "protection hours"),
             (lambda: sim.set_fault(True), lambda: sim.set_fault(False), "controller reports"),
             (lambda: sim.command(["down-http"]), lambda: sim.command(["up-http"]), "unreachable"),
             (lambda: sim.command(["garbage"]), lambda: sim.command(["ok"]), "bad-response"),

@@ -198,17 +198,17 @@ def test_controller_garbage_is_rejected(doc: Any) -> None:
 def test_bollard_stuck_down_and_back_up() -> None:
     t = BollardTracker(moving_timeout_s=20, down_alert_s=5)
     t.update("up", 0, 0)
-    assert t.problems(0) == [] and t.deadline(0) is None
+    assert t.problems(0, 0) == [] and t.deadline(0, 0) is None
     t.update("moving", 1, 1)  # lowering: not a problem yet
-    assert t.problems(10) == [] and t.deadline(10) == 21
-    assert [r for r, _ in t.problems(21)] == ["stuck"]
+    assert t.problems(10, 10) == [] and t.deadline(10, 10) == 21
+    assert [r for r, _ in t.problems(21, 21)] == ["stuck"]
     t.update("down", 22, 22)
-    assert t.problems(23) == [] and t.deadline(23) == 27
-    assert [r for r, _ in t.problems(27)] == ["down"]
+    assert t.problems(23, 23) == [] and t.deadline(23, 23) == 27
+    assert [r for r, _ in t.problems(27, 27)] == ["down"]
     t.update("moving", 30, 30)  # raising: still not up, so still down
-    assert [r for r, _ in t.problems(31)] == ["down"]
+    assert [r for r, _ in t.problems(31, 31)] == ["down"]
     t.update("up", 32, 32)
-    assert t.problems(33) == []
+    assert t.problems(33, 33) == []
 
 
 # -- recorder ----------------------------------------------------------------------------

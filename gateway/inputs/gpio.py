@@ -23,10 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import math
+import os
+import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, get_args
 
 import structlog
@@ -366,3 +370,44 @@ class GpioButtonInput:
 def led_modes(inputs: Iterable[GpioButtonInput]) -> dict[int, str]:
     """{led_pin: mode} of the inputs that have a feedback LED (for the GPIO simulator)."""
     return {i.feedback.pin: i.feedback.mode for i in inputs if i.feedback is not None}
+
+
+def pin_factory_problem(
+    *,
+    model_file: Path = Path("/proc/device-tree/model"),
+    dev: Path = Path("/dev"),
+    env: Mapping[str, str] = os.environ,
+    has_module: Callable[[str], bool] = lambda name: importlib.util.find_spec(name) is not None,
+) -> tuple[str, str] | None:
+    """(what is wrong, the fix) when gpiozero would not drive this Raspberry Pi's GPIO through
+    lgpio; None when it would, off a Raspberry Pi, or when ``GPIOZERO_PIN_FACTORY`` chooses
+    another factory on purpose (``mock``, the simulator). Without lgpio, gpiozero falls back to
+    its native factory, which needs ``/dev/gpiomem`` and does not support the Pi 5."""
+    chosen = env.get("GPIOZERO_PIN_FACTORY", "")
+    if chosen and chosen != "lgpio":
+        return None
+    try:
+        model = model_file.read_bytes().rstrip(b"\0").decode("utf-8", "replace").strip()
+    except OSError:
+        return None  # no device tree: not a Raspberry Pi
+    if "Raspberry Pi" not in model:
+        return None
+    if not has_module("lgpio"):
+        native = "its native pin factory (needs /dev/gpiomem"
+        native += "; no Pi 5 support)" if "Pi 5" in model else ")"
+        return (
+            f"{model}: this Python ({sys.prefix}) has no lgpio module: gpiozero falls back "
+            f"to {native}",
+            f"re-run scripts/install.sh (it installs lgpio), or "
+            f"{sys.prefix}/bin/pip install 'lgpio>=0.2.2'",
+        )
+    chips = sorted(dev.glob("gpiochip*"))
+    if not chips:
+        return f"{model}: no {dev}/gpiochip* device", "a kernel with the GPIO character device"
+    if not any(os.access(chip, os.R_OK | os.W_OK) for chip in chips):
+        return (
+            f"{model}: cannot open {chips[0]} (permission)",
+            "run as a member of group gpio (install.sh puts alarmgw in it): "
+            "sudo -u alarmgw alarmgw diag",
+        )
+    return None

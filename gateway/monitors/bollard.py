@@ -1,4 +1,4 @@
-"""The anti-ram bollard (issue 3; shared/spec/OPERATOR.md ``[bollard]``).
+"""The anti-ram bollard (OPERATOR.md ``[bollard]``).
 
 Two sources, either or both: limit switches on GPIO (``up_pin``, ``down_pin``, optional
 ``fault_pin``; gpiozero, active low unless ``active_low = false``) and the controller's HTTP
@@ -6,12 +6,17 @@ status (``status_url``: GET returns ``{"state": "up"|"down"|"moving"|"fault"}``,
 ``poll_s``). The state is ``up``, ``down``, ``moving``, ``fault`` or ``unknown``, with the time
 it was entered (the heartbeat's ``bollard``).
 
+Down is a normal state: the guard lowers the bollard to let vehicles in. It is a problem only
+inside the site's protection hours (``protect``, in ``timezone``) or, with ``down_alert_s``,
+when it stays down that long at any hour.
+
 All problems are one condition, trouble ``380`` (sensor trouble) of device ``bollard``
 (PROTOCOL.md "Bodies"), whose reason names what is wrong: ``fault`` (fault input, both limit
 switches made, or the controller says so), ``stuck`` (``moving`` longer than
-``moving_timeout_s``), ``down`` (reached ``down`` and not back ``up`` for ``down_alert_s``: the
-school's protection is not in place) and ``unreachable`` (the status URL does not answer
-properly). When none is left the bollard is restored.
+``moving_timeout_s``), ``protection`` (down, and not back up, inside a protection window:
+detail "down during protection hours 07:00-08:30"), ``down`` (down longer than
+``down_alert_s``) and ``unreachable`` (the status URL does not answer properly). When none is
+left (the bollard came up, or the window ended) the bollard is restored.
 """
 
 from __future__ import annotations
@@ -29,14 +34,16 @@ from gateway.config import BollardSection
 from gateway.contract.envelope import format_ts
 from gateway.errors import AlarmgwError
 from gateway.monitors.reporter import TroubleReporter
+from gateway.monitors.schedule import Schedule
 
 log = structlog.get_logger("alarmgw.bollard")
 
 DEVICE, CODE = "bollard", "380"
 STATES = ("up", "down", "moving", "fault", "unknown")
-# Limit switches bounce like buttons (and MockPin ignores bounce_time, FIELD-NOTES): the
+# Limit switches bounce like buttons (and gpiozero's MockPin ignores bounce_time): the
 # levels are read once no edge came for this long.
 GPIO_SETTLE_S = 0.05
+WALL_RECHECK_S = 60.0
 
 
 def gpio_state(up: bool, down: bool, fault: bool) -> tuple[str, str]:
@@ -62,10 +69,12 @@ def parse_status(doc: Any) -> str:
 
 @dataclass(slots=True)
 class BollardTracker:
-    """The bollard's state over time and its problems; no I/O, times passed in."""
+    """The bollard's state over time and its problems; no I/O, times passed in: ``now`` on
+    the monotonic clock, ``wall`` in POSIX seconds (for the protection hours)."""
 
     moving_timeout_s: float
-    down_alert_s: float
+    down_alert_s: float | None = None  # None: down is never a problem by its duration
+    schedule: Schedule | None = None  # the protection hours; None: none
     state: str = "unknown"
     note: str = ""  # why it is a fault
     since: float | None = None  # monotonic time the state began
@@ -84,7 +93,7 @@ class BollardTracker:
         self.state, self.since, self.since_wall = state, now, wall
         return True
 
-    def problems(self, now: float) -> list[tuple[str, str]]:
+    def problems(self, now: float, wall: float) -> list[tuple[str, str]]:
         """(reason, detail) of everything wrong now, worst first."""
         found: list[tuple[str, str]] = []
         if self.state == "fault":
@@ -98,24 +107,37 @@ class BollardTracker:
                         f"moving for {moving_for:.0f} s (limit {self.moving_timeout_s:g} s)",
                     )
                 )
-        if self.lowered_at is not None and now - self.lowered_at >= self.down_alert_s:
-            found.append(("down", "bollard down: vehicle protection not in place"))
+        if self.lowered_at is not None:
+            window = self.schedule.active(wall) if self.schedule is not None else None
+            if window is not None:
+                found.append(("protection", f"down during protection hours {window.hours}"))
+            down_for = now - self.lowered_at
+            if self.down_alert_s is not None and down_for >= self.down_alert_s:
+                found.append(("down", f"bollard down for {down_for:.0f} s"))
         return found
 
-    def deadline(self, now: float) -> float | None:
-        """The next time after ``now`` when ``problems`` changes without new input, or None."""
+    def deadline(self, now: float, wall: float) -> float | None:
+        """The next monotonic time after ``now`` when ``problems`` changes without new input,
+        or None."""
         due = []
         if self.state == "moving" and self.since is not None:
             due.append(self.since + self.moving_timeout_s)
         if self.lowered_at is not None:
-            due.append(self.lowered_at + self.down_alert_s)
+            if self.down_alert_s is not None:
+                due.append(self.lowered_at + self.down_alert_s)
+            change = self.schedule.next_change(wall) if self.schedule is not None else None
+            if change is not None:
+                # The wall clock may be stepped (NTP after boot): look again at least every
+                # WALL_RECHECK_S instead of trusting one long sleep.
+                due.append(now + min(change - wall, WALL_RECHECK_S))
         return min((d for d in due if d > now), default=None)
 
 
 class BollardMonitor:
     """Watches the bollard and reports condition (bollard, 380). ``run()`` until cancelled.
 
-    ``factory``: a gpiozero pin factory (default: gpiozero's configured one)."""
+    ``factory``: a gpiozero pin factory (default: gpiozero's configured one). ``clock`` and
+    ``wall``: the monotonic and the POSIX clock (tests pass fakes)."""
 
     def __init__(
         self,
@@ -131,7 +153,7 @@ class BollardMonitor:
         self._factory = factory
         self._clock = clock
         self._wall = wall
-        self.tracker = BollardTracker(cfg.moving_timeout_s, cfg.down_alert_s)
+        self.tracker = BollardTracker(cfg.moving_timeout_s, cfg.down_alert_s, cfg.schedule)
         self._pins: dict[str, Any] = {}
         self._http: str | None = None  # the controller's last state
         self._http_error: str | None = None  # why the last poll failed
@@ -182,7 +204,7 @@ class BollardMonitor:
             except Exception as err:
                 self._release()
                 raise AlarmgwError(f"bollard: cannot claim GPIO{pin} ({name}_pin): {err}") from err
-            # gpiozero calls these on its own thread (FIELD-NOTES): hand over to the loop.
+            # gpiozero calls these on its own thread: hand them over to the loop.
             dev.when_activated = self._edge_from_thread
             dev.when_deactivated = self._edge_from_thread
             self._pins[name] = dev
@@ -264,11 +286,11 @@ class BollardMonitor:
 
     def evaluate(self) -> None:
         """Read the sources, update the state and report the condition."""
-        now = self._clock()
+        now, wall = self._clock(), self._wall()
         state, note = self._current()
-        if self.tracker.update(state, now, self._wall(), note):
+        if self.tracker.update(state, now, wall, note):
             log.info("bollard state", state=state, note=note or None)
-        problems = self.tracker.problems(now)
+        problems = self.tracker.problems(now, wall)
         if self._http_error is not None:
             problems.append(("unreachable", self._http_error))
         if problems:
@@ -287,7 +309,7 @@ class BollardMonitor:
             self._wake.clear()
             self.evaluate()
             now = self._clock()
-            due = self.tracker.deadline(now)
+            due = self.tracker.deadline(now, self._wall())
             timeout = None if due is None else due - now + 0.01
             # asyncio.timeout, not wait_for: 3.11's wait_for can swallow a cancellation.
             with contextlib.suppress(TimeoutError):
