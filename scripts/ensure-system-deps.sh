@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages that `make demo` and `make test` need, only when missing:
-# mosquitto (the broker the tests and demo start on loopback) and what its plugin builds with, socat, python3-venv, systemd
-# (systemd-analyze) and nodejs/npm; then the node packages the tests use.
+# mosquitto (the broker the tests and demo start on loopback), gcc and the Mosquitto headers
+# (the tests build its plugin), socat, python3-venv, systemd (systemd-analyze) and
+# nodejs/npm; then the node packages the tests use.
 # Runs `apt-get update` first because the package lists on a fresh image may be stale.
 set -euo pipefail
 need=()
