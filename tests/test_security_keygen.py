@@ -55,7 +55,7 @@ def test_force_never_overwrites_a_links_target(tmp_path: Path, which: str) -> No
 
 
 def test_force_replaces_real_files_atomically_and_leaves_no_temp_file(tmp_path: Path) -> None:
-    first, key_path, pub_path = write_keypair(tmp_path, "gw")
+    first, key_path, _pub_path = write_keypair(tmp_path, "gw")
     key_path.chmod(0o644)  # a loosened key is replaced by a 0600 one, not reused
     second, _, _ = write_keypair(tmp_path, "gw", force=True)
     assert second.kid != first.kid
