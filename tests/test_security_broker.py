@@ -6,7 +6,7 @@ alarmgw_acl subscription plugin), run for real against Mosquitto with test certi
 - ``alarmgw diag`` beside the running daemon does not take over the daemon's connection.
 - Subscriptions: a gateway may subscribe to its own ``ack`` only; joining the center's
   shared-subscription group, reading every gateway's events or another gateway's acks is
-  refused with SUBACK 0x87, and the center keeps receiving every event.
+  refused with SUBACK 0x87, and the center keeps receiving every event; also after a reload.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import signal
 import ssl
 import threading
 import time
@@ -299,3 +300,19 @@ def test_diag_beside_the_running_daemon_does_not_knock_it_off(tmp_path: Path) ->
             assert not gateway.matching(lambda e: e["event"] == "broker connection lost")
         finally:
             site.close()
+
+
+def test_the_subscription_rules_survive_a_config_reload(
+    broker: tuple[ProductionMosquitto, TestPki],
+) -> None:
+    """``systemctl reload mosquitto`` (SIGHUP) re-reads the ACL; the plugin stays in force."""
+    mosquitto, pki = broker
+    assert mosquitto.proc is not None
+    mosquitto.proc.send_signal(signal.SIGHUP)
+    wait(lambda: "Reloading config" in mosquitto.log_text(), "the broker to reload")
+    gw_a = Probe(pki, pki.gateways[CN_A], f"alarmgw-{SITE}-{GW_A}", mosquitto.port)
+    try:
+        assert gw_a.subscribe(f"$share/center/{P}/+/+/event") == REFUSED
+        assert gw_a.subscribe(f"{P}/{SITE}/{GW_A}/ack") == 1
+    finally:
+        gw_a.close()
