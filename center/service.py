@@ -34,10 +34,17 @@ from center.check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_pre
 from center.liveness import GatewayStatus, Liveness
 from center.state import WINDOW, CenterState
 from gateway.contract.envelope import EVENT_TYPES, Envelope, build, parse_ts
-from gateway.contract.signing import SigningKey, VerifyKey, load_signing_key, load_verify_key
+from gateway.contract.signing import (
+    SigningKey,
+    VerifyKey,
+    key_mode_problem,
+    load_signing_key,
+    load_verify_key,
+)
 from gateway.contract.topics import topic
 from gateway.delivery.seq import SeqCounter
 from gateway.delivery.uplink import MqttSettings, Uplink
+from gateway.private_files import private_dir
 
 log = structlog.get_logger("alarmgw.center")
 
@@ -436,12 +443,15 @@ def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
 
     cfg = load_center_config(config_path)
     key = load_signing_key(cfg.center.key_file)
+    problem = key_mode_problem(Path(cfg.center.key_file))
+    if problem:
+        log.warning("key file permissions", problem=problem)
     registry = Registry()
     for entry in cfg.gateways:
         for pub in entry.public_keys:
             registry.add(entry.site, entry.id, load_verify_key(pub), entry.heartbeat_s)
     state_dir = Path(cfg.center.state_dir)
-    state_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(state_dir, "state_dir")
     seq = SeqCounter(state_dir / "seq.json")
     center = Center(
         prefix=cfg.mqtt.prefix,

@@ -25,6 +25,7 @@ from gateway.delivery.seq import SeqCounter
 from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.errors import AlarmgwError
 from gateway.monitors.site import SiteMonitors
+from gateway.private_files import private_dir
 from gateway.sdnotify import notify
 from gateway.statelock import StateLock
 from gateway.supervise import Supervisor
@@ -46,7 +47,7 @@ class Gateway:
         center_keys = [load_verify_key(p) for p in cfg.mqtt.center_keys]
         state_dir = Path(g.state_dir)
         try:
-            state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_dir(state_dir, "state_dir")
         except OSError as err:
             raise AlarmgwError(f"{state_dir}: cannot create state_dir: {err.strerror}") from err
         self.lock = StateLock(state_dir)

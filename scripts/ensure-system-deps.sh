@@ -1,12 +1,18 @@
 #!/usr/bin/env bash
 # Installs the system packages that `make demo` and `make test` need, only when missing:
-# mosquitto (the broker the tests and demo start on loopback), socat, python3-venv, systemd
-# (systemd-analyze) and nodejs/npm; then the node packages the tests use.
+# mosquitto (the broker the tests and demo start on loopback), gcc and the Mosquitto headers
+# (the tests build its plugin), socat, python3-venv, systemd (systemd-analyze) and
+# nodejs/npm; then the node packages the tests use.
 # Runs `apt-get update` first because the package lists on a fresh image may be stale.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need+=(socat)
+# gcc and the Mosquitto headers: the tests build config/mosquitto/alarmgw_acl.c, the
+# subscription plugin of the production broker config.
+command -v gcc >/dev/null 2>&1 || need+=(gcc libc6-dev)
+[ -f /usr/include/mosquitto_plugin.h ] || need+=(mosquitto-dev)
+[ -f /usr/include/mosquitto.h ] || need+=(libmosquitto-dev)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # systemd: systemd-analyze (unit verify/security), systemd-sysusers and systemctl (install test).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)

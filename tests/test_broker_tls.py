@@ -105,12 +105,13 @@ async def test_mtls_alarm_acked_summary_line_and_no_secrets_in_logs(
     assert durable <= sent <= acked
     assert summary["latency_ms"] >= 0 and summary["attempts"] >= 1
 
-    # use_identity_as_username: the broker knows the gateway by its certificate's CN.
+    # use_identity_as_username and use_username_as_clientid: the broker knows the gateway
+    # and the center by their certificates' CNs, as user name and as client id.
     connected = re.findall(
         r"New client connected from \S+ as (\S+) \(.*u'([^']*)'\)", broker.log_text()
     )
-    assert (f"alarmgw-{SITE}-{GW}", gateway_cn(SITE, GW)) in connected
-    assert any(name.startswith("alarmgw-center-") and user == "center" for name, user in connected)
+    assert (gateway_cn(SITE, GW), gateway_cn(SITE, GW)) in connected
+    assert ("center", "center") in connected
 
     gateway.stop()
     center.stop()

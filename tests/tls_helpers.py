@@ -1,9 +1,11 @@
-"""The production Mosquitto config (config/mosquitto/production.conf + acl) on a free loopback
-port with a throwaway PKI, and the harness site's configs switched to mTLS."""
+"""The production Mosquitto config (config/mosquitto/production.conf, acl and the alarmgw_acl
+subscription plugin) on a free loopback port with a throwaway PKI, and the harness site's
+configs switched to mTLS."""
 
 from __future__ import annotations
 
 import os
+import subprocess
 from pathlib import Path
 
 from firmware_sim.broker import Mosquitto
@@ -13,14 +15,26 @@ REPO = Path(__file__).resolve().parent.parent
 MOSQUITTO_CONFIG = REPO / "config" / "mosquitto"
 
 
-def render_production_conf(pki_dir: Path, port: int, log: Path) -> str:
-    """config/mosquitto/production.conf with test paths, port and logging; the ACL file is
-    the shipped one, unchanged. Every substitution must apply: a reshaped config fails here
-    instead of silently testing something else."""
+def build_acl_plugin(out_dir: Path) -> Path:
+    """config/mosquitto/alarmgw_acl.c compiled the way docs/install.md says."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plugin = out_dir / "alarmgw_acl.so"
+    source = MOSQUITTO_CONFIG / "alarmgw_acl.c"
+    cmd = ["gcc", "-O2", "-Wall", "-Werror", "-shared", "-fPIC", "-o", str(plugin), str(source)]
+    built = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    assert built.returncode == 0, f"building {source.name} failed: {built.stderr}"
+    return plugin
+
+
+def render_production_conf(pki_dir: Path, port: int, log: Path, plugin: Path) -> str:
+    """config/mosquitto/production.conf with test paths, port and logging; the ACL file and
+    the subscription plugin are the shipped ones, unchanged. Every substitution must apply:
+    a reshaped config fails here instead of silently testing something else."""
     text = (MOSQUITTO_CONFIG / "production.conf").read_text()
     substitutions = [
         ("listener 8883\n", f"listener {port} 127.0.0.1\n"),
         ("/etc/mosquitto/alarmgw/acl", str(MOSQUITTO_CONFIG / "acl")),
+        ("/usr/local/lib/mosquitto/alarmgw_acl.so", str(plugin)),
         ("/etc/mosquitto/alarmgw/", f"{pki_dir}/"),
         ("persistence true\n", "persistence false\n"),
         ("log_dest syslog\n", f"log_dest file {log}\n"),
@@ -42,7 +56,8 @@ class ProductionMosquitto(Mosquitto):
 
     def _write_conf(self) -> None:
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.conf.write_text(render_production_conf(self.pki_dir, self.port, self.log))
+        plugin = build_acl_plugin(self.workdir)
+        self.conf.write_text(render_production_conf(self.pki_dir, self.port, self.log, plugin))
 
     def log_text(self) -> str:
         return self.log.read_text() if self.log.exists() else ""

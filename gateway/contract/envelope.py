@@ -233,12 +233,15 @@ def resign(payload: bytes, *, seq: int, key: SigningKey) -> tuple[int, bytes]:
 def parse(payload: bytes | str) -> Envelope:
     """Decode and structurally validate a payload (no signature check yet).
 
-    Raises EnvelopeError with reason ``too-large``, ``not-json`` or ``malformed``."""
+    Raises EnvelopeError with reason ``too-large``, ``not-json`` (also for a payload that
+    is not UTF-8), ``duplicate-key`` or ``malformed``."""
     if len(payload) > MAX_PAYLOAD:
         raise EnvelopeError("too-large", f"{len(payload)} bytes")
     try:
         obj = _loads(payload)
-    except (ValueError, UnicodeDecodeError, RecursionError) as err:
+    except DuplicateKey as err:
+        raise EnvelopeError("duplicate-key", str(err)[:80]) from None
+    except (ValueError, RecursionError) as err:
         raise EnvelopeError("not-json", str(err)[:80]) from None
     if not isinstance(obj, dict):
         raise EnvelopeError("malformed", "not a JSON object")
@@ -277,15 +280,31 @@ def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not allowed")
 
 
-_DECODE = json.JSONDecoder(parse_constant=_reject_constant).decode
+class DuplicateKey(ValueError):
+    """An object names one member twice (PROTOCOL.md "Envelope": member names are unique)."""
+
+
+def _unique_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):  # the common case costs one len() each
+        names = [name for name, _value in pairs]
+        twice = next(name for name in names if names.count(name) > 1)
+        raise DuplicateKey(f"member {twice!r} appears twice")
+    return obj
+
+
+_DECODE = json.JSONDecoder(parse_constant=_reject_constant, object_pairs_hook=_unique_pairs).decode
 
 
 def _loads(payload: bytes | str) -> Any:
-    """json.loads(payload, parse_constant=_reject_constant), without a new decoder per call."""
+    """The JSON value of a payload that must be UTF-8 without a BOM (PROTOCOL.md "Envelope"),
+    with no NaN/Infinity and no member name twice in any object. A decoder made once."""
     if not isinstance(payload, str):
-        payload = payload.decode(json.detect_encoding(payload), "surrogatepass")
+        if payload.startswith(b"\xef\xbb\xbf"):
+            raise UnicodeError("not UTF-8 JSON: starts with a byte order mark")
+        payload = payload.decode()  # strict UTF-8: UTF-16/32 and lone surrogates fail here
     elif payload.startswith("\ufeff"):
-        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", payload, 0)
+        raise UnicodeError("not UTF-8 JSON: starts with a byte order mark")
     return _DECODE(payload)
 
 

@@ -171,24 +171,46 @@ def write_keypair(
     out_dir: str | Path, name: str, *, force: bool = False
 ) -> tuple[SigningKey, Path, Path]:
     """``alarmgw keygen``: write DIR/NAME.key (0600, created with that mode, never briefly
-    world-readable) and DIR/NAME.pub; refuse to overwrite unless ``force``."""
+    world-readable) and DIR/NAME.pub; refuse to overwrite unless ``force``, and refuse a
+    symbolic link in either place always (writing through one would put the key, or
+    overwrite a file, wherever the link points)."""
     if not name or "/" in name or name.startswith("."):
         raise KeyFileError(f"key name {name!r}: use a plain file name such as 'gateway'")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     key_path, pub_path = out / f"{name}.key", out / f"{name}.pub"
-    if not force:
-        for p in (key_path, pub_path):
-            if p.exists():
-                raise KeyFileError(f"{p}: exists; refusing to overwrite a key (use --force)")
+    for p in (key_path, pub_path):
+        if p.is_symlink():
+            raise KeyFileError(f"{p}: is a symbolic link; refusing to write a key through it")
+        if not force and p.exists():
+            raise KeyFileError(f"{p}: exists; refusing to overwrite a key (use --force)")
     key = SigningKey.generate()
-    tmp = out / f".{name}.key.tmp"
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as fh:
-        fh.write(key.private_pem())
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(key_path)
-    pub_path.write_bytes(key.public_pem())
+    _write_file(key_path, key.private_pem(), 0o600, replace=force)
+    _write_file(pub_path, key.public_pem(), 0o644, replace=force)
     return key, key_path, pub_path
+
+
+def _write_file(path: Path, data: bytes, mode: int, *, replace: bool) -> None:
+    """Write ``path`` durably with ``mode``, following no symbolic link: created new
+    (O_EXCL), or, to ``replace`` it, written beside it and renamed over it atomically."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+    target = path.with_name(f".{path.name}.{os.getpid()}.tmp") if replace else path
+    if replace:
+        target.unlink(missing_ok=True)  # a crashed run's; a link there is removed, not followed
+    try:
+        fd = os.open(target, flags, mode)
+    except FileExistsError as err:
+        raise KeyFileError(f"{target}: exists; refusing to overwrite a key (use --force)") from err
+    except OSError as err:
+        raise KeyFileError(f"{target}: cannot write: {err.strerror}") from err
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if replace:
+            target.replace(path)
+    except OSError as err:
+        if replace:
+            target.unlink(missing_ok=True)
+        raise KeyFileError(f"{path}: cannot write: {err.strerror}") from err

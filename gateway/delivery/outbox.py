@@ -25,6 +25,7 @@ import structlog
 
 from gateway.contract.envelope import Envelope
 from gateway.errors import OutboxError
+from gateway.private_files import private_file
 
 log = structlog.get_logger("alarmgw.outbox")
 
@@ -97,6 +98,7 @@ class Outbox:
         self._telemetry = int(n)
 
     def _open(self) -> sqlite3.Connection:
+        private_file(self.path, "outbox")
         # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a commit is explicit.
         db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:

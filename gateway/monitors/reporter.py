@@ -33,6 +33,7 @@ from typing import Any, Literal, Protocol
 import structlog
 
 from gateway.contract.envelope import format_ts
+from gateway.private_files import write_private
 
 log = structlog.get_logger("alarmgw.trouble")
 
@@ -257,7 +258,7 @@ class TroubleReporter:
         tmp = self._state_file.with_name(self._state_file.name + ".tmp")
         try:
             # No fsync: losing the last write only repeats an envelope after power loss.
-            tmp.write_text(json.dumps({"v": 1, "active": active}), "utf-8")
+            write_private(tmp, json.dumps({"v": 1, "active": active}).encode())
             tmp.replace(self._state_file)
         except OSError as err:
             log.warning("trouble state not saved", file=str(self._state_file), error=str(err))
