@@ -43,6 +43,11 @@ def reference_crc(data: bytes) -> int:
     return crc
 
 
+def framed(body: str) -> bytes:
+    """LF, CRC, 0LLL, body, CR, computed independently of the module under test."""
+    return b"\n" + f"{reference_crc(body.encode()):04X}0{len(body):03X}{body}".encode() + b"\r"
+
+
 def test_crc16_arc_check_value() -> None:
     # The catalogue's check value of CRC-16/ARC.
     assert crc16_arc(b"123456789") == 0xBB3D
@@ -69,8 +74,7 @@ def test_plain_adm_cid_frame_byte_exact() -> None:
         Header("AB12", "R1", "L1"), 1, qualifier=1, code="120", partition=1, zone=3, when=WHEN
     )
     body = '"ADM-CID"0001R1L1#AB12[#AB12|1120 01 003]_14:12:04,09-25-2025'
-    expected = b"\n" + f"{reference_crc(body.encode()):04X}0{len(body):03X}{body}".encode() + b"\r"
-    assert frame == expected
+    assert frame == framed(body)
     assert frame == b'\nF2BD003D"ADM-CID"0001R1L1#AB12[#AB12|1120 01 003]_14:12:04,09-25-2025\r'
 
 
@@ -101,8 +105,7 @@ def test_encrypted_frame_byte_exact_and_decrypts() -> None:
     enc = Cipher(algorithms.AES(KEY), modes.CBC(bytes(16))).encryptor()
     cipher_hex = (enc.update(plain) + enc.finalize()).hex().upper()
     body = f'"*ADM-CID"0042R1L1#AB12[{cipher_hex}'
-    expected = b"\n" + f"{reference_crc(body.encode()):04X}0{len(body):03X}{body}".encode() + b"\r"
-    assert frame == expected
+    assert frame == framed(body)
 
 
 @pytest.mark.parametrize("key_text", [None, KEY_TEXT, "A1B2C3D4E5F60718293A4B5C", KEY_256_TEXT])
