@@ -129,7 +129,7 @@ class Outbox:
         """Rows owed to a path that is no longer configured for them are not owed any more;
         rows that thereby have every path done are gone."""
         types = sorted(self.dc09_types)
-        marks = ",".join("?" * len(types)) or "NULL"
+        marks = ",".join("?" * len(types))
         self._db.execute("BEGIN IMMEDIATE")
         self._db.execute(
             f"UPDATE outbox SET dc09 = 0 WHERE dc09 = 1 AND type NOT IN ({marks})",  # noqa: S608 - placeholders only
