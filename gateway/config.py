@@ -411,7 +411,8 @@ class Dc09Section(Section):
     frame is encrypted. ``events``: ``"alarms"`` (alarms and tests) or ``"all"`` (troubles and
     restores too). ``secondary_host``/``secondary_port``: a fallback receiver. ``zones``: input
     (``gpio:<name>``, ``serial:<name>``) → Contact ID zone; inputs not listed are numbered in
-    config order. An outage of ``trouble_after_s`` raises trouble 350 on device ``dc09``."""
+    config order. No ACK for ``trouble_after_s`` raises trouble 350 (device ``gateway``,
+    detail "DC-09 ...")."""
 
     host: NonEmpty
     port: Annotated[int, Field(ge=1, le=65535)] = 12300

@@ -7,7 +7,8 @@ primary and the secondary receiver. ``NAK`` carries the receiver's time: the clo
 re-synchronised and the frame sent again at once; a second ``NAK`` counts as a failure
 (a wrong key or account). ``DUH`` is a configuration problem. Idle, a ``NULL`` supervision
 message goes every ``supervision_s``. A failure lasting ``trouble_after_s`` raises trouble
-``350`` (device ``dc09``) through the event sink (the MQTT path); the next ``ACK`` restores it.
+``350`` (device ``gateway``, detail ``DC-09 ...``) through the event sink (the MQTT path);
+the next ``ACK`` restores it.
 """
 
 from __future__ import annotations
@@ -20,10 +21,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import structlog
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from gateway.config import Dc09Section
 from gateway.delivery.dc09 import cid
@@ -44,7 +45,9 @@ from gateway.errors import AlarmgwError, OutboxError
 log = structlog.get_logger("alarmgw.dc09")
 
 TROUBLE_CODE = "350"  # communication trouble
-DEVICE = "dc09"
+# PROTOCOL.md "Bodies" lists the devices a trouble may name; the DC-09 path is part of the
+# gateway, so its troubles name the gateway and say "DC-09" in the detail.
+DEVICE = "gateway"
 
 
 class EventSink(Protocol):
@@ -130,8 +133,7 @@ class _UdpLink(asyncio.DatagramProtocol):
         self._queue: asyncio.Queue[bytes] = asyncio.Queue(maxsize=64)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
+        self.transport = cast(asyncio.DatagramTransport, transport)
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
         with contextlib.suppress(asyncio.QueueFull):
@@ -205,7 +207,8 @@ class Dc09Transmitter:
         s = self.settings
         current: tuple[str | None, int] = ("", 0)  # (row id or None for NULL, its seq)
         retrying = AsyncRetrying(
-            wait=wait_exponential_jitter(initial=s.retry_initial_s, max=s.retry_max_s),
+            wait=wait_exponential(multiplier=s.retry_initial_s, max=s.retry_max_s)
+            + wait_random(0, s.retry_initial_s),
             retry=retry_if_exception_type(Unanswered),
             reraise=True,
         )
