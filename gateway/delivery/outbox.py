@@ -351,6 +351,21 @@ class Outbox:
             raise OutboxError(f"{self.path}: cannot update counter {key}: {err}") from err
         return int(value)
 
+    def get_counter(self, key: str) -> int | None:
+        """A named durable value (``incr``, ``set_counter``); None if never set."""
+        row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_counter(self, key: str, value: int) -> None:
+        """Durably set a named value (e.g. whether a trouble is open)."""
+        try:
+            self._db.execute(
+                "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                (key, value),
+            )
+        except sqlite3.Error as err:
+            raise OutboxError(f"{self.path}: cannot update counter {key}: {err}") from err
+
     def dedupe_lookup(self, key: str, *, window_s: float, now: float | None = None) -> str | None:
         """The event id stored under ``key`` within the last ``window_s`` seconds, if any."""
         at = time.time() if now is None else now

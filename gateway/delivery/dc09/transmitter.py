@@ -48,6 +48,7 @@ TROUBLE_CODE = "350"  # communication trouble
 # PROTOCOL.md "Bodies" lists the devices a trouble may name; the DC-09 path is part of the
 # gateway, so its troubles name the gateway and say "DC-09" in the detail.
 DEVICE = "gateway"
+TROUBLE_KEY = "dc09_trouble_open"
 
 
 class EventSink(Protocol):
@@ -178,7 +179,9 @@ class Dc09Transmitter:
         self._link: _Link | None = None
         self._target = 0  # index into settings.receivers
         self._failing_since: float | None = None  # loop time of the first failure in a row
-        self.trouble_open = False
+        # Whether the center was told of a DC-09 trouble not yet restored: kept in the outbox
+        # so that a restart still sends the restore.
+        self.trouble_open = outbox.get_counter(TROUBLE_KEY) == 1
         self.stats: Counter[str] = Counter()
         self.last_ack: float | None = None  # loop time
         self.tick = 0.0
@@ -382,3 +385,7 @@ class Dc09Transmitter:
             log.error(f"DC-09 {kind} not queued", error=repr(err))
             return
         self.trouble_open = kind == "trouble"
+        try:
+            self.outbox.set_counter(TROUBLE_KEY, int(self.trouble_open))
+        except OutboxError as err:
+            log.error("cannot remember the DC-09 trouble state", error=str(err))
