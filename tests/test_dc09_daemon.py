@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
 from pathlib import Path
 
@@ -59,6 +60,19 @@ async def test_test_alarm_over_mqtt_and_dc09(site: Site) -> None:
         assert event.encrypted
         await wait_until(lambda: queued_rows(state / "outbox.sqlite") == 0, what="both acks")
         assert gateway.matching(lambda e: e["event"] == "acknowledged by the DC-09 receiver")
+        # The same through `alarmgw test-alarm --path dc09`: it waits for the receiver's ACK.
+        proc = await asyncio.to_thread(
+            cli, "test-alarm", "--config", str(site.gateway_toml), "--path", "dc09", "--json"
+        )
+        result = json.loads(proc.stdout)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert (result["path"], result["acked"]) == ("dc09", True)
+        assert len(rx.events) == 2
+        proc = await asyncio.to_thread(
+            cli, "test-alarm", "--config", str(site.gateway_toml), "--path", "dc09"
+        )
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert "ACKED by the DC-09 receiver" in proc.stdout
     finally:
         site.close()
         await rx.stop()
@@ -93,17 +107,29 @@ async def test_kill9_while_receiver_down_then_it_arrives_once(site: Site) -> Non
             cli, "test-alarm", "--config", str(site.gateway_toml), "--timeout", "60"
         )
         assert proc.returncode == 0, proc.stdout + proc.stderr  # the center has it
+        proc = await asyncio.to_thread(
+            cli,
+            "test-alarm",
+            "--config",
+            str(site.gateway_toml),
+            "--path",
+            "dc09",
+            "--timeout",
+            "2",
+        )
+        assert proc.returncode == 2
+        assert "NO ACK within 2 s" in proc.stdout
+        assert "until the DC-09 receiver acks it" in proc.stdout
         await asyncio.to_thread(
             gateway.wait_for, lambda e: e["event"] == "DC-09 frame not acknowledged, will retry"
         )
-        assert owed_to_dc09(db) == 1
+        assert owed_to_dc09(db) == 2  # both test alarms
         gateway.kill()
         await rx.start()
         (state / "http.addr").unlink(missing_ok=True)
         site.start_gateway()
-        await wait_until(lambda: rx.events, what="the test alarm after the restart")
         await wait_until(lambda: queued_rows(db) == 0, what="both paths done")
-        assert [e.event_type for _, e in rx.events] == ["601"]
+        assert [e.event_type for _, e in rx.events] == ["601", "601"]  # each once
         # The trouble raised before the kill is restored by the new process.
         restore = await asyncio.to_thread(
             center_log.wait_for, lambda e: is_event("accepted", "restore")(e), 30

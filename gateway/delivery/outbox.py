@@ -435,6 +435,13 @@ class Outbox:
         ).fetchall()
         return [Pending(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
 
+    def owes_dc09(self, event_id: str) -> bool:
+        """Whether ``event_id`` is queued and waiting for the DC-09 receiver's ACK."""
+        row = self._db.execute(
+            "SELECT 1 FROM outbox WHERE id = ? AND dc09 = 1", (event_id,)
+        ).fetchone()
+        return row is not None
+
     def count_dc09(self) -> int:
         """Rows waiting for the DC-09 receiver's ACK."""
         (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE dc09 = 1").fetchone()

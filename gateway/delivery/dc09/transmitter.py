@@ -183,6 +183,8 @@ class Dc09Transmitter:
         # so that a restart still sends the restore.
         self.trouble_open = outbox.get_counter(TROUBLE_KEY) == 1
         self.stats: Counter[str] = Counter()
+        # Called with (event id, wall-clock time) when the receiver acknowledges an event.
+        self.ack_listeners: list[Callable[[str, float], None]] = []
         self.last_ack: float | None = None  # loop time
         self.tick = 0.0
 
@@ -364,6 +366,11 @@ class Dc09Transmitter:
                 # Not marked: it goes again, and a receiver takes a repeat as a repeat.
                 log.error("cannot mark DC-09 delivery", id=row.id, error=str(err))
             log.info("acknowledged by the DC-09 receiver", what=what)
+            for listener in self.ack_listeners:
+                try:
+                    listener(row.id, time.time())
+                except Exception:  # status bookkeeping must never break the delivery path
+                    log.exception("DC-09 ack listener failed", id=row.id)
         if self.trouble_open:
             self._tell("restore", "DC-09 receiver acknowledges again")
 
