@@ -186,16 +186,17 @@ class Dc09Transmitter:
         # Called with (event id, wall-clock time) when the receiver acknowledges an event.
         self.ack_listeners: list[Callable[[str, float], None]] = []
         self.last_ack: float | None = None  # loop time
-        self.tick = 0.0
 
     # -- the loop ---------------------------------------------------------------------
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
-        self.last_ack = self.last_ack or loop.time()
+        if self.last_ack is None:
+            # A trouble left open by an earlier run: test the link now, to restore it soon.
+            wait = 0.0 if self.trouble_open else self.settings.supervision_s
+            self.last_ack = loop.time() - self.settings.supervision_s + wait
         try:
             while True:
-                self.tick = loop.time()
                 self._wake.clear()
                 if not self.outbox.pending_dc09(1):
                     due = self.last_ack + self.settings.supervision_s
@@ -210,7 +211,8 @@ class Dc09Transmitter:
         """Deliver the head of the queue (or a NULL when it is empty), retrying until ACK.
         Each attempt looks at the queue again: an alarm queued meanwhile goes first."""
         s = self.settings
-        current: tuple[str | None, int] = ("", 0)  # (row id or None for NULL, its seq)
+        # (row id, or None for a NULL; its sequence number): a re-send keeps the number.
+        current: tuple[str | None, int] = ("", 0)
         retrying = AsyncRetrying(
             wait=wait_exponential(multiplier=s.retry_initial_s, max=s.retry_max_s)
             + wait_random(0, s.retry_initial_s),
