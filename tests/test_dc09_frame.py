@@ -126,6 +126,44 @@ def test_pysiaalarm_reads_our_frames(key_text: str | None) -> None:
     assert null.code == "RP"
 
 
+@given(
+    seq=st.integers(1, 9999),
+    qualifier=st.sampled_from([1, 3]),
+    code=st.sampled_from(["120", "121", "122", "137", "301", "330", "350", "601"]),
+    partition=st.integers(0, 99),
+    zone=st.integers(0, 999),
+    account=st.text(alphabet="0123456789ABCDEF", min_size=3, max_size=16),
+    key_text=st.sampled_from([None, KEY_TEXT, KEY_256_TEXT]),
+)
+def test_any_valid_frame_reads_back_in_pysiaalarm(
+    seq: int,
+    qualifier: int,
+    code: str,
+    partition: int,
+    zone: int,
+    account: str,
+    key_text: str | None,
+) -> None:
+    key = None if key_text is None else key_text.encode()
+    frame = build_cid(
+        Header(account),
+        seq,
+        qualifier=qualifier,
+        code=code,
+        partition=partition,
+        zone=zone,
+        when=WHEN,
+        key=key,
+    )
+    accounts = {account: SIAAccount(account, key_text, allowed_timeband=None)}
+    event = SIAEvent.from_line(frame.decode().strip(), accounts)
+    assert event.valid_message
+    assert (event.sequence, event.account) == (f"{seq:04d}", account)
+    assert (event.event_qualifier, event.event_type) == (str(qualifier), code)
+    assert (event.partition, event.ri) == (f"{partition:02d}", f"{zone:03d}")
+    assert event.timestamp == WHEN
+
+
 def test_random_pad_fills_the_block_and_differs() -> None:
     a = build_null(Header("AB12"), 1, when=WHEN, key=KEY)
     b = build_null(Header("AB12"), 1, when=WHEN, key=KEY)

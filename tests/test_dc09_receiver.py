@@ -195,6 +195,7 @@ async def test_null_supervision_at_the_configured_interval(tmp_path: Path) -> No
             await wait_until(lambda: len(rx.events) >= 4, what="four NULL messages")
             elapsed = time.monotonic() - started
             assert set(rx.codes()) == {"RP"}  # pysiaalarm's name for a NULL (link test)
+            assert all(e.encrypted for _, e in rx.events)  # a key: every frame encrypted
             # Never more often than configured (a loaded machine only makes them rarer).
             assert len(rx.events) <= elapsed / interval + 1
     finally:
