@@ -240,7 +240,7 @@ def _cmd_test_alarm(args: argparse.Namespace) -> int:
     from gateway.technician.tools import cmd_test_alarm  # noqa: PLC0415
 
     return cmd_test_alarm(
-        args.config, timeout_s=args.timeout, input_ref=args.input, as_json=args.json
+        args.config, timeout_s=args.timeout, input_ref=args.input, as_json=args.json, path=args.path
     )
 
 
@@ -288,6 +288,13 @@ def _add_technician_tools(sub: argparse._SubParsersAction[argparse.ArgumentParse
                 "--input",
                 metavar="REF",
                 help="input to test, e.g. gpio:gate-main (default: the first configured)",
+            )
+            p.add_argument(
+                "--path",
+                choices=("mqtt", "dc09"),
+                default="mqtt",
+                help="whose ack ends the test: the center's (mqtt, default) or the [dc09] "
+                "receiver's",
             )
         p.set_defaults(func=func)
 

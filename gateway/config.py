@@ -440,6 +440,56 @@ class TroubleSection(Section):
     flap_summary_s: PollSeconds = 60.0
 
 
+def _dc09_key_file(value: str, info: ValidationInfo) -> str:
+    if not value:
+        return value
+    path = _to_path(value, info)
+    if _context(info).get("check_files"):
+        try:
+            text = path.read_text(encoding="ascii")
+        except (OSError, UnicodeDecodeError) as err:
+            raise ValueError(
+                f"cannot read {path}: {getattr(err, 'strerror', None) or err}"
+            ) from err
+        digits = text.strip()
+        if len(digits) not in (32, 48, 64) or any(
+            c not in "0123456789abcdefABCDEF" for c in digits
+        ):
+            raise ValueError(f"{path}: expected 32, 48 or 64 hex digits (an AES-128/192/256 key)")
+    return str(path)
+
+
+class Dc09Section(Section):
+    """``[dc09]``: a second path to a SIA DC-09 alarm receiver (Contact ID over ``ADM-CID``).
+    ``key_file``: the AES key as 32/48/64 hex digits, empty for plain frames; with a key every
+    frame is encrypted. ``events``: ``"alarms"`` (alarms and tests) or ``"all"`` (troubles and
+    restores too). ``secondary_host``/``secondary_port``: a fallback receiver. ``zones``: input
+    (``gpio:<name>``, ``serial:<name>``) → Contact ID zone; inputs not listed are numbered in
+    config order. No ACK for ``trouble_after_s`` raises trouble 350 (device ``gateway``,
+    detail "DC-09 ...")."""
+
+    host: NonEmpty
+    port: Annotated[int, Field(ge=1, le=65535)] = 12300
+    transport: Literal["tcp", "udp"] = "tcp"
+    account: Annotated[str, Field(pattern=r"^[0-9A-F]{3,16}$")]
+    receiver: Annotated[str, Field(pattern=r"^R[0-9A-F]{1,6}$")] = "R1"
+    line: Annotated[str, Field(pattern=r"^L[0-9A-F]{1,6}$")] = "L1"
+    key_file: Annotated[str, AfterValidator(_dc09_key_file)] = ""
+    supervision_s: Annotated[float, Field(ge=1.0)] = 60.0
+    events: Literal["alarms", "all"] = "alarms"
+    partition: Annotated[int, Field(ge=0, le=99)] = 1
+    zones: dict[str, Annotated[int, Field(ge=1, le=999)]] = Field(default_factory=dict)
+    secondary_host: NonEmpty | None = None
+    secondary_port: Annotated[int, Field(ge=1, le=65535)] = 12300
+    answer_timeout_s: Seconds = 10.0
+    trouble_after_s: Annotated[float, Field(ge=0.0)] = 30.0
+
+    def event_types(self) -> frozenset[str]:
+        """The outbox event types this path carries."""
+        base = {"alarm", "test"}
+        return frozenset(base | {"trouble", "restore"} if self.events == "all" else base)
+
+
 class GatewayConfig(Section):
     """The whole gateway config file. ``path``: the file it came from (not a TOML key)."""
 
@@ -457,6 +507,7 @@ class GatewayConfig(Section):
     camera: CameraSection | None = None
     selfcheck: SelfCheckSection = Field(default_factory=SelfCheckSection)
     trouble: TroubleSection = Field(default_factory=TroubleSection)
+    dc09: Dc09Section | None = None
     path: Path
 
     @field_validator("mqtt")

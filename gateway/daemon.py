@@ -19,6 +19,7 @@ from gateway import __version__, watchdog
 from gateway.config import GatewayConfig
 from gateway.contract.signing import key_mode_problem, load_signing_key, load_verify_key
 from gateway.contract.topics import topic
+from gateway.delivery.dc09.transmitter import Dc09Transmitter, settings_from_config
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.relay import Identity, Relay
 from gateway.delivery.seq import SeqCounter
@@ -55,7 +56,11 @@ class Gateway:
         self.seq = SeqCounter(state_dir / "seq.json")
         # The outbox lives in state_dir whatever else the config says: a config change never
         # reinitialises it (issue 5).
-        self.outbox = Outbox(state_dir / "outbox.sqlite", max_events=cfg.outbox.max_events)
+        self.outbox = Outbox(
+            state_dir / "outbox.sqlite",
+            max_events=cfg.outbox.max_events,
+            dc09_types=cfg.dc09.event_types() if cfg.dc09 is not None else (),
+        )
         loc = cfg.location
         location: dict[str, Any] = {
             "name": loc.name,
@@ -97,6 +102,14 @@ class Gateway:
                 on_state=functools.partial(self.relay.on_link, path="secondary"),
             )
         self.relay.attach(self.uplink, self.secondary, failover_after_s=cfg.outbox.failover_after_s)
+        self.dc09: Dc09Transmitter | None = None
+        if cfg.dc09 is not None:
+            inputs = [f"gpio:{b.name}" for b in cfg.button] + [
+                f"serial:{x.name}" for x in cfg.serial
+            ]
+            self.dc09 = Dc09Transmitter(
+                settings_from_config(cfg.dc09, inputs), self.outbox, self.relay
+            )
         self.buttons: list[Any] = []
         self.boxes: list[Any] = []
         self._stop = asyncio.Event()
@@ -176,6 +189,8 @@ class Gateway:
                     name="uplink-secondary",
                 )
             )
+        if self.dc09 is not None:
+            tasks.append(asyncio.create_task(sup.run("dc09", self.dc09.run), name="dc09"))
         if self.outbox.moved_aside is not None:
             self.relay.raise_event(
                 "trouble",

@@ -4,6 +4,13 @@ One SQLite file in WAL mode. An alarm is committed with ``synchronous=FULL`` bef
 told it is registered; it stays until the center's signed ack names its id. Rows hold the
 exact signed payload, so a re-send is byte-identical (same id, seq, sig).
 
+Delivery paths: every row is owed to the MQTT center; with a SIA DC-09 receiver configured,
+rows of the types in ``dc09_types`` are owed to it as well (``dc09`` = 1 until its ``ACK``).
+A row leaves the queue once every path it is owed to has it: the center's ack marks the MQTT
+part done (``mqtt_done``) and removes the row only when DC-09 no longer owes it, and the
+other way round. The MQTT reads (``pending``, ``after``, ``get``, ``count``) skip rows whose
+MQTT part is done; ``pending_dc09`` / ``mark_dc09_delivered`` serve the DC-09 transmitter.
+
 Also kept here, so that they commit in the same transaction as the alarm they belong to:
 serial PRESS dedupe keys (shared/spec/SERIAL.md "Rules": a re-sent PRESS raises no new alarm,
 also across a gateway restart), and small durable counters such as the MQTT session.
@@ -17,7 +24,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +48,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     payload  BLOB NOT NULL,
     created  REAL NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    last_error TEXT
+    last_error TEXT,
+    mqtt_done INTEGER NOT NULL DEFAULT 0,
+    dc09     INTEGER NOT NULL DEFAULT 0
 );
 DROP INDEX IF EXISTS outbox_order;
 CREATE INDEX IF NOT EXISTS outbox_send_order ON outbox (prio, created, seq);
@@ -55,6 +64,16 @@ CREATE TABLE IF NOT EXISTS kv (
     v INTEGER NOT NULL
 );
 """
+# Columns added after the first release: an older outbox file gets them with their default
+# (nothing delivered to the center yet, nothing owed to DC-09).
+_ADDED_COLUMNS = {
+    "mqtt_done": "INTEGER NOT NULL DEFAULT 0",
+    "dc09": "INTEGER NOT NULL DEFAULT 0",
+}
+_PATH_INDEXES = """
+CREATE INDEX IF NOT EXISTS outbox_dc09_order ON outbox (prio, created, seq) WHERE dc09 = 1;
+"""
+_COLS = "SELECT id, type, seq, payload, created, attempts, last_error FROM outbox"
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,9 +97,15 @@ class Outbox:
     A file that is not a sound SQLite database is moved aside (``moved_aside`` says where)
     and a fresh one started, so a corrupt outbox can never make the daemon crash-loop."""
 
-    def __init__(self, path: str | Path, *, max_events: int = 10_000) -> None:
+    def __init__(
+        self, path: str | Path, *, max_events: int = 10_000, dc09_types: Iterable[str] = ()
+    ) -> None:
         self.path = Path(path)
         self.max_events = max_events
+        # Event types the DC-09 receiver must also get (empty: no DC-09 path).
+        self.dc09_types = frozenset(dc09_types)
+        # Called after every commit of a new row: the DC-09 transmitter's wake-up.
+        self.listeners: list[Callable[[], None]] = []
         self.moved_aside: Path | None = None
         self.evicted = 0
         try:
@@ -94,8 +119,25 @@ class Outbox:
                 raise OutboxError(f"{self.path}: cannot open outbox: {again}") from again
         except (sqlite3.Error, OSError) as err:
             raise OutboxError(f"{self.path}: cannot open outbox: {err}") from err
+        try:
+            self._settle_paths()
+        except sqlite3.Error as err:
+            raise OutboxError(f"{self.path}: cannot open outbox: {err}") from err
         (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE prio >= 2").fetchone()
         self._telemetry = int(n)
+
+    def _settle_paths(self) -> None:
+        """Rows owed to a path that is no longer configured for them are not owed any more;
+        rows that thereby have every path done are gone."""
+        types = sorted(self.dc09_types)
+        marks = ",".join("?" * len(types))
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.execute(
+            f"UPDATE outbox SET dc09 = 0 WHERE dc09 = 1 AND type NOT IN ({marks})",  # noqa: S608 - placeholders only
+            types,
+        )
+        self._db.execute("DELETE FROM outbox WHERE mqtt_done = 1 AND dc09 = 0")
+        self._db.execute("COMMIT")
 
     def _open(self) -> sqlite3.Connection:
         private_file(self.path, "outbox")
@@ -108,6 +150,11 @@ class Outbox:
             if verdict != "ok":
                 raise sqlite3.DatabaseError(f"integrity check: {verdict}")
             db.executescript(_SCHEMA)
+            have = {row[1] for row in db.execute("PRAGMA table_info(outbox)")}
+            for name, decl in _ADDED_COLUMNS.items():
+                if name not in have:
+                    db.execute(f"ALTER TABLE outbox ADD COLUMN {name} {decl}")
+            db.executescript(_PATH_INDEXES)
         except sqlite3.Error:
             db.close()
             raise
@@ -153,8 +200,9 @@ class Outbox:
         try:
             self._db.execute("BEGIN IMMEDIATE")
             self._db.execute(
-                "INSERT INTO outbox (id, type, prio, seq, payload, created) VALUES (?,?,?,?,?,?)",
-                (env.id, env.type, prio, env.seq, data, at),
+                "INSERT INTO outbox (id, type, prio, seq, payload, created, dc09) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (env.id, env.type, prio, env.seq, data, at, env.type in self.dc09_types),
             )
             if dedupe_key is not None:
                 self._db.execute(
@@ -182,9 +230,19 @@ class Outbox:
                 evicted_total=self.evicted,
                 max_events=self.max_events,
             )
+        self._tell_listeners()
+
+    def _tell_listeners(self) -> None:
+        for listener in self.listeners:
+            try:
+                listener()
+            except Exception:  # a listener must never undo a commit that happened
+                log.exception("outbox listener failed")
 
     def remove(self, ids: Iterable[str]) -> list[str]:
-        """Forget acknowledged envelopes; returns the ids that were queued.
+        """The center acknowledged these: their MQTT part is done; a row goes once no other
+        path owes it (else it waits for the DC-09 receiver). Returns the ids that were
+        waiting for the center.
 
         Committed with ``synchronous=NORMAL``: a removal lost to a power cut only means one
         more re-send, which the center acknowledges as a duplicate."""
@@ -194,26 +252,55 @@ class Outbox:
         marks = ",".join("?" * len(wanted))
         with self._relaxed("remove acknowledged rows"):
             rows = self._db.execute(
-                f"SELECT id, prio FROM outbox WHERE id IN ({marks})",  # noqa: S608 - placeholders only
+                f"SELECT id, prio, dc09 FROM outbox WHERE mqtt_done = 0 AND id IN ({marks})",  # noqa: S608 - placeholders only
                 wanted,
             ).fetchall()
             found = [r[0] for r in rows]
-            self._db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", wanted)  # noqa: S608 - placeholders only
-        self._telemetry -= sum(1 for r in rows if r[1] >= 2)
+            self._db.execute(
+                f"UPDATE outbox SET mqtt_done = 1 WHERE dc09 = 1 AND id IN ({marks})",  # noqa: S608 - placeholders only
+                wanted,
+            )
+            self._db.execute(f"DELETE FROM outbox WHERE dc09 = 0 AND id IN ({marks})", wanted)  # noqa: S608 - placeholders only
+        self._telemetry -= sum(1 for r in rows if r[1] >= 2 and not r[2])
         return found
+
+    def mark_dc09_delivered(self, event_id: str) -> bool:
+        """The DC-09 receiver acknowledged ``event_id``: the row goes if the center has it
+        too. Returns whether it was owed to DC-09. ``synchronous=NORMAL``, like ``remove``: a
+        mark lost to a power cut means one more frame, which a receiver takes as a repeat."""
+        with self._relaxed(f"mark {event_id} delivered over DC-09"):
+            row = self._db.execute(
+                "SELECT prio, mqtt_done FROM outbox WHERE id = ? AND dc09 = 1", (event_id,)
+            ).fetchone()
+            if row is not None and row[1]:
+                self._db.execute("DELETE FROM outbox WHERE id = ?", (event_id,))
+            elif row is not None:
+                self._db.execute("UPDATE outbox SET dc09 = 0 WHERE id = ?", (event_id,))
+        if row is not None and row[1] and row[0] >= 2:
+            self._telemetry -= 1
+        return row is not None
 
     def add_raw(self, p: Pending) -> None:
         """Commit an already signed envelope kept in memory (after a refused commit)."""
         try:
             self._db.execute(
-                "INSERT OR IGNORE INTO outbox (id, type, prio, seq, payload, created) "
-                "VALUES (?,?,?,?,?,?)",
-                (p.id, p.type, PRIORITY[p.type], p.seq, p.payload, p.created),
+                "INSERT OR IGNORE INTO outbox (id, type, prio, seq, payload, created, dc09) "
+                "VALUES (?,?,?,?,?,?,?)",
+                (
+                    p.id,
+                    p.type,
+                    PRIORITY[p.type],
+                    p.seq,
+                    p.payload,
+                    p.created,
+                    p.type in self.dc09_types,
+                ),
             )
         except sqlite3.Error as err:
             raise OutboxError(f"{self.path}: cannot commit {p.type} {p.id}: {err}") from err
         if PRIORITY[p.type] >= 2:
             self._telemetry += 1
+        self._tell_listeners()
 
     def replace_payloads(self, rows: Iterable[Pending]) -> None:
         """Store re-signed envelopes (same id, new seq) in place of the queued ones, in one
@@ -266,6 +353,21 @@ class Outbox:
             raise OutboxError(f"{self.path}: cannot update counter {key}: {err}") from err
         return int(value)
 
+    def get_counter(self, key: str) -> int | None:
+        """A named durable value (``incr``, ``set_counter``); None if never set."""
+        row = self._db.execute("SELECT v FROM kv WHERE k = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_counter(self, key: str, value: int) -> None:
+        """Durably set a named value (e.g. whether a trouble is open)."""
+        try:
+            self._db.execute(
+                "INSERT INTO kv (k, v) VALUES (?, ?) ON CONFLICT(k) DO UPDATE SET v = excluded.v",
+                (key, value),
+            )
+        except sqlite3.Error as err:
+            raise OutboxError(f"{self.path}: cannot update counter {key}: {err}") from err
+
     def dedupe_lookup(self, key: str, *, window_s: float, now: float | None = None) -> str | None:
         """The event id stored under ``key`` within the last ``window_s`` seconds, if any."""
         at = time.time() if now is None else now
@@ -296,8 +398,7 @@ class Outbox:
         """Queued envelopes in send order (alarms first, then oldest first)."""
         skip = set(exclude)
         rows = self._db.execute(
-            "SELECT id, type, seq, payload, created, attempts, last_error FROM outbox "
-            "ORDER BY prio, created, seq LIMIT ?",
+            _COLS + " WHERE mqtt_done = 0 ORDER BY prio, created, seq LIMIT ?",
             (limit + len(skip),),
         ).fetchall()
         out = [
@@ -310,25 +411,42 @@ class Outbox:
     def after(self, key: tuple[int, float, int] | None, limit: int) -> list[Pending]:
         """Queued envelopes in send order strictly after ``key`` = (prio, created, seq)
         (from the start when None): the pump's cursor through a large backlog."""
-        cols = "SELECT id, type, seq, payload, created, attempts, last_error FROM outbox"
         order = " ORDER BY prio, created, seq LIMIT ?"
         if key is None:
-            rows = self._db.execute(cols + order, (limit,)).fetchall()
+            rows = self._db.execute(_COLS + " WHERE mqtt_done = 0" + order, (limit,)).fetchall()
         else:
             rows = self._db.execute(
-                cols + " WHERE (prio, created, seq) > (?, ?, ?)" + order, (*key, limit)
+                _COLS + " WHERE mqtt_done = 0 AND (prio, created, seq) > (?, ?, ?)" + order,
+                (*key, limit),
             ).fetchall()
         return [Pending(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
 
     def get(self, event_id: str) -> Pending | None:
-        r = self._db.execute(
-            "SELECT id, type, seq, payload, created, attempts, last_error FROM outbox WHERE id = ?",
-            (event_id,),
-        ).fetchone()
+        r = self._db.execute(_COLS + " WHERE id = ? AND mqtt_done = 0", (event_id,)).fetchone()
         return None if r is None else Pending(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6])
 
     def count(self) -> int:
-        (n,) = self._db.execute("SELECT COUNT(*) FROM outbox").fetchone()
+        """Rows waiting for the center's ack."""
+        (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE mqtt_done = 0").fetchone()
+        return int(n)
+
+    def pending_dc09(self, limit: int = 1) -> list[Pending]:
+        """Rows the DC-09 receiver has not acknowledged, in send order."""
+        rows = self._db.execute(
+            _COLS + " WHERE dc09 = 1 ORDER BY prio, created, seq LIMIT ?", (limit,)
+        ).fetchall()
+        return [Pending(r[0], r[1], r[2], bytes(r[3]), r[4], r[5], r[6]) for r in rows]
+
+    def owes_dc09(self, event_id: str) -> bool:
+        """Whether ``event_id`` is queued and waiting for the DC-09 receiver's ACK."""
+        row = self._db.execute(
+            "SELECT 1 FROM outbox WHERE id = ? AND dc09 = 1", (event_id,)
+        ).fetchone()
+        return row is not None
+
+    def count_dc09(self) -> int:
+        """Rows waiting for the DC-09 receiver's ACK."""
+        (n,) = self._db.execute("SELECT COUNT(*) FROM outbox WHERE dc09 = 1").fetchone()
         return int(n)
 
     def summary(self) -> dict[str, dict[str, float | int | str | None]]:

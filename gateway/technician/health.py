@@ -9,6 +9,7 @@ and monitoring.
 ``GET /metrics``            Prometheus text format
 ``POST /test-alarm``        raise a ``test`` (code 601) through the real path → its id
 ``GET /events/{id}``        ``pending``/``acked``/``unknown``; ``?wait=S`` waits for the ack
+                           (``&path=dc09``: for the DC-09 receiver's ACK, under ``dc09``)
 ``POST /boxes/{name}/ping`` PING a button box on the port the daemon owns
 ==========================  ===========================================================
 
@@ -90,6 +91,10 @@ class HealthServer:
         self.acks = status.AckLog()
         self.acks.on_record = self._ack_recorded
         gw.relay.ack_listeners.append(self.acks.record)
+        # DC-09 receiver ACKs of recent events (id → wall time), for GET /events?path=dc09.
+        self.dc09_acks: dict[str, float] = {}
+        if gw.dc09 is not None:
+            gw.dc09.ack_listeners.append(self._dc09_acked)
         self.versions = status.versions()
         self.inputs = [f"gpio:{b.name}" for b in gw.cfg.button] + [
             f"serial:{s.name}" for s in gw.cfg.serial
@@ -236,6 +241,12 @@ class HealthServer:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._pulse)
 
+    def _dc09_acked(self, event_id: str, at: float) -> None:
+        self.dc09_acks[event_id] = at
+        while len(self.dc09_acks) > 1000:
+            del self.dc09_acks[next(iter(self.dc09_acks))]
+        self._ack_recorded()
+
     def _pulse(self) -> None:
         event, self._ack_event = self._ack_event, asyncio.Event()
         if event is not None:
@@ -336,6 +347,17 @@ class HealthServer:
 
     async def _event_state(self, event_id: str) -> dict[str, Any]:
         out: dict[str, Any] = {"id": event_id, "state": "unknown"}
+        if self.gw.dc09 is not None:
+            # The DC-09 path ([dc09]): "acked" (with acked_at), "pending" or "unknown".
+            at = self.dc09_acks.get(event_id)
+            outbox = self.gw.outbox
+            if at is not None:
+                out["dc09"] = {"state": "acked", "acked_at": at}
+            elif await self._on_main(lambda: outbox.owes_dc09(event_id)):
+                out["dc09"] = {"state": "pending"}
+            else:
+                at = self.dc09_acks.get(event_id)  # acked between the two looks
+                out["dc09"] = {"state": "unknown" if at is None else "acked", "acked_at": at}
         acked = self.acks.get(event_id)
         if acked is None:
             outbox = self.gw.outbox
@@ -364,13 +386,17 @@ class HealthServer:
             wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT_S)
         except ValueError:
             return web.json_response({"error": "wait must be a number of seconds"}, status=400)
+        path = request.query.get("path", "mqtt")
+        if path not in ("mqtt", "dc09"):
+            return web.json_response({"error": "path must be mqtt or dc09"}, status=400)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait
         try:
             while True:
                 info = await self._event_state(event_id)
                 left = deadline - loop.time()
-                if info["state"] != "pending" or left <= 0:
+                state = info.get("dc09", {}).get("state") if path == "dc09" else info["state"]
+                if state != "pending" or left <= 0:
                     break
                 event = self._ack_event
                 assert event is not None

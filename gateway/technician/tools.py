@@ -303,8 +303,14 @@ def cmd_test_alarm(
     input_ref: str | None,
     as_json: bool,
     out: TextIO = sys.stdout,
+    path: str = "mqtt",
 ) -> int:
     cfg = _load(config)
+    if path == "dc09" and cfg.dc09 is None:
+        print(f"alarmgw: --path dc09: {config} has no [dc09] section", file=sys.stderr)
+        return FAIL
+    # Whose acknowledgement ends the test: the center's (MQTT) or the DC-09 receiver's.
+    who = "the DC-09 receiver" if path == "dc09" else "the center"
     client = DaemonClient.for_config(cfg)
     body = {"input": input_ref} if input_ref else {}
     try:
@@ -321,7 +327,10 @@ def cmd_test_alarm(
     talk = not as_json
     if talk:
         print(fit(f"TEST alarm (code 601, never dispatched) from {ref}"), file=out)
-        print(fit(f"registered {event_id}; waiting up to {timeout_s:.0f} s for the ack"), file=out)
+        print(
+            fit(f"registered {event_id}; waiting up to {timeout_s:.0f} s for {who}'s ack"),
+            file=out,
+        )
     info: dict[str, Any] = {"state": "pending"}
     shown = 0.0
     # On a terminal the progress line updates in place every second; in a log, every 5 s.
@@ -332,12 +341,13 @@ def cmd_test_alarm(
             break
         try:
             # Long poll: the daemon answers as soon as the ack arrives, else after ~1 s.
-            _, info = client.json(
-                "GET", f"/events/{event_id}?wait={min(left, 1.0):.2f}", timeout_s=10.0
-            )
+            query = f"wait={min(left, 1.0):.2f}" + ("&path=dc09" if path == "dc09" else "")
+            _, info = client.json("GET", f"/events/{event_id}?{query}", timeout_s=10.0)
         except DaemonUnavailable as err:
             print(f"alarmgw: {err}", file=sys.stderr)
             break
+        if path == "dc09":  # the DC-09 path's state; the center's timings do not apply
+            info = {**info, "ack_ms": None, **info.get("dc09", {"state": "unknown"})}
         if info.get("state") != "pending":
             break
         waited = time.monotonic() - started
@@ -345,11 +355,12 @@ def cmd_test_alarm(
             shown = waited
             failed = info.get("failed_attempts") or 0
             err_text = f", {failed} failed, last: {info['last_error']}" if failed else ""
-            _progress(out, f"  waiting for the center's ack: {waited:3.0f} s{err_text}")
+            _progress(out, f"  waiting for {who}'s ack: {waited:3.0f} s{err_text}")
     rtt_ms = round((time.monotonic() - started) * 1000, 1)
     acked = info.get("state") == "acked"
     result = {
         "id": event_id,
+        "path": path,
         "input": ref,
         "acked": acked,
         "ack_ms": info.get("ack_ms"),
@@ -363,11 +374,14 @@ def cmd_test_alarm(
         gw_ms = info.get("ack_ms")
         trip = f"{gw_ms:.0f} ms" if gw_ms is not None else "?"
         when = datetime.fromtimestamp(info["acked_at"], UTC).strftime("%H:%M:%S")
-        _progress(out, f"ACKED by the center at {when} UTC", final=True)
+        _progress(out, f"ACKED by {who} at {when} UTC", final=True)
         here = f"{rtt_ms:.0f} ms here"
-        print(fit(f"round trip {trip} (gateway to center and back), {here}"), file=out)
+        if path == "dc09":
+            print(fit(f"round trip {here} (raise, DC-09 frame, the receiver's ACK)"), file=out)
+        else:
+            print(fit(f"round trip {trip} (gateway to center and back), {here}"), file=out)
     else:
         _progress(out, f"NO ACK within {timeout_s:.0f} s", final=True)
-        print(fit("The test stays queued and is re-sent until the center acks it."), file=out)
+        print(fit(f"The test stays queued and is re-sent until {who} acks it."), file=out)
         print(fit("Look at: alarmgw status; alarmgw queue; alarmgw diag"), file=out)
     return OK if acked else FAIL

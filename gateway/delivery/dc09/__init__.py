@@ -1,0 +1,3 @@
+"""SIA DC-09 (ANSI/SIA DC-09) as a second path to a standard alarm receiver: the frame
+format (``frame``, no I/O), the mapping from envelopes to Contact ID (``cid``) and the
+asyncio transmitter (``transmitter``)."""
