@@ -8,7 +8,7 @@ import json
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 from center.store.base import WINDOW, Admission, OutboxItem, SchemaTooNew, StoreError, rows
 from center.store.schema import LATEST, statements
@@ -67,9 +67,13 @@ class SqlStore(ABC):
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One transaction, or a part of the open batch's."""
+        """One transaction, or a part of the open one (a batch's); driver errors come out
+        as StoreError (the batch's owner then aborts it)."""
         if self._in_tx:
-            yield
+            try:
+                yield
+            except Exception as err:
+                self._raise_wrapped(err)
             return
         try:
             self._begin()
@@ -83,12 +87,16 @@ class SqlStore(ABC):
             self._in_tx = False
             self._end(commit=True)
         except Exception as err:
-            wrapped = self._wrap(err)
-            if wrapped is None:
-                raise
+            self._in_tx = False
             self._forget()
-            raise wrapped from err
+            self._raise_wrapped(err)
         self._dirty.clear()
+
+    def _raise_wrapped(self, err: Exception) -> NoReturn:
+        wrapped = self._wrap(err)
+        if wrapped is None or wrapped is err:
+            raise err
+        raise wrapped from err
 
     def begin_batch(self) -> None:
         """Open one transaction for a burst of envelopes (group commit): what follows
