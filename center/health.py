@@ -8,11 +8,14 @@ import asyncio
 import time
 from typing import Any
 
+import structlog
 from aiohttp import web
 
 from center.service import Center
 from center.store import StoreError
 from gateway.config import split_host_port
+
+log = structlog.get_logger("alarmgw.center")
 
 
 def health(center: Center) -> dict[str, Any]:
@@ -86,7 +89,13 @@ async def serve_health(center: Center, listen: str) -> None:
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
-    await site.start()
+    try:
+        await site.start()
+    except OSError as err:  # the center keeps working without it
+        log.error("health endpoint not started", listen=listen, error=str(err))
+        await runner.cleanup()
+        return
+    log.info("health endpoint listening", listen=listen)
     try:
         await asyncio.Event().wait()
     finally:
