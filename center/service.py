@@ -20,8 +20,7 @@ import asyncio
 import multiprocessing
 import os
 import time
-from collections import Counter
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -323,8 +322,6 @@ class Center:
                     retry=retry_if_exception_type(StoreError),
                 ):
                     with attempt:
-                        if self._closed:
-                            return
                         self.state.ping()
                 self._replaying = True
                 try:

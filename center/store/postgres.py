@@ -3,8 +3,8 @@ or several center instances on the same database (their unique keys decide betwe
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from typing import Any, ClassVar
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
@@ -33,7 +33,7 @@ class PostgresStore(SqlStore):
     broken by a database restart is noticed when it is taken from the pool and replaced."""
 
     dialect = "postgresql"
-    words = {
+    words: ClassVar[Mapping[str, str]] = {
         "max": "GREATEST",
         "skip_locked": "FOR UPDATE SKIP LOCKED",
         **DIALECTS["postgresql"],
@@ -50,6 +50,7 @@ class PostgresStore(SqlStore):
     ) -> None:
         super().__init__()
         self.where = describe(dsn)
+        self._dsn = dsn
         self._wait_s = wait_s
         self._conn: psycopg.Connection[Any] | None = None
         self._pool: ConnectionPool[psycopg.Connection[Any]] = ConnectionPool(
@@ -76,7 +77,7 @@ class PostgresStore(SqlStore):
     def _unreachable(self) -> str:
         # The pool keeps the cause of its failed attempts to itself; try once for it.
         try:
-            psycopg.connect(self._pool.conninfo, connect_timeout=2).close()
+            psycopg.connect(self._dsn, connect_timeout=2).close()
         except psycopg.Error as err:
             return f"cannot reach PostgreSQL at {self.where}: {_line(err)}"
         return f"cannot reach PostgreSQL at {self.where}: no connection within the timeout"

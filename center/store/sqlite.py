@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from center.store.base import StoreError
 from center.store.schema import DIALECTS
@@ -17,7 +17,7 @@ class SqliteStore(SqlStore):
     """The store in one SQLite file; a transaction is ``BEGIN IMMEDIATE`` ... ``COMMIT``."""
 
     dialect = "sqlite"
-    words = {"max": "MAX", "skip_locked": "", **DIALECTS["sqlite"]}
+    words: ClassVar[Mapping[str, str]] = {"max": "MAX", "skip_locked": "", **DIALECTS["sqlite"]}
 
     def __init__(self, path: Path) -> None:
         super().__init__()
@@ -44,6 +44,9 @@ class SqliteStore(SqlStore):
     def _end(self, commit: bool) -> None:
         if self._db.in_transaction:
             self._db.execute("COMMIT" if commit else "ROLLBACK")
+
+    def _lock_for_migration(self) -> None:
+        """``BEGIN IMMEDIATE`` already holds the write lock."""
 
     def _wrap(self, err: Exception) -> StoreError | None:
         if isinstance(err, StoreError):

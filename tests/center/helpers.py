@@ -23,16 +23,27 @@ def alarm_body(kind: str = "panic", code: str = "120", **loc: Any) -> dict[str, 
     }
 
 
-def alarm(seq: int, *, key: SigningKey = GW_KEY, site: str = SITE, gw: str = GW,
-          id: str | None = None, **body: Any) -> E.Envelope:
+def alarm(
+    seq: int,
+    *,
+    key: SigningKey = GW_KEY,
+    site: str = SITE,
+    gw: str = GW,
+    id: str | None = None,
+    **body: Any,
+) -> E.Envelope:
     kind = "test" if body.get("code") == "601" else "alarm"
     return E.build(type=kind, site=site, gw=gw, seq=seq, body=alarm_body(**body), key=key, id=id)
 
 
 def heartbeat(seq: int, session: int = 1, *, gw: str = GW) -> E.Envelope:
     body = {
-        "uptime_s": 5, "session": session, "queue": {"pending": 0, "oldest_s": 0},
-        "inputs": {}, "clock": {"synced": True}, "disk": {"free_bytes": 1},
+        "uptime_s": 5,
+        "session": session,
+        "queue": {"pending": 0, "oldest_s": 0},
+        "inputs": {},
+        "clock": {"synced": True},
+        "disk": {"free_bytes": 1},
     }
     return E.build(type="heartbeat", site=SITE, gw=gw, seq=seq, body=body, key=GW_KEY)
 
@@ -41,8 +52,15 @@ class FakeGateway:
     """A gateway stand-in: publishes signed envelopes with paho and collects what the center
     sends to its ``ack`` topic (verified with the center's key)."""
 
-    def __init__(self, port: int, *, site: str = SITE, gw: str = GW,
-                 center_key: SigningKey = CENTER_KEY, name: str = "fake-gw") -> None:
+    def __init__(
+        self,
+        port: int,
+        *,
+        site: str = SITE,
+        gw: str = GW,
+        center_key: SigningKey = CENTER_KEY,
+        name: str = "fake-gw",
+    ) -> None:
         import threading
 
         import paho.mqtt.client as mqtt

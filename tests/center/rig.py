@@ -58,7 +58,7 @@ class CenterRig:
         path.write_text(
             f'[center]\nkey_file = "keys/center.key"\nstate_dir = "state/{name}"\n{store}\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\nprefix = "{PREFIX}"\n'
-            f"keepalive_s = 5\n{share}\n[health]\nlisten = \"127.0.0.1:{free_port()}\"\n\n{regs}"
+            f'keepalive_s = 5\n{share}\n[health]\nlisten = "127.0.0.1:{free_port()}"\n\n{regs}'
         )
         return path
 

@@ -27,23 +27,33 @@ def test_no_ack_while_the_database_is_down_then_each_alarm_once(
             center = rig.start()
             gw = FakeGateway(broker.port, center_key=rig.center_key)
             try:
-                before = E.build(type="alarm", site=SITE, gw=GW, seq=1, body=alarm_body(),
-                                 key=rig.gw_key)
+                before = E.build(
+                    type="alarm", site=SITE, gw=GW, seq=1, body=alarm_body(), key=rig.gw_key
+                )
                 gw.publish(before)
                 wait_until(lambda: before.id in gw.acked_ids(), what="ack")
                 server.stop()
-                during = [E.build(type="alarm", site=SITE, gw=GW, seq=s, body=alarm_body(),
-                                  key=rig.gw_key) for s in range(2, 12)]
+                during = [
+                    E.build(
+                        type="alarm", site=SITE, gw=GW, seq=s, body=alarm_body(), key=rig.gw_key
+                    )
+                    for s in range(2, 12)
+                ]
                 for env in during:
                     gw.publish(env)
-                center.wait_for(lambda e: e.get("event") == "cannot record a burst; not acknowledged",
-                                stderr=True)
+                center.wait_for(
+                    lambda e: e.get("event") == "cannot record a burst; not acknowledged",
+                    stderr=True,
+                )
                 assert not {e.id for e in during} & gw.acked_ids()  # nothing acked uncommitted
                 for env in during[:3]:
                     gw.publish(env)  # a gateway re-sends meanwhile
                 server.start()
-                wait_until(lambda: {e.id for e in during} <= gw.acked_ids(), timeout=60,
-                           what="acks after the database came back")
+                wait_until(
+                    lambda: {e.id for e in during} <= gw.acked_ids(),
+                    timeout=60,
+                    what="acks after the database came back",
+                )
                 ids = [a["id"] for a in rig.cli_json("alarms")]
                 assert sorted(ids) == sorted([before.id] + [e.id for e in during])
                 assert "Traceback" not in "\n".join(map(str, center.errors))

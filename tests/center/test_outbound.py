@@ -29,8 +29,16 @@ def test_center_envelopes_match_the_vectors(name: str) -> None:
         body = dispatch_body(body["ids"], body["status"])
     elif name == "resync":
         body = resync_body(body["kid"], body["next_seq"])
-    out = sign(type=u["type"], site=u["site"], gw=u["gw"], seq=u["seq"], body=body, key=key,
-               ts=u["ts"], id=u["id"])
+    out = sign(
+        type=u["type"],
+        site=u["site"],
+        gw=u["gw"],
+        seq=u["seq"],
+        body=body,
+        key=key,
+        ts=u["ts"],
+        id=u["id"],
+    )
     assert canonical(u) == vec["jcs_utf8"].encode()
     assert out.payload == canonical(vec["signed"])
     assert json.loads(out.payload)["sig"] == vec["signed"]["sig"]

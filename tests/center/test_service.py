@@ -30,8 +30,9 @@ def rig(tmp_path: Path, backend: dict[str, Any]) -> Iterator[CenterRig]:
 def _alarm(rig: CenterRig, seq: int, **kw: Any) -> E.Envelope:
     kind = "test" if kw.get("code") == "601" else "alarm"
     ident = kw.pop("id", None)
-    return E.build(type=kind, site=SITE, gw=GW, seq=seq, body=alarm_body(**kw), key=rig.gw_key,
-                   id=ident)
+    return E.build(
+        type=kind, site=SITE, gw=GW, seq=seq, body=alarm_body(**kw), key=rig.gw_key, id=ident
+    )
 
 
 def test_alarm_ack_dispatch_and_resolve(rig: CenterRig) -> None:
@@ -50,14 +51,17 @@ def test_alarm_ack_dispatch_and_resolve(rig: CenterRig) -> None:
         center.wait_for(lambda e: e.get("id") == env.id and e["result"] == "duplicate")
         alarms = rig.cli_json("alarms", "--open")
         assert [(a["id"], a["type"], a["status"]) for a in alarms] == [
-            (env.id, "alarm", "new"), (test.id, "test", "new")]
+            (env.id, "alarm", "new"),
+            (test.id, "test", "new"),
+        ]
         done = rig.cli("ack", env.id, "--by", "Officer Li")
         assert done.returncode == 0, done.stderr
         got = wait_until(lambda: gw.of_type("dispatch"), what="dispatch")
         assert got[0]["body"] == {"ids": [env.id], "status": "acknowledged"}
         assert (got[0]["site"], got[0]["gw"]) == (SITE, GW)
-        done = rig.cli("resolve", env.id, "--outcome", "real", "--by", "Officer Li",
-                       "--note", "patrol sent")
+        done = rig.cli(
+            "resolve", env.id, "--outcome", "real", "--by", "Officer Li", "--note", "patrol sent"
+        )
         assert done.returncode == 0, done.stderr
         wait_until(lambda: len(gw.of_type("dispatch")) == 2, what="second dispatch")
         assert gw.of_type("dispatch")[1]["body"]["status"] == "resolved"
@@ -110,8 +114,9 @@ def test_text_output_escapes_gateway_text_and_hides_heartbeats(rig: CenterRig) -
         wait_until(lambda: env.id in gw.acked_ids(), what="ack")
         line = center.wait_for(lambda e: isinstance(e, str) and "ALARM" in e)
         assert "panic\\x0a12:00:00  ALARM forged\\x1b[2J" in line
-        assert not any(isinstance(x, str) and x.startswith("12:00:00  ALARM forged")
-                       for x in center.lines)
+        assert not any(
+            isinstance(x, str) and x.startswith("12:00:00  ALARM forged") for x in center.lines
+        )
         listed = rig.cli("alarms").stdout
         assert "\x1b" not in listed and "\\x0a" in listed
     finally:

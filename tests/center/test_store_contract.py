@@ -49,7 +49,9 @@ def test_accept_duplicate_replay_and_window(store: Store) -> None:
     assert {a["id"] for a in alarms if not a["fresh"]} == {other.id, below.id}
 
 
-def test_window_pruned_at_commit_and_kept_across_reopen(store: Store, backend: dict[str, object]) -> None:
+def test_window_pruned_at_commit_and_kept_across_reopen(
+    store: Store, backend: dict[str, object]
+) -> None:
     store.begin_batch()
     for seq in (100, 101, WINDOW + 100):
         assert store.admit(alarm(seq), received=1.0).result == "accepted"
@@ -75,8 +77,9 @@ def test_an_aborted_batch_leaves_no_trace(store: Store) -> None:
 
 
 def test_rejections_bodies_and_latest_heartbeat_are_kept(store: Store) -> None:
-    store.reject(topic="t", reason="bad-signature", detail="x", env=alarm(3), payload=b"{}",
-                 received=1.0)
+    store.reject(
+        topic="t", reason="bad-signature", detail="x", env=alarm(3), payload=b"{}", received=1.0
+    )
     store.reject(topic="t", reason="not-json", detail="", env=None, payload=b"\xff", received=1.0)
     env = alarm(7, kind="panic\nFAKE LINE")
     store.admit(env, received=2.0)
@@ -162,11 +165,16 @@ def test_lifecycle_queues_dispatches_and_keeps_an_append_only_trail(store: Store
         life.acknowledge("nope", by="x")
     got = store.alarm(env.id)
     assert got is not None and (got["status"], got["outcome"], got["note"]) == (
-        "resolved", "real", "patrol sent")
+        "resolved",
+        "real",
+        "patrol sent",
+    )
     assert [a["action"] for a in store.audit(env.id)] == ["received", "acknowledged", "resolved"]
     items = store.claim_outbox("one", now=60.0)
     assert [(i.type, i.body["status"]) for i in items] == [
-        ("dispatch", "acknowledged"), ("dispatch", "resolved")]  # none for the test
+        ("dispatch", "acknowledged"),
+        ("dispatch", "resolved"),
+    ]  # none for the test
     assert all(i.body["ids"] == [env.id] for i in items)
     assert store.claim_outbox("two", now=61.0) == []  # claimed by one
     store.mark_sent(items[0].n, "x", now=62.0)
@@ -191,8 +199,11 @@ def test_bad_dsn_and_unreachable_database_are_one_line(tmp_path: Path) -> None:
     assert "not a valid PostgreSQL connection string" in str(err.value)
     port = __import__("tests.pg", fromlist=["free_port"]).free_port()
     with pytest.raises(StoreError) as err:
-        open_store("postgresql", state_dir=tmp_path,
-                   dsn=f"postgresql://u:secret@127.0.0.1:{port}/db?connect_timeout=2")
+        open_store(
+            "postgresql",
+            state_dir=tmp_path,
+            dsn=f"postgresql://u:secret@127.0.0.1:{port}/db?connect_timeout=2",
+        )
     text = str(err.value)
     assert "cannot reach PostgreSQL at 127.0.0.1" in text and "\n" not in text
     assert "secret" not in text
