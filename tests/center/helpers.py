@@ -90,9 +90,10 @@ class FakeGateway:
         with self._lock:
             self.received.append(obj)
 
-    def publish(self, env: E.Envelope, kind: str = "event") -> None:
+    def publish(self, env: E.Envelope, kind: str = "event", *, wait: bool = True) -> None:
         info = self.client.publish(f"{PREFIX}/{self.site}/{self.gw}/{kind}", env.to_bytes(), qos=1)
-        info.wait_for_publish(20)
+        if wait:
+            info.wait_for_publish(20)
 
     def of_type(self, kind: str) -> list[dict[str, Any]]:
         with self._lock:

@@ -36,6 +36,7 @@ class CenterRig:
     gateways: list[tuple[str, str]] = field(default_factory=lambda: [(SITE, GW)])
     share_group: str | None = None
     procs: list[Proc] = field(default_factory=list)
+    health_port: int = 0
     gw_key: SigningKey = field(init=False)
     center_key: SigningKey = field(init=False)
 
@@ -54,11 +55,12 @@ class CenterRig:
             f"heartbeat_s = 30\n{extra_gateway}\n"
             for site, gw in self.gateways
         )
+        self.health_port = free_port()
         path = self.root / f"{name}.toml"
         path.write_text(
             f'[center]\nkey_file = "keys/center.key"\nstate_dir = "state/{name}"\n{store}\n'
             f'[mqtt]\nhost = "127.0.0.1"\nport = {self.broker.port}\nprefix = "{PREFIX}"\n'
-            f'keepalive_s = 5\n{share}\n[health]\nlisten = "127.0.0.1:{free_port()}"\n\n{regs}'
+            f'keepalive_s = 5\n{share}\n[health]\nlisten = "127.0.0.1:{self.health_port}"\n\n{regs}'
         )
         return path
 

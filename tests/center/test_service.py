@@ -3,6 +3,7 @@ broker; a fake gateway publishes signed envelopes and reads what the center send
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -101,6 +102,14 @@ def test_a_refused_seq_asks_for_resync_and_keeps_the_alarm_unproven(rig: CenterR
         gw.publish(_alarm(rig, 101, kind="duress", code="121", id=lost[0].id))
         wait_until(lambda: lost[0].id in gw.acked_ids(), what="ack after resync")
         assert {a["id"]: a for a in rig.cli_json("alarms")}[lost[0].id]["fresh"] is True
+        url = f"http://127.0.0.1:{rig.health_port}/metrics"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            metrics = resp.read().decode()
+        assert (
+            'alarmgw_center_envelopes_total{result="rejected",reason="replayed-seq"} 2' in metrics
+        )
+        assert 'alarmgw_center_envelopes_total{result="accepted"} 2' in metrics
+        assert 'alarmgw_center_open_alarms{age="lt_1m"} 3' in metrics
     finally:
         gw.close()
 
