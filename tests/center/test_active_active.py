@@ -14,7 +14,7 @@ from firmware_sim.broker import Mosquitto
 from gateway.contract import envelope as E
 from tests import pg
 from tests.center.helpers import SITE, FakeGateway, alarm_body
-from tests.center.rig import CenterRig, wait_until
+from tests.center.rig import CenterRig
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
