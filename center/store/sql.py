@@ -222,18 +222,9 @@ class SqlStore(ABC):
             # The same event re-signed under a new seq (a gateway keeps its backlog inside the
             # window that way; PROTOCOL.md: the id is the dedupe key): acked, not dispatched.
             return Admission("duplicate")
-        inserted = self._x(
-            "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (kid, seq) DO NOTHING RETURNING id",
-            (env.kid, env.seq, env.id, env.type, received),
-        ).fetchone()
-        if inserted is None:  # another instance accepted this (kid, seq) meanwhile
-            earlier, _ = self.lookup(env.kid, env.seq, env.id)
-            return self._seen(env, earlier or "", received, path)
-        if env.seq > self.high(env.kid):
-            self._high[env.kid] = env.seq
-            self._dirty.add(env.kid)
         if env.type == "heartbeat":
+            if not self._insert_accepted(env, received):
+                return self._seen_meanwhile(env, received, path)
             self._x(
                 "INSERT INTO heartbeats (site, gw, id, session, ts, received_at, body) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, gw) DO UPDATE SET "
@@ -251,6 +242,40 @@ class SqlStore(ABC):
                 ),
             )
             return Admission("accepted")
+        accepted, first = self._record_event(env, received, path)
+        if not accepted:
+            return self._seen_meanwhile(env, received, path)
+        if not first:  # the same event under another seq, accepted by another instance
+            return Admission("duplicate")
+        stale = False
+        if env.type == "state":
+            # PROTOCOL.md: a state with a lower session than the latest seen is stale (a late
+            # will must not mark a live gateway offline).
+            session = int(env.body["session"])
+            stale = session < self.session(env.site, env.gw)
+            if not stale:
+                self.set_state(env.site, env.gw, session, str(env.body["status"]), received)
+        return Admission("accepted", stale=stale)
+
+    def _insert_accepted(self, env: Envelope, received: float) -> bool:
+        """Record (kid, seq, id); False if another instance recorded that (kid, seq) first."""
+        inserted = self._x(
+            "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?, ?, ?, ?, ?) "
+            "ON CONFLICT (kid, seq) DO NOTHING RETURNING id",
+            (env.kid, env.seq, env.id, env.type, received),
+        ).fetchone()
+        if inserted is None:
+            return False
+        if env.seq > self.high(env.kid):
+            self._high[env.kid] = env.seq
+            self._dirty.add(env.kid)
+        return True
+
+    def _record_event(self, env: Envelope, received: float, path: str) -> tuple[bool, bool]:
+        """Record an event or state: (its (kid, seq) was recorded here, its id is new);
+        a new alarm or test is kept with its audit row."""
+        if not self._insert_accepted(env, received):
+            return False, False
         first = self._x(
             "INSERT INTO envelopes (id, kid, seq, type, site, gw, ts, received_at, path, body) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
@@ -267,19 +292,16 @@ class SqlStore(ABC):
                 dumps(env.body),
             ),
         ).fetchone()
-        if first is None:  # the same event under another seq, accepted by another instance
-            return Admission("duplicate")
+        if first is None:
+            return True, False
         if env.type in ALARM_TYPES:
             self._keep_alarm(env, received, path, fresh=True)
-        stale = False
-        if env.type == "state":
-            # PROTOCOL.md: a state with a lower session than the latest seen is stale (a late
-            # will must not mark a live gateway offline).
-            session = int(env.body["session"])
-            stale = session < self.session(env.site, env.gw)
-            if not stale:
-                self.set_state(env.site, env.gw, session, str(env.body["status"]), received)
-        return Admission("accepted", stale=stale)
+        return True, True
+
+    def _seen_meanwhile(self, env: Envelope, received: float, path: str) -> Admission:
+        """Another instance accepted this (kid, seq) since our lookup."""
+        earlier, _ = self.lookup(env.kid, env.seq, env.id)
+        return self._seen(env, earlier or "", received, path)
 
     def _seen(self, env: Envelope, earlier: str, received: float, path: str) -> Admission:
         if earlier == env.id:
