@@ -60,8 +60,9 @@ class Gateways:
         self.clients: dict[str, mqtt.Client] = {}
         ready = threading.Semaphore(0)
         for gw in gws:
-            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{tag}-{gw}",
-                            protocol=mqtt.MQTTv5)
+            c = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"{tag}-{gw}", protocol=mqtt.MQTTv5
+            )
             c.max_queued_messages_set(0)
             c.max_inflight_messages_set(1000)
             c.on_connect = lambda c, u, f, rc, p, gw=gw: c.subscribe(
@@ -208,8 +209,11 @@ def main() -> int:
                 runs = [
                     ("sqlite_1", 1, ""),
                     ("postgresql_1", 1, f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'),
-                    ("postgresql_2_shared", 2,
-                     f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'),
+                    (
+                        "postgresql_2_shared",
+                        2,
+                        f'store = "postgresql"\ndsn = "{pg.new_database()}"\n',
+                    ),
                 ]
                 for name, count, store in runs:
                     fl = floor(clients, args.alarms, size)
@@ -225,8 +229,11 @@ def main() -> int:
                     rate, floor_rate = args.alarms / took, args.alarms / fl
                     result[f"{name}_per_s"] = round(rate, 1)
                     result[f"{name}_floor_per_s"] = round(floor_rate, 1)
-                    print(f"{name}: {rate:.0f} alarms/s verified+committed+acked "
-                          f"(floor {floor_rate:.0f}/s, ratio {rate / floor_rate:.3f})", flush=True)
+                    print(
+                        f"{name}: {rate:.0f} alarms/s verified+committed+acked "
+                        f"(floor {floor_rate:.0f}/s, ratio {rate / floor_rate:.3f})",
+                        flush=True,
+                    )
                 store = f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'
                 procs = [
                     start_center(center_config(root, f"failover-{i}", broker.port, gws, store))
@@ -243,8 +250,11 @@ def main() -> int:
                 finally:
                     stop(procs)
                 result["failover_all_acked_s"] = round(took, 3)
-                print(f"failover: {args.failover} alarms acked by the surviving instance "
-                      f"{took:.2f} s after the other was killed (SIGKILL)", flush=True)
+                print(
+                    f"failover: {args.failover} alarms acked by the surviving instance "
+                    f"{took:.2f} s after the other was killed (SIGKILL)",
+                    flush=True,
+                )
                 clients.close()
         finally:
             pg.close()
