@@ -3,6 +3,7 @@ or several center instances on the same database (their unique keys decide betwe
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
@@ -35,6 +36,10 @@ WITH acc AS (
 )
 SELECT EXISTS (SELECT 1 FROM acc), EXISTS (SELECT 1 FROM env)
 """
+# The pool logs each failed connection attempt as a multi-line warning; the store reports
+# what matters in one line (StoreError) and the service logs that.
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
+
 MIGRATION_LOCK = 0x616C61726D  # pg_advisory_xact_lock key: one instance migrates at a time
 
 
@@ -46,7 +51,7 @@ def describe(dsn: str) -> str:
     except psycopg.Error as err:
         raise StoreError(f"dsn is not a valid PostgreSQL connection string: {_line(err)}") from None
     host = str(parts.get("host") or parts.get("hostaddr") or "localhost")
-    return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or '?'}"
+    return f"{host}:{parts.get('port') or 5432}/{parts.get('dbname') or '(default)'}"
 
 
 class PostgresStore(SqlStore):
