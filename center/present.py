@@ -108,7 +108,10 @@ def _human_line(v: Verdict, site_data: Mapping[tuple[str, str], SiteData]) -> st
         loc = body["location"]
         label = "TEST (not dispatched)" if env.type == "test" else "ALARM"
         if v.unproven:
-            label = "ALARM, FRESHNESS NOT PROVEN (possible replay or gateway state loss)"
+            what = "TEST" if env.type == "test" else "ALARM"
+            label = (
+                f"{what}, FRESHNESS NOT PROVEN ({v.reason}: possible replay or gateway state loss)"
+            )
         elif v.result == "rejected":
             return f"{when}  REJECTED   {who} seq {env.seq}: {v.reason} ({v.detail})"
         flag = ""
