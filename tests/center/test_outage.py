@@ -3,6 +3,9 @@ stores everything once and acknowledges it."""
 
 from __future__ import annotations
 
+import json
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -46,6 +49,11 @@ def test_no_ack_while_the_database_is_down_then_each_alarm_once(
                     stderr=True,
                 )
                 assert not {e.id for e in during} & gw.acked_ids()  # nothing acked uncommitted
+                url = f"http://127.0.0.1:{rig.health_port}/healthz"
+                with pytest.raises(urllib.error.HTTPError) as unhealthy:
+                    urllib.request.urlopen(url, timeout=30)
+                assert unhealthy.value.code == 503
+                assert json.loads(unhealthy.value.read())["database"]["ok"] is False
                 for env in during[:3]:
                     gw.publish(env)  # a gateway re-sends meanwhile
                 server.start()
