@@ -19,7 +19,7 @@ from center.config import CenterConfig, load_center_config
 from center.present import SiteData, console
 from center.service import Center, Registry
 from center.store import Store, StoreError, open_store
-from gateway.contract.signing import load_signing_key, load_verify_key
+from gateway.contract.signing import key_mode_problem, load_signing_key, load_verify_key
 from gateway.contract.topics import topic
 from gateway.delivery.seq import SeqCounter
 from gateway.delivery.uplink import MqttSettings, Uplink
@@ -47,6 +47,9 @@ def _open_center(config_path: str) -> tuple[Center, SeqCounter, CenterConfig]:
     """Load the config, keys and store (blocking I/O, before the loop matters)."""
     cfg = load_center_config(config_path)
     key = load_signing_key(cfg.center.key_file)
+    problem = key_mode_problem(Path(cfg.center.key_file))
+    if problem:
+        log.warning("key file permissions", problem=problem)
     registry = Registry()
     for entry in cfg.gateways:
         for pub in entry.public_keys:

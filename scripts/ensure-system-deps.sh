@@ -1,20 +1,20 @@
 #!/usr/bin/env bash
 # Installs the system packages that `make demo` and `make test` need, only when missing:
 # mosquitto (the broker the tests and demo start on loopback), socat, python3-venv, systemd
-# (systemd-analyze), postgresql (the center's shared store; the tests start a throwaway
-# server) and nodejs/npm; then the node packages the tests use.
+# (systemd-analyze) and nodejs/npm; then the node packages the tests use.
 # Runs `apt-get update` first because the package lists on a fresh image may be stale.
 set -euo pipefail
 need=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || need+=(mosquitto)
 command -v socat >/dev/null 2>&1 || need+=(socat)
-# postgresql: initdb/pg_ctl under /usr/lib/postgresql/<ver>/bin (the center's store tests).
-compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 # systemd: systemd-analyze (unit verify/security), systemd-sysusers and systemctl (install test).
 command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 # node and npm: the official AsyncAPI parser checks docs/asyncapi.yaml (ensure-node-deps.sh).
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# postgresql: the center's shared store; its tests start a throwaway server with the
+# initdb/pg_ctl under /usr/lib/postgresql/<ver>/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 node_deps="$(dirname "$0")/ensure-node-deps.sh"
 [ ${#need[@]} -eq 0 ] && exec "$node_deps"
 echo "installing system packages: ${need[*]}"
