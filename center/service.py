@@ -512,8 +512,8 @@ def __getattr__(name: str) -> Any:
         from center import present  # noqa: PLC0415
 
         return getattr(present, name)
-    if name == "run_center":
+    if name in ("run_center", "_open_center"):
         from center import run  # noqa: PLC0415
 
-        return run.run_center
+        return getattr(run, name)
     raise AttributeError(name)
