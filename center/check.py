@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.contract.envelope import EVENT_TYPES, Envelope, parse, verify
+from gateway.contract.envelope import EVENT_TYPES, Envelope, format_ts, parse, verify
 from gateway.contract.signing import VerifyKey
 from gateway.contract.topics import parse_topic
 from gateway.errors import EnvelopeError
@@ -39,6 +39,10 @@ class Verdict:
     latency_ms: float | None = None
     stale: bool = False
     verified_at: float = 0.0  # perf_counter() when the signature and replay checks passed
+    # An authentic alarm refused for its seq, kept as one whose freshness is not proven.
+    unproven: bool = False
+    path: str = "primary"  # which broker session it came in on (primary | secondary)
+    received: float = 0.0  # time.time() when it arrived
 
     def to_json(self) -> dict[str, Any]:
         env = self.env
@@ -56,10 +60,18 @@ class Verdict:
         if self.detail:
             out["detail"] = self.detail
         if env is not None and env.type in ("alarm", "test", "trouble", "restore"):
+            out["ts"] = env.ts
+            out["received"] = format_ts(self.received) if self.received else None
+            out["path"] = self.path
             out["code"] = env.body.get("code")
             out["test"] = env.type == "test" or bool(env.body.get("test"))
             out["input"] = env.body.get("input")
             out["device"] = env.body.get("device")
+            if env.type in ("alarm", "test"):
+                out["kind"] = env.body.get("kind")
+                out["location"] = env.body.get("location")
+                out["contact"] = env.body.get("contact")
+                out["fresh"] = not self.unproven
             if env.type in ("trouble", "restore") and self.result != "rejected":
                 out["detail"] = env.body.get("detail")
                 out["count"] = env.body.get("count")  # a flapping device's summary

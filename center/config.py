@@ -9,20 +9,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import AfterValidator, Field, field_validator, model_validator
 
 from gateway.config import (
     DirPath,
     FilePath,
     Identity,
     MqttSection,
+    NonEmpty,
     Section,
     duplicates,
     entries,
     load_model,
     raise_if,
+    split_host_port,
     transport_problems,
 )
 from gateway.configerrors import Problems, scalar
@@ -31,6 +33,13 @@ from gateway.configerrors import Problems, scalar
 class CenterMqttSection(MqttSection):
     """``[mqtt]`` of the command center: the gateway's keys minus ``center_keys``."""
 
+    # Several center instances with the same group share the work (MQTT 5 shared
+    # subscription ``$share/<group>/...``).
+    share_group: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    # OPERATOR.md's example lists ``store``/``dsn`` after ``[mqtt]``'s keys; accepted here too.
+    store: Literal["sqlite", "postgresql"] | None = None
+    dsn: NonEmpty | None = None
+
     @field_validator("center_keys")
     @classmethod
     def _no_center_keys(cls, value: list[Path]) -> list[Path]:
@@ -38,10 +47,14 @@ class CenterMqttSection(MqttSection):
 
 
 class CenterSection(Section):
-    """``[center]``: the center's signing key and its de-duplication state."""
+    """``[center]``: the center's signing key, its own state (seq counter, the SQLite store)
+    and where it keeps alarms: ``store = "sqlite"`` (in ``state_dir``) or ``"postgresql"``
+    with ``dsn`` (several instances may share one)."""
 
     key_file: FilePath
     state_dir: DirPath
+    store: Literal["sqlite", "postgresql"] | None = None
+    dsn: NonEmpty | None = None
 
 
 class RegistryEntry(Section):
@@ -51,6 +64,25 @@ class RegistryEntry(Section):
     site: Identity
     public_keys: Annotated[list[FilePath], Field(min_length=1)]
     heartbeat_s: Annotated[float, Field(ge=1.0)] = 30.0
+    # The center's own site data, shown beside each alarm's (OPERATOR.md).
+    school: NonEmpty | None = None
+    address: NonEmpty | None = None
+    lat: Annotated[float, Field(ge=-90.0, le=90.0)] | None = None
+    lon: Annotated[float, Field(ge=-180.0, le=180.0)] | None = None
+    phone: NonEmpty | None = None
+    contact: NonEmpty | None = None
+
+
+def _listen(value: str) -> str:
+    split_host_port(value)
+    return value
+
+
+class HealthSection(Section):
+    """``[health]``: the center's own /healthz and /metrics (loopback by default)."""
+
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8789"
+    enabled: bool = True
 
 
 class CenterConfig(Section):
@@ -60,11 +92,22 @@ class CenterConfig(Section):
     mqtt: CenterMqttSection = Field(default_factory=CenterMqttSection)
     mqtt_secondary: CenterMqttSection | None = None  # also listen (and ack) on a 2nd broker
     gateways: list[RegistryEntry] = Field(default_factory=list)
+    health: HealthSection = Field(default_factory=HealthSection)
     path: Path
+
+    @property
+    def store(self) -> str:
+        return self.center.store or self.mqtt.store or "sqlite"
+
+    @property
+    def dsn(self) -> str | None:
+        return self.center.dsn or self.mqtt.dsn
 
     @model_validator(mode="after")
     def _unique_gateways(self) -> CenterConfig:
         raise_if(_registry_problems([dict(g) for g in self.gateways]))
+        if self.store == "postgresql" and not self.dsn:
+            raise ValueError('store = "postgresql" needs dsn = "postgresql://..." in [center]')
         return self
 
 

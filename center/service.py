@@ -1,10 +1,12 @@
-"""The reference command-center receiver (shared/spec/PROTOCOL.md, OPERATOR.md ``center``).
+"""The command center's receiving core (PROTOCOL.md, OPERATOR.md ``center``).
 
 Subscribes to every gateway under the prefix, verifies each envelope against its registry
-(which kids may sign for which gateway), applies the de-duplicate/anti-replay rules with its
-state in SQLite (so they survive a restart), acknowledges accepted events with a signed
-``ack``, prints one readable line per envelope (or one JSON object with ``--json``) and logs
-every rejection with its reason. A garbage payload is a rejection, never a crash.
+(which kids may sign for which gateway), lets its store (``center.store``: SQLite or
+PostgreSQL) apply the de-duplicate/anti-replay rules and keep every envelope, rejection and
+alarm, acknowledges accepted events with a signed ``ack`` after the commit, and asks a
+gateway whose authentic envelope was refused for its seq to ``resync``. A garbage payload is
+a rejection, never a crash. Presentation is in ``center.present``, the service in
+``center.run``.
 
 It also watches each registered gateway's liveness (center/liveness.py): heartbeats and
 troubles are shown as they arrive, and a line says when a gateway goes ``stale`` (no heartbeat
@@ -15,36 +17,27 @@ session is ignored) or ``online`` again.
 from __future__ import annotations
 
 import asyncio
-import json
 import multiprocessing
 import os
-import sqlite3
-import sys
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping
 from concurrent.futures import BrokenExecutor, Executor, ProcessPoolExecutor, ThreadPoolExecutor
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, TextIO
+from dataclasses import dataclass, field, replace
+from typing import Any
 
 import structlog
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
 from center.check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_precheck
-from center.liveness import GatewayStatus, Liveness
-from center.state import WINDOW, CenterState
+from center.liveness import STALE_INTERVALS, GatewayStatus, Liveness
+from center.outbound import Outbound, resync_body, sign
+from center.store import Store, StoreError
 from gateway.contract.envelope import EVENT_TYPES, Envelope, build, parse_ts
-from gateway.contract.signing import (
-    SigningKey,
-    VerifyKey,
-    key_mode_problem,
-    load_signing_key,
-    load_verify_key,
-)
+from gateway.contract.signing import SigningKey, VerifyKey
 from gateway.contract.topics import topic
 from gateway.delivery.seq import SeqCounter
-from gateway.delivery.uplink import MqttSettings, Uplink
-from gateway.private_files import private_dir
+from gateway.delivery.uplink import Uplink
 
 log = structlog.get_logger("alarmgw.center")
 
@@ -54,6 +47,10 @@ INLINE_MAX = 2  # a burst this small, with none ahead of it, is checked without 
 # arrives meanwhile waits here and goes as one bigger burst (fewer hand-offs, syncs, acks).
 CHECKING_MAX = 2
 BURST_MAX = 1024  # envelopes per burst at most
+HELD_MAX = 200_000  # envelopes held while the store cannot commit (past that: re-sent later)
+STORE_RETRY_MAX_S = 5.0  # longest wait between attempts to reach the store again
+RESYNC_EVERY_S = 10.0  # PROTOCOL.md "resync": at most one per signer per 10 s
+SEQ_REASONS = frozenset({"replayed-seq", "seq-below-window"})  # authentic, refused for its seq
 
 
 @dataclass(slots=True)
@@ -81,13 +78,15 @@ class Center:
         prefix: str,
         key: SigningKey,
         seq: SeqCounter,
-        state: CenterState,
+        state: Store,
         registry: Registry,
         workers: str = "thread",
+        share_group: str | None = None,
     ) -> None:
         """``workers``: where bursts are checked: ``thread`` (a thread of this process) or
         ``process`` (a process of its own, beside the GIL; ``alarmgw center`` uses that)."""
         self.prefix = prefix
+        self.share_group = share_group
         self._key = key
         self._seq = seq
         self.state = state
@@ -106,6 +105,15 @@ class Center:
         self.liveness = Liveness(registry.heartbeat_s)
         self.status_listeners: list[Callable[[GatewayStatus], None]] = []
         self.burst_listeners: list[Callable[[], None]] = []  # after each burst's listeners
+        # Bursts decided while the store could not commit, waiting for it, in order.
+        self._held: deque[tuple[list[Received], list[Verdict | Envelope]]] = deque()
+        self._replaying = False
+        self._retry_task: asyncio.Task[None] | None = None
+        self._resync_at: dict[str, float] = {}  # kid -> when this instance sent a resync
+        self.store_ok = True
+        self.counts: Counter[str] = Counter()  # accepted / duplicate / rejected:<reason>
+        self.commit_s = 0.0  # the last burst's database time
+        self.started = time.time()
 
     def attach(self, uplink: Uplink) -> None:
         self._uplink = uplink
@@ -115,7 +123,8 @@ class Center:
         return self._key.kid
 
     def subscriptions(self) -> list[str]:
-        return [f"{self.prefix}/+/+/{kind}" for kind in TOPIC_TYPES]
+        share = f"$share/{self.share_group}/" if self.share_group else ""
+        return [f"{share}{self.prefix}/+/+/{kind}" for kind in TOPIC_TYPES]
 
     def on_message(self, name: str, payload: bytes, via: Uplink | None = None) -> None:
         """One payload from the broker session ``via`` (default: the primary).
@@ -224,6 +233,8 @@ class Center:
         """Stop the checker at once (bursts still being checked are dropped, not acked:
         the gateways re-send them to whoever runs next)."""
         self._closed = True
+        if self._retry_task is not None:
+            self._retry_task.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
             workers = list((getattr(pool, "_processes", None) or {}).values())
@@ -239,22 +250,49 @@ class Center:
             self._pool = None
 
     def _decide(self, burst: list[Received], checked: list[Verdict | Envelope]) -> None:
+        """Decide a checked burst in one transaction; acknowledge only after its commit.
+        While the store cannot commit, bursts wait here in order (none is acknowledged, and
+        the gateways keep re-sending) and are decided once it can again."""
+        if self._held and not self._replaying:
+            if sum(len(b) for b, _ in self._held) < HELD_MAX:
+                self._held.append((burst, checked))
+            return  # beyond that, not kept: the gateways re-send what was not acked
+        if not self._decide_now(burst, checked):
+            self._held.append((burst, checked))
+            if self._retry_task is None:
+                self._retry_task = asyncio.get_running_loop().create_task(
+                    self._retry_held(), name="center-store-retry"
+                )
+
+    def _decide_now(self, burst: list[Received], checked: list[Verdict | Envelope]) -> bool:
         batch: list[tuple[Verdict, Uplink | None]] = []
+        began = time.perf_counter()
         try:
             self.state.begin_batch()
-            for (name, _, via, received), pre in zip(burst, checked, strict=True):
-                batch.append((self._judge(name, pre, received), via))
+            for (name, payload, via, received), pre in zip(burst, checked, strict=True):
+                verdict = self._judge(name, pre, received, self._path(via))
+                if verdict.result == "rejected":
+                    self._keep_rejection(verdict, payload)
+                batch.append((verdict, via))
             self.state.commit_batch()
-        except sqlite3.Error as err:
-            # Nothing of the burst is kept or acknowledged: the gateways send it again.
+        except StoreError as err:
+            # Nothing of the burst is kept or acknowledged yet.
             self.state.abort_batch()
+            self.store_ok = False
             log.error("cannot record a burst; not acknowledged", count=len(burst), error=str(err))
-            return
+            return False
+        self.store_ok = True
+        self.commit_s = time.perf_counter() - began
+        for verdict, _via in batch:
+            key = verdict.result if verdict.result != "rejected" else f"rejected:{verdict.reason}"
+            self.counts[key] += 1
         acks: dict[tuple[str, str, int], tuple[Uplink | None, list[str]]] = {}
         for verdict, via in batch:
             env = verdict.env
             if verdict.result != "rejected" and env is not None and env.type in EVENT_TYPES:
                 acks.setdefault((env.site, env.gw, id(via)), (via, []))[1].append(env.id)
+            elif verdict.reason in SEQ_REASONS and env is not None:
+                self._resync(env, via)
         for (site, gw, _), (via, ids) in acks.items():
             for start in range(0, len(ids), ACK_IDS_MAX):
                 self._ack(site, gw, ids[start : start + ACK_IDS_MAX], via)
@@ -273,6 +311,44 @@ class Center:
                 self._status_changed(change)
         for after in self.burst_listeners:
             after()
+        return True
+
+    async def _retry_held(self) -> None:
+        """Wait for the store (tenacity backoff), then decide the held bursts in order."""
+        try:
+            while self._held and not self._closed:
+                async for attempt in AsyncRetrying(
+                    wait=wait_exponential(multiplier=0.1, max=STORE_RETRY_MAX_S),
+                    retry=retry_if_exception_type(StoreError),
+                ):
+                    with attempt:
+                        self.state.ping()
+                self._replaying = True
+                try:
+                    while self._held and not self._closed:
+                        burst, checked = self._held[0]
+                        if not self._decide_now(burst, checked):
+                            break
+                        self._held.popleft()
+                finally:
+                    self._replaying = False
+            if not self._held:
+                log.info("store available again; held bursts recorded")
+        finally:
+            self._retry_task = None
+
+    def _path(self, via: Uplink | None) -> str:
+        return "primary" if via is None or via is self._uplink else "secondary"
+
+    def _keep_rejection(self, v: Verdict, payload: bytes) -> None:
+        self.state.reject(
+            topic=v.topic,
+            reason=v.reason or "rejected",
+            detail=v.detail,
+            env=v.env,
+            payload=payload,
+            received=v.received or time.time(),
+        )
 
     def observe(self, v: Verdict) -> GatewayStatus | None:
         """Feed an accepted heartbeat or state to the liveness view; the change, if any."""
@@ -289,13 +365,39 @@ class Center:
         return None
 
     def check_stale(self) -> list[GatewayStatus]:
-        """Mark gateways without a heartbeat for 2.5 x their interval stale; the changes."""
-        changes = self.liveness.check()
-        for change in changes:
+        """Mark gateways without a heartbeat for 2.5 x their interval stale; the changes.
+        With a share group another instance may have had the heartbeats: the store's
+        latest one counts too."""
+        changes = []
+        for change in self.liveness.check():
+            if self.share_group and self._beat_elsewhere(change):
+                continue
+            changes.append(change)
             self._status_changed(change)
         return changes
 
+    def _beat_elsewhere(self, change: GatewayStatus) -> bool:
+        try:
+            last = self.state.last_heartbeat(change.site, change.gw)
+        except StoreError:
+            return False
+        if last is None or time.time() - last > STALE_INTERVALS * change.heartbeat_s:
+            return False
+        session = max(self.state.session(change.site, change.gw), 0)
+        self.liveness.heartbeat(change.site, change.gw, session, current=True)
+        return True
+
     def _status_changed(self, change: GatewayStatus) -> None:
+        if self.share_group:
+            # Several instances see the same gateways: the one whose update changes the
+            # stored status reports it.
+            try:
+                if not self.state.report_liveness(
+                    change.site, change.gw, change.status, now=time.time()
+                ):
+                    return
+            except StoreError as err:
+                log.error("cannot record a liveness change", error=str(err))
         log_fn = log.info if change.status == "online" else log.warning
         log_fn("gateway " + change.status, site=change.site, gw=change.gw, reason=change.reason)
         for listener in self.status_listeners:
@@ -308,50 +410,80 @@ class Center:
             self.check_stale()
 
     def receive(self, name: str, payload: bytes) -> Verdict:
-        """Decide about one payload received on topic ``name``; never raises."""
+        """Decide about one payload received on topic ``name`` and keep the decision;
+        never raises but StoreError."""
         received = time.time()
-        return self._judge(name, self._precheck(name, payload), received)
+        with self.state.transaction():
+            verdict = self._judge(name, self._precheck(name, payload), received)
+            if verdict.result == "rejected":
+                self._keep_rejection(verdict, payload)
+        return verdict
 
     def _precheck(self, name: str, payload: bytes) -> Verdict | Envelope:
         return precheck(self.prefix, self.registry.keys, name, payload)
 
-    def _judge(self, name: str, pre: Verdict | Envelope, received: float) -> Verdict:
-        """The stateful half, on the loop thread: anti-replay, de-duplication, acceptance."""
+    def _judge(
+        self, name: str, pre: Verdict | Envelope, received: float, path: str = "primary"
+    ) -> Verdict:
+        """The stateful half, on the loop thread: anti-replay, de-duplication, acceptance
+        (decided by the store, inside the burst's transaction)."""
         if isinstance(pre, Verdict):
-            return pre
+            return replace(pre, received=received, path=path)
         env = pre
-        site, gw = env.site, env.gw
         latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
-        earlier, id_seen = self.state.lookup(env.kid, env.seq, env.id)
-        if earlier is not None:
-            if earlier == env.id:
-                return Verdict("duplicate", name, env=env, latency_ms=latency)
+        verified_at = time.perf_counter()
+        got = self.state.admit(env, received=received, path=path)
+        if got.result == "rejected":
             return Verdict(
                 "rejected",
                 name,
-                "replayed-seq",
-                f"seq {env.seq} of kid {env.kid} was accepted with another id",
+                got.reason,
+                got.detail,
                 env,
+                latency_ms=latency,
+                unproven=got.unproven,
+                path=path,
+                received=received,
             )
-        if env.seq <= self.state.high(env.kid) - WINDOW:
-            return Verdict("rejected", name, "seq-below-window", f"seq {env.seq} is too old", env)
-        if id_seen:
-            # The same event re-signed under a new seq (a gateway keeps its backlog inside the
-            # window that way; PROTOCOL.md: the id is the dedupe key): acked, not dispatched.
-            return Verdict("duplicate", name, env=env, latency_ms=latency)
-        verified_at = time.perf_counter()
-        self.state.accept(env)
-        stale = False
-        if env.type == "state":
-            # PROTOCOL.md: a state with a lower session than the latest seen is stale (a late
-            # will must not mark a live gateway offline).
-            session = int(env.body["session"])
-            stale = session < self.state.session(site, gw)
-            if not stale:
-                self.state.set_state(site, gw, session, str(env.body["status"]))
         return Verdict(
-            "accepted", name, env=env, latency_ms=latency, stale=stale, verified_at=verified_at
+            got.result,
+            name,
+            env=env,
+            latency_ms=latency,
+            stale=got.stale,
+            verified_at=verified_at if got.result == "accepted" else 0.0,
+            path=path,
+            received=received,
         )
+
+    def _resync(self, env: Envelope, via: Uplink | None) -> None:
+        """PROTOCOL.md "resync": at most one per signer per 10 s, whichever instance."""
+        now = time.time()
+        if now - self._resync_at.get(env.kid, 0.0) < RESYNC_EVERY_S:
+            return
+        via = via or self._uplink
+        if via is None or not via.connected:
+            return  # the gateway re-sends; the next refusal asks again
+        try:
+            if not self.state.claim_resync(env.kid, now=now, every_s=RESYNC_EVERY_S):
+                return
+            next_seq = max(self.state.high(env.kid), env.seq) + 1
+        except StoreError as err:
+            log.error("cannot record a resync", kid=env.kid, error=str(err))
+            return
+        self._resync_at[env.kid] = now
+        out = self.sign(env.site, env.gw, "resync", resync_body(env.kid, next_seq))
+        log.warning("resync sent", site=env.site, gw=env.gw, kid=env.kid, next_seq=next_seq)
+        fut = via.publish(topic(self.prefix, env.site, env.gw, "ack"), out.payload)
+        fut.add_done_callback(_ignore_failure)
+
+    def sign(self, site: str, gw: str, kind: str, body: Mapping[str, Any]) -> Outbound:
+        """A center -> gateway envelope, signed with the center's key and next seq."""
+        return sign(type=kind, site=site, gw=gw, seq=self._seq.next(), body=body, key=self._key)
+
+    @property
+    def uplink(self) -> Uplink | None:
+        return self._uplink
 
     def _ack(self, site: str, gw: str, ids: list[str], via: Uplink | None) -> None:
         if via is None or not via.connected:
@@ -373,146 +505,15 @@ def _ignore_failure(fut: asyncio.Future[int]) -> None:
         log.warning("ack not delivered to the broker", error=str(fut.exception()))
 
 
-# -- presentation ----------------------------------------------------------------------
+def __getattr__(name: str) -> Any:
+    # The presentation and the service moved to modules of their own, which import this
+    # one; these names stay importable from here.
+    if name in ("console", "human_line", "heartbeat_summary"):
+        from center import present  # noqa: PLC0415
 
+        return getattr(present, name)
+    if name in ("run_center", "_open_center"):
+        from center import run  # noqa: PLC0415
 
-def human_line(v: Verdict) -> str:
-    """One line a dispatcher can read."""
-    env = v.env
-    when = time.strftime("%H:%M:%S")
-    if v.result == "rejected":
-        who = f"{env.site}/{env.gw} seq {env.seq}" if env else v.topic
-        return f"{when}  REJECTED   {who}: {v.reason}" + (f" ({v.detail})" if v.detail else "")
-    assert env is not None
-    who = f"{env.site}/{env.gw}"
-    lat = f"{v.latency_ms:.0f} ms" if v.latency_ms is not None else "?"
-    if v.result == "duplicate":
-        return f"{when}  duplicate  {who} {env.type} {env.id} (re-acked, not dispatched again)"
-    body = env.body
-    if env.type in ("alarm", "test"):
-        loc = body["location"]
-        label = "TEST (not dispatched)" if env.type == "test" else "ALARM"
-        return (
-            f"{when}  {label:<9} {who}  {body['kind']} ({body['code']}) at {loc['name']}, "
-            f"{loc['address']}  input {body['input']}  phone {body['contact']['phone']}  "
-            f"[verified {env.kid}, seq {env.seq}, {lat}]"
-        )
-    if env.type in ("trouble", "restore"):
-        count = f" ({body['count']} changes)" if "count" in body else ""
-        return (
-            f"{when}  {env.type.upper():<9} {who}  {body['code']} {body['device']}: "
-            f"{body['detail']}{count}  [{lat}]"
-        )
-    if env.type == "heartbeat":
-        return f"{when}  heartbeat {who}  {heartbeat_summary(body)}"
-    if env.type == "state":
-        stale = "  (stale session, ignored)" if v.stale else ""
-        return f"{when}  {body['status']:<9} {who}  session {body['session']}{stale}"
-    return f"{when}  {env.type:<9} {who}  seq {env.seq}"
-
-
-def heartbeat_summary(body: Mapping[str, Any]) -> str:
-    """A heartbeat body in one line."""
-    queue, inputs = body.get("queue", {}), body.get("inputs", {})
-    parts = [
-        f"session {body.get('session')}",
-        f"up {body.get('uptime_s')} s",
-        f"queue {queue.get('pending')} (oldest {queue.get('oldest_s')} s)",
-        "inputs " + (", ".join(f"{k} {v}" for k, v in sorted(inputs.items())) or "none"),
-    ]
-    if "bollard" in body:
-        parts.append(f"bollard {body['bollard'].get('state')}")
-    if "camera" in body:
-        cam = body["camera"]
-        days = cam.get("retention_days", "?")
-        parts.append(
-            f"camera {'ok' if cam.get('ok') else 'NOT ok'} "
-            f"({'recording' if cam.get('recording') else 'not recording'}, {days} days)"
-        )
-    clock = body.get("clock", {}).get("synced")
-    parts.append("clock synced" if clock else "clock NOT synced")
-    free = body.get("disk", {}).get("free_bytes")
-    if isinstance(free, int):
-        parts.append(f"disk {free // 2**20} MB free")
-    return ", ".join(parts)
-
-
-def _open_center(config_path: str) -> tuple[Center, SeqCounter, Any]:
-    """Load the config, keys and state (blocking file I/O, before the loop matters)."""
-    from center.config import load_center_config  # noqa: PLC0415 - keeps import light for tests
-
-    cfg = load_center_config(config_path)
-    key = load_signing_key(cfg.center.key_file)
-    problem = key_mode_problem(Path(cfg.center.key_file))
-    if problem:
-        log.warning("key file permissions", problem=problem)
-    registry = Registry()
-    for entry in cfg.gateways:
-        for pub in entry.public_keys:
-            registry.add(entry.site, entry.id, load_verify_key(pub), entry.heartbeat_s)
-    state_dir = Path(cfg.center.state_dir)
-    private_dir(state_dir, "state_dir")
-    seq = SeqCounter(state_dir / "seq.json")
-    center = Center(
-        prefix=cfg.mqtt.prefix,
-        key=key,
-        seq=seq,
-        state=CenterState(state_dir / "center.sqlite"),
-        registry=registry,
-        workers="process",
-    )
-    return center, seq, cfg
-
-
-def console(center: Center, out: TextIO, *, as_json: bool) -> None:
-    """Print each verdict and status change on ``out``, in order, one write per burst: the
-    lines are joined here, so that holds whatever ``out``'s own buffering is (with
-    PYTHONUNBUFFERED, as under many service managers, every line was a system call)."""
-    lines: list[str] = []
-
-    def show(v: Verdict) -> None:
-        lines.append((json.dumps(v.to_json()) if as_json else human_line(v)) + "\n")
-
-    def write_out() -> None:
-        if lines:
-            out.write("".join(lines))
-            lines.clear()
-        out.flush()
-
-    def show_status(change: GatewayStatus) -> None:
-        # At once (a stale gateway is noticed by a timer, outside any burst), after the
-        # lines of the burst so far.
-        lines.append((json.dumps(change.to_json()) if as_json else change.human()) + "\n")
-        write_out()
-
-    center.listeners.append(show)
-    center.burst_listeners.append(write_out)
-    center.status_listeners.append(show_status)
-
-
-async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdout) -> None:
-    """``alarmgw center --config FILE``: run until cancelled."""
-    center, seq, cfg = _open_center(config_path)
-    console(center, out, as_json=as_json)
-    settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-center-{center.kid}")
-    uplink = Uplink(settings, subscriptions=center.subscriptions(), on_message=center.on_message)
-    center.attach(uplink)
-    center.start_checker()
-    jobs = [uplink.run()]
-    if cfg.mqtt_secondary is not None:  # issue 5: listen (and ack) on the second path too
-        second = Uplink(
-            MqttSettings.from_config(cfg.mqtt_secondary, client_id=settings.client_id),
-            subscriptions=center.subscriptions(),
-            on_message=lambda name, payload: center.on_message(name, payload, via=second),
-        )
-        jobs.append(second.run())
-    log.info("center starting", kid=center.kid, gateways=len(cfg.gateways))
-    watcher = asyncio.create_task(center.watch(), name="liveness")
-    try:
-        await asyncio.gather(*jobs)
-    finally:
-        watcher.cancel()
-        await asyncio.gather(watcher, return_exceptions=True)
-        center.close()
-        seq.close()
-        center.state.close()
+        return getattr(run, name)
+    raise AttributeError(name)

@@ -40,7 +40,14 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_center(args: argparse.Namespace) -> int:
-    from center.service import run_center  # noqa: PLC0415
+    if args.action:  # alarmgw center alarms|ack|resolve|status ...
+        from center.cli import main as center_main  # noqa: PLC0415
+
+        return center_main(args.action, config=args.config)
+    if args.config is None:
+        print("alarmgw center: --config FILE is required", file=sys.stderr)
+        return 2
+    from center.run import run_center  # noqa: PLC0415
     from gateway import logs  # noqa: PLC0415
 
     logs.configure(sys.stderr)
@@ -144,8 +151,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Verify, de-duplicate and acknowledge every gateway's "
         "envelopes; print one line per envelope (--json: one JSON object).",
     )
-    p.add_argument("--config", required=True, metavar="FILE", help="center config")
+    p.add_argument("--config", metavar="FILE", help="center config")
     p.add_argument("--json", action="store_true", help="one JSON object per envelope")
+    p.add_argument(
+        "action",
+        nargs=argparse.REMAINDER,
+        metavar="ACTION ...",
+        help="alarms | ack ID --by NAME | resolve ID --outcome O --by NAME | status "
+        "(alarmgw center ACTION --help)",
+    )
     p.set_defaults(func=_cmd_center)
 
     p = sub.add_parser("config", help="config tools", description="Config tools.")

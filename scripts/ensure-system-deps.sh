@@ -20,6 +20,9 @@ command -v systemd-analyze >/dev/null 2>&1 || need+=(systemd)
 [ -e /usr/share/zoneinfo/Asia/Shanghai ] || need+=(tzdata)
 # node and npm: the official AsyncAPI parser checks docs/asyncapi.yaml (ensure-node-deps.sh).
 command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
+# postgresql: the center's shared store; its tests start a throwaway server with the
+# initdb/pg_ctl under /usr/lib/postgresql/<ver>/bin.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
 node_deps="$(dirname "$0")/ensure-node-deps.sh"
 [ ${#need[@]} -eq 0 ] && exec "$node_deps"
 echo "installing system packages: ${need[*]}"

@@ -1,0 +1,266 @@
+#!/usr/bin/env python3
+"""The command center's ingest, each figure beside a floor measured in the same run.
+
+Envelopes verified + committed + acknowledged per second by the real ``alarmgw center``
+process(es), for N alarms (default 20,000) from G simulated gateways (default 10; paho
+clients publishing pre-signed alarms, QoS 1, and re-sending what is not acked after 5 s),
+the clock from the first publish until every alarm's ack arrived:
+1. one instance on SQLite;
+2. one instance on PostgreSQL (a throwaway server on loopback);
+3. two instances on one MQTT 5 shared subscription and that PostgreSQL;
+4. failover: two instances, one killed with SIGKILL; then K alarms (default 200) are
+   published, and the time from the kill until the other instance acknowledged all of them.
+Floor: the same N messages published by the same clients to a plain subscriber through the
+same broker (publish -> receive, no center). Prints figures for a person, then one JSON
+object as the last line (OPERATOR.md "Benchmarks").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
+
+from firmware_sim.broker import Mosquitto, free_port
+from gateway.contract.envelope import build
+from gateway.contract.signing import SigningKey, write_keypair
+from tests.pg import Postgres
+
+SITE, PREFIX = "bench-school", "schoolalarm/v1"
+BIN = Path(sys.executable).parent
+BODY = {
+    "code": "120",
+    "kind": "panic",
+    "input": "gpio:gate",
+    "test": False,
+    "location": {"name": "Gate", "address": "Road 1", "lat": 22.5431, "lon": 114.0287},
+    "contact": {"phone": "+86-755-0000-0000"},
+}
+
+
+class Gateways:
+    """G paho clients; each publishes its alarms and collects the center's acks."""
+
+    def __init__(self, port: int, gws: list[str], *, tag: str) -> None:
+        self.acked: set[str] = set()
+        self.got = 0
+        self.lock = threading.Lock()
+        self.clients: dict[str, mqtt.Client] = {}
+        ready = threading.Semaphore(0)
+        for gw in gws:
+            c = mqtt.Client(
+                CallbackAPIVersion.VERSION2, client_id=f"{tag}-{gw}", protocol=mqtt.MQTTv5
+            )
+            c.max_queued_messages_set(0)
+            c.max_inflight_messages_set(1000)
+            c.on_connect = lambda c, u, f, rc, p, gw=gw: c.subscribe(
+                [(f"{PREFIX}/{SITE}/{gw}/ack", 1), (f"floor/{gw}", 1)]
+            )
+            c.on_subscribe = lambda *a: ready.release()
+            c.on_message = self._message
+            c.connect("127.0.0.1", port)
+            c.loop_start()
+            self.clients[gw] = c
+        for _ in gws:
+            assert ready.acquire(timeout=30)
+
+    def _message(self, _c: Any, _u: Any, msg: Any) -> None:
+        if msg.topic.startswith("floor/"):
+            with self.lock:
+                self.got += 1
+            return
+        body = json.loads(msg.payload)["body"]
+        if "ids" in body and "status" not in body:
+            with self.lock:
+                self.acked.update(body["ids"])
+
+    def publish(self, gw: str, topic: str, payload: bytes) -> None:
+        self.clients[gw].publish(topic, payload, qos=1)
+
+    def close(self) -> None:
+        for c in self.clients.values():
+            c.loop_stop()
+            c.disconnect()
+
+
+def signed(key: SigningKey, gws: list[str], n: int, base: int) -> list[tuple[str, str, bytes]]:
+    out = []
+    for i in range(n):
+        gw = gws[i % len(gws)]
+        env = build(type="alarm", site=SITE, gw=gw, seq=base + i + 1, body=BODY, key=key)
+        out.append((gw, env.id, env.to_bytes()))
+    return out
+
+
+def drive(gws: Gateways, alarms: list[tuple[str, str, bytes]], timeout: float = 600) -> float:
+    """Publish all, re-send the unacked every 5 s; seconds until every one is acked."""
+    t0 = time.perf_counter()
+    for gw, _id, payload in alarms:
+        gws.publish(gw, f"{PREFIX}/{SITE}/{gw}/event", payload)
+    ids = {i for _, i, _ in alarms}
+    last = t0
+    while True:
+        with gws.lock:
+            left = ids - gws.acked
+        if not left:
+            return time.perf_counter() - t0
+        now = time.perf_counter()
+        if now - t0 > timeout:
+            raise SystemExit(f"{len(left)} alarms not acked within {timeout} s")
+        if now - last > 5.0:
+            last = now
+            for gw, i, payload in alarms:
+                if i in left:
+                    gws.publish(gw, f"{PREFIX}/{SITE}/{gw}/event", payload)
+        time.sleep(0.005)
+
+
+def floor(gws: Gateways, n: int, size: int) -> float:
+    names = list(gws.clients)
+    with gws.lock:
+        gws.got = 0
+    payload = b"x" * size
+    t0 = time.perf_counter()
+    for i in range(n):
+        gw = names[i % len(names)]
+        gws.publish(gw, f"floor/{gw}", payload)
+    while True:
+        with gws.lock:
+            if gws.got >= n:
+                return time.perf_counter() - t0
+        time.sleep(0.002)
+
+
+def center_config(root: Path, name: str, port: int, gws: list[str], store: str) -> Path:
+    regs = "".join(
+        f'[[gateways]]\nid = "{gw}"\nsite = "{SITE}"\npublic_keys = ["keys/gateway.pub"]\n\n'
+        for gw in gws
+    )
+    path = root / f"{name}.toml"
+    path.write_text(
+        f'[center]\nkey_file = "keys/center.key"\nstate_dir = "state-{name}"\n{store}\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nprefix = "{PREFIX}"\n'
+        f'share_group = "bench"\n\n[health]\nlisten = "127.0.0.1:{free_port()}"\n\n{regs}'
+    )
+    return path
+
+
+def start_center(config: Path) -> subprocess.Popen[str]:
+    proc = subprocess.Popen(
+        [str(BIN / "alarmgw"), "center", "--config", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        if '"subscribed"' in line:
+            break
+    else:
+        raise SystemExit(f"center did not start: exit {proc.wait()}")
+    threading.Thread(target=proc.stderr.read, daemon=True).start()
+    return proc
+
+
+def stop(procs: list[subprocess.Popen[str]]) -> None:
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--alarms", type=int, default=20_000)
+    parser.add_argument("--gateways", type=int, default=10)
+    parser.add_argument("--failover", type=int, default=200)
+    args = parser.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    gws = [f"gw-{i}" for i in range(args.gateways)]
+    result: dict[str, Any] = {"alarms": args.alarms, "gateways": args.gateways}
+    with tempfile.TemporaryDirectory(prefix="alarmgw-bench-center-") as d:
+        root = Path(d)
+        key, _, _ = write_keypair(root / "keys", "gateway")
+        write_keypair(root / "keys", "center")
+        pg = Postgres()
+        try:
+            extra = "max_queued_messages 1000000\nmax_inflight_messages 0\n"
+            with Mosquitto(root / "broker", extra=extra) as broker:
+                clients = Gateways(broker.port, gws, tag="bench")
+                size = len(signed(key, gws, 1, 0)[0][2])
+                base = 0
+                runs = [
+                    ("sqlite_1", 1, ""),
+                    ("postgresql_1", 1, f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'),
+                    (
+                        "postgresql_2_shared",
+                        2,
+                        f'store = "postgresql"\ndsn = "{pg.new_database()}"\n',
+                    ),
+                ]
+                for name, count, store in runs:
+                    fl = floor(clients, args.alarms, size)
+                    procs = [
+                        start_center(center_config(root, f"{name}-{i}", broker.port, gws, store))
+                        for i in range(count)
+                    ]
+                    try:
+                        took = drive(clients, signed(key, gws, args.alarms, base))
+                    finally:
+                        stop(procs)
+                    base += args.alarms
+                    rate, floor_rate = args.alarms / took, args.alarms / fl
+                    result[f"{name}_per_s"] = round(rate, 1)
+                    result[f"{name}_floor_per_s"] = round(floor_rate, 1)
+                    print(
+                        f"{name}: {rate:.0f} alarms/s verified+committed+acked "
+                        f"(floor {floor_rate:.0f}/s, ratio {rate / floor_rate:.3f})",
+                        flush=True,
+                    )
+                store = f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'
+                procs = [
+                    start_center(center_config(root, f"failover-{i}", broker.port, gws, store))
+                    for i in range(2)
+                ]
+                try:
+                    drive(clients, signed(key, gws, 100, base))  # both warm
+                    base += 100
+                    batch = signed(key, gws, args.failover, base)
+                    t0 = time.perf_counter()
+                    procs[0].send_signal(signal.SIGKILL)
+                    drive(clients, batch)
+                    took = time.perf_counter() - t0
+                finally:
+                    stop(procs)
+                result["failover_all_acked_s"] = round(took, 3)
+                print(
+                    f"failover: {args.failover} alarms acked by the surviving instance "
+                    f"{took:.2f} s after the other was killed (SIGKILL)",
+                    flush=True,
+                )
+                clients.close()
+        finally:
+            pg.close()
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
