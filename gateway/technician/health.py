@@ -41,7 +41,7 @@ import structlog
 from aiohttp import web
 
 from gateway.delivery.outbox import Pending
-from gateway.snapshots import QueueSnapshot, SnapshotSource
+from gateway.snapshots import GatewaySnapshot, QueueSnapshot, SnapshotSource
 from gateway.technician import metrics, status
 
 log = structlog.get_logger("alarmgw.health")
@@ -283,12 +283,12 @@ class HealthServer:
             {"ok": not problems, "problems": problems}, status=503 if problems else 200
         )
 
-    async def _document(self) -> dict[str, Any]:
-        """The ``/status`` document: a snapshot taken on the daemon's loop, the queue read
-        from the outbox file here, the health judged here."""
+    async def _snapshot(self) -> tuple[GatewaySnapshot, QueueSnapshot, list[str]]:
+        """A snapshot taken on the daemon's loop, the queue read from the outbox file here,
+        the health judged here."""
         snap = await self._on_main(self.source.snapshot)
         queue = await asyncio.to_thread(self._read_queue)
-        return status.to_json(snap, queue=queue, problems=self._problems(), acks=self.acks)
+        return snap, queue, self._problems()
 
     def _read_queue(self) -> QueueSnapshot:
         with status.readonly_outbox(self.outbox) as conn:
@@ -301,17 +301,22 @@ class HealthServer:
 
     async def _status(self, _request: web.Request) -> web.Response:
         try:
-            doc = await self._document()
+            snap, queue, problems = await self._snapshot()
         except TimeoutError:
             return self._not_responding()
-        return web.json_response(doc)
+        return web.json_response(
+            status.to_json(snap, queue=queue, problems=problems, acks=self.acks)
+        )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         try:
-            doc = await self._document()
+            snap, queue, problems = await self._snapshot()
         except TimeoutError:
             return self._not_responding()
-        text = metrics.render(metrics.families_from_status(doc))
+        fams = metrics.families(
+            snap, queue, healthy=not problems, ack_latency=self.acks.histogram()
+        )
+        text = metrics.render(fams)
         return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS})
 
     def _refuse(self, request: web.Request) -> web.Response | None:
