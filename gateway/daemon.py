@@ -152,6 +152,25 @@ class Gateway:
     def stop(self) -> None:
         self._stop.set()
 
+    def make_monitors(self) -> SiteMonitors:
+        """The site monitors, reading snapshots and callables (never this gateway); their
+        snapshot joins the gateway's. After the inputs exist: it hooks the box links."""
+        relay = self.relay
+        monitors = SiteMonitors(
+            self.cfg,
+            sink=relay,
+            ident=relay.ident,
+            key=self.key,
+            seq=self.seq,
+            uplink=self.uplink,
+            session=lambda: relay.session,
+            route=lambda: relay.route("heartbeat"),
+            boxes=self.boxes,
+            core=self.snapshots.core,
+        )
+        self.snapshots.monitors = monitors.snapshot
+        return monitors
+
     def _make_inputs(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
         """(name, loop factory) of every input, for the supervisor."""
         from gateway.inputs.serial_box import BoxLink, RS485Options  # noqa: PLC0415
@@ -233,20 +252,7 @@ class Gateway:
             tasks.append(asyncio.create_task(sup.run(name, job), name=name))
         # Site supervision (issue 3): heartbeat, troubles, monitors; after the inputs, whose
         # box links it hooks. Each is a supervised task of its own, off the alarm path.
-        relay = self.relay
-        self.monitors = SiteMonitors(
-            self.cfg,
-            sink=relay,
-            ident=relay.ident,
-            key=self.key,
-            seq=self.seq,
-            uplink=self.uplink,
-            session=lambda: relay.session,
-            route=lambda: relay.route("heartbeat"),
-            boxes=self.boxes,
-            core=self.snapshots.core,
-        )
-        self.snapshots.monitors = self.monitors.snapshot
+        self.monitors = self.make_monitors()
         for name, job in self.monitors.jobs():
             tasks.append(asyncio.create_task(sup.run(name, job), name=name))
         # systemd's watchdog (WATCHDOG_USEC): pinged only while uplink and pump both tick.

@@ -52,6 +52,49 @@ class Core(Protocol):
     def inputs(self) -> tuple[InputSnapshot, ...]: ...
 
 
+def open_trouble(reporter: TroubleReporter, device: str) -> tuple[list[str], str]:
+    """(reasons, detail) of the device's open troubles."""
+    reasons, details = [], []
+    for c in reporter.conditions():
+        if c.device == device and c.active:
+            reasons += c.reason.split("+")
+            details.append(c.detail)
+    return reasons, "; ".join(details)
+
+
+def bollard_snapshot(monitor: BollardMonitor, reporter: TroubleReporter) -> BollardSnapshot:
+    """The bollard's state and the verdict on its open trouble (gateway/checks.py)."""
+    tracker = monitor.tracker
+    reasons, detail = open_trouble(reporter, "bollard")
+    return BollardSnapshot(
+        state=tracker.state,
+        since=None if tracker.since_wall is None else format_ts(tracker.since_wall),
+        verdict=checks.bollard(tracker.state, reasons, detail),
+    )
+
+
+def camera_snapshot(camera: CameraMonitor) -> CameraSnapshot:
+    """The recorder's last answer (none after a failed poll) and the verdict on it."""
+    err, last = camera.error, camera.last
+    required = camera.cfg.required_days
+    if err is not None:
+        verdict = checks.camera(None, None, required, error=(err.reason, err.detail))
+        last = None
+    else:
+        verdict = checks.camera(
+            None if last is None else last.recording,
+            None if last is None else last.retention_days,
+            required,
+        )
+    return CameraSnapshot(
+        recording=bool(last is not None and last.recording),
+        retention_days=None if last is None else float(last.retention_days),
+        required_days=required,
+        error=None if err is None else str(err),
+        verdict=verdict,
+    )
+
+
 class SiteMonitors:
     """The reporter, the monitors and the heartbeat of one gateway. Build it on the running
     loop after the inputs exist (it hooks the box links).
@@ -128,57 +171,14 @@ class SiteMonitors:
 
     # -- snapshots -------------------------------------------------------------------------
 
-    def _open(self, device: str) -> tuple[list[str], str]:
-        """(reasons, detail) of the device's open troubles."""
-        reasons, details = [], []
-        for c in self.reporter.conditions():
-            if c.device == device and c.active:
-                reasons += c.reason.split("+")
-                details.append(c.detail)
-        return reasons, "; ".join(details)
-
-    def _bollard(self) -> BollardSnapshot | None:
-        if self.bollard is None:
-            return None
-        tracker = self.bollard.tracker
-        reasons, detail = self._open("bollard")
-        return BollardSnapshot(
-            state=tracker.state,
-            since=None if tracker.since_wall is None else format_ts(tracker.since_wall),
-            verdict=checks.bollard(tracker.state, reasons, detail),
-        )
-
-    def _camera(self) -> CameraSnapshot | None:
-        camera = self.camera
-        if camera is None:
-            return None
-        err, last = camera.error, camera.last
-        required = camera.cfg.required_days
-        if err is not None:
-            verdict = checks.camera(None, None, required, error=(err.reason, err.detail))
-            last = None
-        else:
-            verdict = checks.camera(
-                None if last is None else last.recording,
-                None if last is None else last.retention_days,
-                required,
-            )
-        return CameraSnapshot(
-            recording=bool(last is not None and last.recording),
-            retention_days=None if last is None else float(last.retention_days),
-            required_days=required,
-            error=None if err is None else str(err),
-            verdict=verdict,
-        )
-
     def snapshot(self) -> MonitorsSnapshot:
         """Everything the monitors know now. On the event loop."""
         rep = self.reporter
         states: list[tuple[str, InputState]] = [(d, rep.status(d)) for d in self.devices]
         hb = self.heartbeat
         return MonitorsSnapshot(
-            bollard=self._bollard(),
-            camera=self._camera(),
+            bollard=None if self.bollard is None else bollard_snapshot(self.bollard, rep),
+            camera=None if self.camera is None else camera_snapshot(self.camera),
             selfcheck=self.selfcheck.snapshot(),
             troubles=tuple(
                 Trouble(c.device, c.code, c.reason, c.detail) for c in rep.conditions() if c.active
