@@ -1,4 +1,4 @@
-"""The gateway's own health (issue 3 "Gateway self-checks"), device ``gateway``.
+"""The gateway's own health, device ``gateway``.
 
 The checks themselves are gateway/checks.py, shared with ``alarmgw diag`` and ``/status``;
 here each round's verdicts become conditions, with codes from PROTOCOL.md's list (its

@@ -5,7 +5,7 @@ and monitoring.
 ``GET /healthz``            200 ``{"ok": true}`` while the alarm path is alive; 503 with
                             ``"problems"`` (uplink down or stuck, outbox not writable, ...)
 ``GET /status``             JSON: inputs, uplink, queue, last alarm, versions, uptime,
-                            plus every registered provider (bollard, camera, ...)
+                            bollard, camera, open troubles, self-checks
 ``GET /metrics``            Prometheus text format
 ``POST /test-alarm``        raise a ``test`` (code 601) through the real path → its id
 ``GET /events/{id}``        ``pending``/``acked``/``unknown``; ``?wait=S`` waits for the ack

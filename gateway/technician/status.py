@@ -24,8 +24,6 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from gateway import __version__, checks
 from gateway.errors import OutboxError
 from gateway.snapshots import (
@@ -42,8 +40,6 @@ from gateway.snapshots import (
     input_state,
 )
 from gateway.technician.metrics import Histogram
-
-log = structlog.get_logger("alarmgw.status")
 
 # The uplink's misc loop ticks about once a second; this much silence means the event loop
 # (or that task) is stuck, and with it the MQTT keepalive and every alarm.
