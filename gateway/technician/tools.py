@@ -90,7 +90,10 @@ def status_verdict(
     for name, verdict in _verdicts(st):
         if verdict.get("level") in by_level:
             fix = f" -> {verdict['fix']}" if verdict.get("fix") else ""
-            by_level[verdict["level"]].append(f"{name}: {verdict['found']}{fix}")
+            found = str(verdict["found"])
+            # A box's verdict names the box already ("box-1: serial port not open").
+            label = "" if found.startswith(name.split(":", 1)[-1] + ":") else f"{name}: "
+            by_level[verdict["level"]].append(f"{label}{found}{fix}")
     judged = {name for name, _ in _verdicts(st)}
     for i in st["inputs"]:
         if i["state"] == "ok" or i["ref"] in judged:
