@@ -213,32 +213,21 @@ def bollard(state: str, reasons: Collection[str], detail: str) -> Verdict:
     return warning("bollard", detail, "raise the bollard, or tell the school it is down")
 
 
-CAMERA_UNREADABLE = frozenset({"unreachable", "timeout", "http-status", "bad-response"})
+CAMERA_WARNING = frozenset({"retention"})
 
 
-def camera(
-    recording: bool | None,
-    retention_days: float | None,
-    required_days: int,
-    *,
-    error: tuple[str, str] | None = None,
-) -> Verdict:
-    """The recorder: not answering or not recording fails; retention below
-    ``required_days`` is a warning. ``error``: (reason, detail) of a failed poll."""
-    if error is not None:
-        reason, detail = error
-        return failing("camera", f"recorder {reason}: {detail}", "check the recorder and its URL")
-    if recording is None or retention_days is None:
+def camera(reasons: Collection[str], detail: str, *, polled: bool, facts: str = "") -> Verdict:
+    """The recorder from its monitor's trouble (``reasons``, e.g. ``retention``,
+    ``not-recording``, ``unreachable``; ``detail`` their words): retention below
+    ``required_days`` alone is a warning; not recording, not answering or anything else the
+    monitor finds fails. Before the first answer (``polled`` false) it is a warning."""
+    if reasons:
+        if set(reasons) - CAMERA_WARNING:
+            return failing("camera", detail, "check the recorder, its disks and its URL")
+        return warning("camera", detail, "give the recorder more storage or lower its quality")
+    if not polled:
         return warning("camera", "recorder not asked yet", "wait for the first poll")
-    if not recording:
-        return failing("camera", "recorder is not recording", "start recording on the recorder")
-    if retention_days < required_days:
-        return warning(
-            "camera",
-            f"retention {retention_days:g} days, policy {required_days}",
-            "give the recorder more storage or lower its quality",
-        )
-    return ok("camera", f"recording, retention {retention_days:g} days")
+    return ok("camera", facts or "recording")
 
 
 def serial_link(

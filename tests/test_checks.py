@@ -217,7 +217,7 @@ async def test_the_recorder(tmp_path: Path, setup: tuple[str, ...], want: str) -
                 monitor.evaluate(await monitor.adapter.fetch(session, timeout_s=5.0))
             except StatusError as err:
                 monitor.evaluate(err)
-    snap = camera_snapshot(monitor)
+    snap = camera_snapshot(monitor, reporter)
     doc = status.to_json(snapshot(monitors=monitors(camera=snap)), queue=QueueSnapshot(()))
     daemon = diag._urls(diag.Context(cfg, status=doc))
     assert [once.status, worst(daemon), status_says(monitors=monitors(camera=snap))] == [want] * 3

@@ -156,7 +156,7 @@ def test_snapshots_are_immutable_all_the_way_down() -> None:
     snap = snapshot(
         monitors=monitors(
             bollard=BollardSnapshot("up", None, checks.bollard("up", [], "")),
-            camera=CameraSnapshot(True, 34.0, 30, None, checks.camera(True, 34, 30)),
+            camera=CameraSnapshot(True, 34.0, 30, None, checks.camera([], "", polled=True)),
         )
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -214,7 +214,7 @@ def test_a_box_with_an_open_trouble_is_trouble_in_status_metrics_and_heartbeat()
 def test_heartbeat_body_from_snapshots_is_a_valid_heartbeat() -> None:
     m = monitors(
         bollard=BollardSnapshot("up", "2026-01-01T00:00:00.000Z", checks.bollard("up", [], "")),
-        camera=CameraSnapshot(True, 34.0, 30, None, checks.camera(True, 34, 30)),
+        camera=CameraSnapshot(True, 34.0, 30, None, checks.camera([], "", polled=True)),
     )
     body = heartbeat_body(process(), QUEUE, (gpio(), serial()), m)
     assert body["queue"] == {"pending": 3, "oldest_s": 9.5} and body["uptime_s"] == 3600

@@ -73,25 +73,19 @@ def bollard_snapshot(monitor: BollardMonitor, reporter: TroubleReporter) -> Boll
     )
 
 
-def camera_snapshot(camera: CameraMonitor) -> CameraSnapshot:
-    """The recorder's last answer (none after a failed poll) and the verdict on it."""
-    err, last = camera.error, camera.last
-    required = camera.cfg.required_days
-    if err is not None:
-        verdict = checks.camera(None, None, required, error=(err.reason, err.detail))
-        last = None
-    else:
-        verdict = checks.camera(
-            None if last is None else last.recording,
-            None if last is None else last.retention_days,
-            required,
-        )
+def camera_snapshot(camera: CameraMonitor, reporter: TroubleReporter) -> CameraSnapshot:
+    """The recorder's last answer (none after a failed poll) and the verdict on the trouble
+    its monitor reports (gateway/checks.py), whatever the recorder's make."""
+    err = camera.error
+    last = None if err is not None else camera.last
+    reasons, detail = open_trouble(reporter, "camera")
+    facts = "" if last is None else f"recording, retention {last.retention_days:g} days"
     return CameraSnapshot(
         recording=bool(last is not None and last.recording),
         retention_days=None if last is None else float(last.retention_days),
-        required_days=required,
+        required_days=camera.cfg.required_days,
         error=None if err is None else str(err),
-        verdict=verdict,
+        verdict=checks.camera(reasons, detail, polled=camera.polls > 0, facts=facts),
     )
 
 
@@ -178,7 +172,7 @@ class SiteMonitors:
         hb = self.heartbeat
         return MonitorsSnapshot(
             bollard=None if self.bollard is None else bollard_snapshot(self.bollard, rep),
-            camera=None if self.camera is None else camera_snapshot(self.camera),
+            camera=None if self.camera is None else camera_snapshot(self.camera, rep),
             selfcheck=self.selfcheck.snapshot(),
             troubles=tuple(
                 Trouble(c.device, c.code, c.reason, c.detail) for c in rep.conditions() if c.active

@@ -524,20 +524,33 @@ def _bollard_once(cfg: Any) -> Check:
 
 
 def _camera_once(cfg: Any) -> Check:
-    from gateway.monitors.camera import ADAPTERS  # noqa: PLC0415 - aiohttp only if used
+    """One poll through the daemon's own monitor code: the same adapter, the same trouble,
+    the same verdict (gateway/monitors/site.py ``camera_snapshot``)."""
+    from gateway.monitors.camera import CameraMonitor  # noqa: PLC0415 - aiohttp only if used
     from gateway.monitors.http import StatusError, new_session  # noqa: PLC0415
+    from gateway.monitors.reporter import TroubleReporter  # noqa: PLC0415
+    from gateway.monitors.site import camera_snapshot  # noqa: PLC0415
 
-    async def fetch() -> Any:
+    reporter = TroubleReporter(_Discard())
+    monitor = CameraMonitor(cfg, reporter)
+
+    async def poll() -> None:
         async with new_session() as session:
-            return await ADAPTERS[cfg.adapter](cfg.url).fetch(session, timeout_s=PROBE_TIMEOUT_S)
+            try:
+                monitor.evaluate(await monitor.adapter.fetch(session, timeout_s=PROBE_TIMEOUT_S))
+            except StatusError as err:
+                monitor.evaluate(err)
 
-    try:
-        got = asyncio.run(fetch())
-    except StatusError as err:
-        v = checks.camera(None, None, cfg.required_days, error=(err.reason, err.detail))
-    else:
-        v = checks.camera(got.recording, got.retention_days, cfg.required_days)
-    return judged(v, "nvr", f"{v.found} ({cfg.url})")
+    asyncio.run(poll())
+    v = camera_snapshot(monitor, reporter).verdict
+    return judged(v, "nvr", f"{v.found} ({cfg.url}, one look)")
+
+
+class _Discard:
+    """A trouble sink for one look: diag reports, it sends nothing to the center."""
+
+    def raise_event(self, kind: str, body: Any, ts: str | None = None) -> str:
+        return ""
 
 
 def _outbox(ctx: Context) -> list[Check]:
