@@ -8,7 +8,6 @@ import contextlib
 import functools
 import os
 import signal
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -108,7 +107,6 @@ class Gateway:
         self.boxes: list[Any] = []
         self._stop = asyncio.Event()
         self.supervisor = Supervisor()
-        self.started_mono = time.monotonic()
         # Snapshots of the parts, for status, metrics and the heartbeat: the readers hold
         # these sources (closures over the parts, never over the gateway).
         relay, uplink = self.relay, self.uplink
