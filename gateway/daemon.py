@@ -8,7 +8,6 @@ import contextlib
 import functools
 import os
 import signal
-import time
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
@@ -28,11 +27,22 @@ from gateway.errors import AlarmgwError
 from gateway.monitors.site import SiteMonitors
 from gateway.private_files import private_dir
 from gateway.sdnotify import notify
+from gateway.sources import CoreSnapshots, GatewaySnapshots
 from gateway.statelock import StateLock
 from gateway.supervise import Supervisor
 from gateway.technician.health import HealthServer
 
 log = structlog.get_logger("alarmgw.daemon")
+
+
+def raise_test_alarm(relay: Relay, input_ref: str) -> str:
+    """Raise a test alarm from ``input_ref``; its event id."""
+    # PROTOCOL.md "alarm / test": code 601 is a manual test; delivered and acked like an
+    # alarm, never dispatched. No feedback: nobody at the gate should see an LED.
+    raised = relay.raise_alarm(
+        input_ref=input_ref, feedback=None, code="601", kind="test", test=True
+    )
+    return raised.event_id
 
 
 class Gateway:
@@ -114,12 +124,70 @@ class Gateway:
         self.boxes: list[Any] = []
         self._stop = asyncio.Event()
         self.supervisor = Supervisor()
-        self.started_mono = time.monotonic()
-        # The local endpoint (status, metrics, test alarm); monitors add status providers.
-        self.health = HealthServer(self)
+        # Snapshots of the parts, for status, metrics and the heartbeat: the readers hold
+        # these sources (closures over the parts, never over the gateway).
+        relay, uplink = self.relay, self.uplink
+        self.snapshots = GatewaySnapshots(
+            CoreSnapshots(
+                site=g.site,
+                gw=g.id,
+                kid=self.key.kid,
+                config=str(cfg.path),
+                state_dir=str(g.state_dir),
+                outbox_path=str(self.outbox.path),
+                min_free_bytes=cfg.selfcheck.min_free_mb * 2**20,
+                relay=self.relay,
+                primary=self.uplink,
+                secondary=self.secondary,
+                buttons=self.buttons,
+                boxes=self.boxes,
+                supervisor=self.supervisor,
+                ticks={
+                    "uplink": lambda: uplink.loop_heartbeat,
+                    "outbox-pump": lambda: relay.pump_tick,
+                },
+            )
+        )
+        # The local endpoint (status, metrics, test alarm).
+        self.health = HealthServer(
+            self.snapshots,
+            listen=cfg.http.listen,
+            host=cfg.http.host,
+            port=cfg.http.port,
+            state_dir=state_dir,
+            outbox=self.outbox.path,
+            inputs=[f"gpio:{b.name}" for b in cfg.button]
+            + [f"serial:{s.name}" for s in cfg.serial],
+            raise_test=functools.partial(raise_test_alarm, self.relay),
+            pending=self.outbox.get,
+            boxes=self.boxes,
+            owes_dc09=self.outbox.owes_dc09 if self.dc09 is not None else None,
+        )
+        self.relay.ack_listeners.append(self.health.acks.record)
+        if self.dc09 is not None:
+            self.dc09.ack_listeners.append(self.health.dc09_acked)
 
     def stop(self) -> None:
         self._stop.set()
+
+    def make_monitors(self) -> SiteMonitors:
+        """The site monitors, reading snapshots and callables (never this gateway); their
+        snapshot joins the gateway's. After the inputs exist: it hooks the box links."""
+        relay = self.relay
+        monitors = SiteMonitors(
+            self.cfg,
+            sink=relay,
+            ident=relay.ident,
+            key=self.key,
+            seq=self.seq,
+            uplink=self.uplink,
+            session=lambda: relay.session,
+            route=lambda: relay.route("heartbeat"),
+            boxes=self.boxes,
+            core=self.snapshots.core,
+        )
+        self.snapshots.monitors = monitors.snapshot
+        return monitors
 
     def _make_inputs(self) -> list[tuple[str, Callable[[], Coroutine[Any, Any, None]]]]:
         """(name, loop factory) of every input, for the supervisor."""
@@ -204,7 +272,7 @@ class Gateway:
             tasks.append(asyncio.create_task(sup.run(name, job), name=name))
         # Site supervision (issue 3): heartbeat, troubles, monitors; after the inputs, whose
         # box links it hooks. Each is a supervised task of its own, off the alarm path.
-        self.monitors = SiteMonitors(self)
+        self.monitors = self.make_monitors()
         for name, job in self.monitors.jobs():
             tasks.append(asyncio.create_task(sup.run(name, job), name=name))
         # systemd's watchdog (WATCHDOG_USEC): pinged only while uplink and pump both tick.

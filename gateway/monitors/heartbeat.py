@@ -16,7 +16,7 @@ import asyncio
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import structlog
@@ -27,10 +27,46 @@ from gateway.contract.topics import topic
 from gateway.delivery.relay import Identity
 from gateway.delivery.seq import SeqCounter
 from gateway.delivery.uplink import Uplink
+from gateway.snapshots import (
+    InputSnapshot,
+    MonitorsSnapshot,
+    ProcessSnapshot,
+    QueueSnapshot,
+    input_state,
+)
 
 log = structlog.get_logger("alarmgw.heartbeat")
 
 EXPIRY_INTERVALS = 3  # PROTOCOL.md "Transport": MQTT 5 message expiry = 3 x interval
+
+
+def heartbeat_body(
+    process: ProcessSnapshot,
+    queue: QueueSnapshot,
+    inputs: Sequence[InputSnapshot],
+    monitors: MonitorsSnapshot,
+) -> dict[str, Any]:
+    """The heartbeat body without ``session``, from snapshots (PROTOCOL.md "Bodies")."""
+    oldest = queue.oldest_age_s
+    free = monitors.selfcheck.free_bytes
+    body: dict[str, Any] = {
+        "uptime_s": round(process.uptime_s),
+        "queue": {"pending": queue.pending, "oldest_s": oldest if oldest is not None else 0},
+        "inputs": {i.ref: input_state(i, monitors) for i in inputs},
+        "clock": {"synced": monitors.selfcheck.clock_synced is True},
+        "disk": {"free_bytes": free if free is not None else 0},
+    }
+    if monitors.bollard is not None:
+        b = monitors.bollard
+        body["bollard"] = {"state": b.state, **({"since": b.since} if b.since else {})}
+    if monitors.camera is not None:
+        c = monitors.camera
+        camera: dict[str, Any] = {"recording": c.recording, "required_days": c.required_days}
+        if c.retention_days is not None:
+            days = c.retention_days
+            camera["retention_days"] = int(days) if float(days).is_integer() else days
+        body["camera"] = {**camera, "ok": c.ok}
+    return body
 
 
 class Heartbeat:

@@ -1,6 +1,8 @@
-"""The gateway's own health (issue 3 "Gateway self-checks"), device ``gateway``.
+"""The gateway's own health, device ``gateway``.
 
-Codes, from PROTOCOL.md's list (its bodies name no code per check; the choice is ours):
+The checks themselves are gateway/checks.py, shared with ``alarmgw diag`` and ``/status``;
+here each round's verdicts become conditions, with codes from PROTOCOL.md's list (its
+bodies name no code per check; the choice is ours):
 
 - ``330`` peripheral trouble: free space under ``state_dir`` below ``min_free_mb``. The
   outbox lives there; a full disk threatens durability, the gateway's core promise.
@@ -12,82 +14,50 @@ Codes, from PROTOCOL.md's list (its bodies name no code per check; the choice is
   expired), a private key file readable by group or others (``[gateway] key_file``,
   ``[mqtt] key_file``).
 
-The measurements are blocking file-system calls, so they run in a worker thread.
+Any verdict other than ``ok`` opens its code's condition. The measurements are blocking
+file-system calls, so they run in a worker thread.
 """
 
 from __future__ import annotations
 
 import asyncio
-import ctypes
-import ctypes.util
 import shutil
-import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from cryptography import x509
 
-from gateway.contract.signing import key_mode_problem
+from gateway import checks
+from gateway.checks import Verdict, kernel_clock_synced
 from gateway.monitors.reporter import TroubleReporter
+from gateway.snapshots import SelfCheckSnapshot
 
 log = structlog.get_logger("alarmgw.selfcheck")
 
+__all__ = ["DEVICE", "Findings", "SelfCheck", "kernel_clock_synced"]
+
 DEVICE = "gateway"
-TIME_ERROR = 5  # adjtimex(2) return value: clock not synchronised
-STA_UNSYNC = 0x0040  # adjtimex(2) status bit: clock not synchronised
-
-
-class _Timex(ctypes.Structure):
-    # struct timex up to ``status`` (adjtimex(2)); the kernel fills the rest of the buffer.
-    _fields_ = [
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("rest", ctypes.c_byte * 256),  # room for every layout of the remaining fields
-    ]
-
-
-def kernel_clock_synced() -> bool | None:
-    """True when the kernel's clock discipline says "synchronised" (NTP/chrony/timesyncd),
-    False when not, None where it cannot be asked (not Linux)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        tx = _Timex()  # modes = 0: read only, needs no privilege
-        rc = libc.adjtimex(ctypes.byref(tx))
-    except (OSError, AttributeError):
-        return None
-    if rc < 0:
-        return None
-    return rc != TIME_ERROR and not tx.status & STA_UNSYNC
-
-
-def cert_expiry(paths: Sequence[Path]) -> tuple[Path, datetime] | None:
-    """The certificate that expires first among the PEM files (bundles allowed)."""
-    first: tuple[Path, datetime] | None = None
-    for path in paths:
-        for cert in x509.load_pem_x509_certificates(path.read_bytes()):
-            end = cert.not_valid_after_utc
-            if first is None or end < first[1]:
-                first = (path, end)
-    return first
+# (code, reason in the trouble envelope) per check of gateway/checks.py.
+CODES: dict[str, tuple[str, str]] = {
+    "disk": ("330", "disk"),
+    "clock": ("626", "unsynced"),
+    "certs": ("393", "cert"),
+    "key": ("393", "key-mode"),
+}
 
 
 @dataclass(frozen=True, slots=True)
 class Findings:
-    """One round of measurements; ``problems`` maps a code to (reason, detail) pairs."""
+    """One round of measurements and their verdicts."""
 
     free_bytes: int | None
     clock_synced: bool | None
-    problems: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
+    verdicts: tuple[Verdict, ...]
+
+    def snapshot(self) -> SelfCheckSnapshot:
+        return SelfCheckSnapshot(self.clock_synced, self.free_bytes, self.verdicts)
 
 
 class SelfCheck:
@@ -135,66 +105,42 @@ class SelfCheck:
 
     def measure(self) -> Findings:
         """One round of checks (blocking: call it in a thread)."""
-        problems: dict[str, list[tuple[str, str]]] = {code: [] for code in self.CODES}
         free = self.disk_free_bytes()
-        if free is None:
-            problems["330"].append(("disk", f"cannot measure free space in {self.state_dir}"))
-        elif free < self.min_free_bytes:
-            problems["330"].append(
-                (
-                    "disk",
-                    f"disk almost full: {free // 2**20} MB free in {self.state_dir}, "
-                    f"minimum {self.min_free_bytes // 2**20} MB",
-                )
-            )
         synced = self.clock_synced()
-        if self.check_clock and synced is False:
-            problems["626"].append(("unsynced", "system clock not synchronised (NTP)"))
-        problems["393"] += self._certificate_problems() + self._key_problems()
-        return Findings(free, synced, problems)
+        now = checks.now_utc(self._wall())
+        verdicts = [
+            checks.disk(free, self.state_dir, min_free_bytes=self.min_free_bytes),
+            checks.clock(synced, enabled=self.check_clock),
+        ]
+        verdicts += [
+            checks.certificate_file("TLS certificate", p, now=now, warn_days=self.cert_warn_days)
+            for p in self.cert_files
+        ]
+        verdicts += [checks.key_mode(p) for p in self.key_files]
+        return Findings(free, synced, tuple(verdicts))
 
-    def _certificate_problems(self) -> list[tuple[str, str]]:
-        if not self.cert_files:
-            return []
-        try:
-            first = cert_expiry(self.cert_files)
-        except (OSError, ValueError) as err:
-            return [("cert", f"TLS certificate unreadable: {err}"[:120])]
-        if first is None:
-            return []
-        path, end = first
-        days = (end - datetime.fromtimestamp(self._wall(), UTC)).total_seconds() / 86400
-        if days < 0:
-            return [("cert", f"TLS certificate {path.name} expired on {end:%Y-%m-%d}")]
-        if days < self.cert_warn_days:
-            return [
-                ("cert", f"TLS certificate {path.name} expires in {days:.0f} days ({end:%Y-%m-%d})")
-            ]
-        return []
-
-    def _key_problems(self) -> list[tuple[str, str]]:
-        found = []
-        for path in self.key_files:
-            try:
-                problem = key_mode_problem(path)
-            except OSError as err:
-                problem = f"{path}: {err.strerror or err}"
-            if problem:
-                found.append(("key-mode", problem))
-        return found
+    def snapshot(self) -> SelfCheckSnapshot:
+        """The last round's findings; before the first round, the clock and the disk now."""
+        if self.last is not None:
+            return self.last.snapshot()
+        return SelfCheckSnapshot(self.clock_synced(), self.disk_free_bytes(), ())
 
     def apply(self, findings: Findings) -> None:
         """Report each code's condition from one round of findings."""
         self.last = findings
         for code in self.CODES:
-            problems = findings.problems.get(code, [])
-            if problems:
+            bad = [
+                (CODES[v.check][1], v.found)
+                for v in findings.verdicts
+                if not v.ok and CODES[v.check][0] == code
+            ]
+            if bad:
                 self._reporter.set(
                     DEVICE,
                     code,
                     True,
-                    reason="+".join(sorted({reason for reason, _ in problems})),
-                    detail="; ".join(detail for _, detail in problems),
+                    reason="+".join(sorted({reason for reason, _ in bad})),
+                    detail="; ".join(found for _, found in bad),
                 )
             else:
                 self._reporter.set(DEVICE, code, False, detail="self-check passed")

@@ -2,41 +2,119 @@
 
 The daemon runs each of ``jobs()`` under its ``Supervisor`` (gateway/supervise.py), beside the
 alarm path and apart from it: a monitor that raises is logged and restarted, the others and
-the alarm path go on. The heartbeat's body is assembled here from all of them
-(shared/spec/PROTOCOL.md "Bodies" heartbeat).
+the alarm path go on. ``snapshot()`` is the monitors' part of the gateway's snapshot
+(gateway/snapshots.py); the heartbeat's body is built from snapshots only (PROTOCOL.md
+"Bodies" heartbeat).
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway import checks
+from gateway.config import GatewayConfig
+from gateway.contract.envelope import format_ts
+from gateway.contract.signing import SigningKey
+from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import Uplink
 from gateway.monitors.bollard import BollardMonitor
-from gateway.monitors.boxlink import BoxSupervisor
-from gateway.monitors.heartbeat import Heartbeat
-from gateway.monitors.reporter import InputState, TroubleReporter
+from gateway.monitors.boxlink import BoxSupervisor, SupervisedLink
+from gateway.monitors.heartbeat import Heartbeat, heartbeat_body
+from gateway.monitors.reporter import EventSink, TroubleReporter
 from gateway.monitors.selfcheck import SelfCheck
+from gateway.snapshots import (
+    BollardSnapshot,
+    CameraSnapshot,
+    HeartbeatStats,
+    InputSnapshot,
+    InputState,
+    MonitorsSnapshot,
+    ProcessSnapshot,
+    QueueSnapshot,
+    Trouble,
+)
 
 if TYPE_CHECKING:
-    from gateway.daemon import Gateway
+    from gateway.delivery.relay import Identity
     from gateway.monitors.camera import CameraMonitor
 
 Job = tuple[str, Callable[[], Coroutine[Any, Any, None]]]
 TROUBLE_FILE = "troubles.json"  # in state_dir: what the center was last told per condition
 
 
-class SiteMonitors:
-    """The reporter, the monitors and the heartbeat of the gateway ``gw``. Build it on the
-    running loop after the inputs exist (it hooks the box links)."""
+class Core(Protocol):
+    """The snapshots the monitors read of the alarm path (gateway/sources.py)."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        cfg = gw.cfg
+    def process(self) -> ProcessSnapshot: ...
+    def queue(self) -> QueueSnapshot: ...
+    def inputs(self) -> tuple[InputSnapshot, ...]: ...
+
+
+def open_trouble(reporter: TroubleReporter, device: str) -> tuple[list[str], str]:
+    """(reasons, detail) of the device's open troubles."""
+    reasons, details = [], []
+    for c in reporter.conditions():
+        if c.device == device and c.active:
+            reasons += c.reason.split("+")
+            details.append(c.detail)
+    return reasons, "; ".join(details)
+
+
+def bollard_snapshot(monitor: BollardMonitor, reporter: TroubleReporter) -> BollardSnapshot:
+    """The bollard's state and the verdict on its open trouble (gateway/checks.py)."""
+    tracker = monitor.tracker
+    reasons, detail = open_trouble(reporter, "bollard")
+    return BollardSnapshot(
+        state=tracker.state,
+        since=None if tracker.since_wall is None else format_ts(tracker.since_wall),
+        verdict=checks.bollard(tracker.state, reasons, detail),
+    )
+
+
+def camera_snapshot(camera: CameraMonitor, reporter: TroubleReporter) -> CameraSnapshot:
+    """The recorder's last answer (none after a failed poll) and the verdict on the trouble
+    its monitor reports (gateway/checks.py), whatever the recorder's make."""
+    err = camera.error
+    last = None if err is not None else camera.last
+    reasons, detail = open_trouble(reporter, "camera")
+    facts = "" if last is None else f"recording, retention {last.retention_days:g} days"
+    return CameraSnapshot(
+        recording=bool(last is not None and last.recording),
+        retention_days=None if last is None else float(last.retention_days),
+        required_days=camera.cfg.required_days,
+        error=None if err is None else str(err),
+        verdict=checks.camera(reasons, detail, polled=camera.polls > 0, facts=facts),
+    )
+
+
+class SiteMonitors:
+    """The reporter, the monitors and the heartbeat of one gateway. Build it on the running
+    loop after the inputs exist (it hooks the box links).
+
+    ``sink``: where troubles go (the relay); ``ident``, ``key``, ``seq``, ``uplink``,
+    ``session`` and ``route``: what the heartbeat is signed with and sent on; ``core``: the
+    snapshots of the alarm path the heartbeat reports."""
+
+    def __init__(
+        self,
+        cfg: GatewayConfig,
+        *,
+        sink: EventSink,
+        ident: Identity,
+        key: SigningKey,
+        seq: SeqCounter,
+        uplink: Uplink,
+        session: Callable[[], int],
+        route: Callable[[], Uplink | None],
+        boxes: Sequence[SupervisedLink],
+        core: Core,
+    ) -> None:
+        self._core = core
         state_dir = Path(cfg.gateway.state_dir)
         self.reporter = TroubleReporter(
-            gw.relay, state_file=state_dir / TROUBLE_FILE, summary_s=cfg.trouble.flap_summary_s
+            sink, state_file=state_dir / TROUBLE_FILE, summary_s=cfg.trouble.flap_summary_s
         )
         self.bollard = BollardMonitor(cfg.bollard, self.reporter) if cfg.bollard else None
         self.camera: CameraMonitor | None = None
@@ -44,7 +122,7 @@ class SiteMonitors:
             from gateway.monitors.camera import CameraMonitor  # noqa: PLC0415 - aiohttp if used
 
             self.camera = CameraMonitor(cfg.camera, self.reporter)
-        self.boxes = [BoxSupervisor(link, self.reporter) for link in gw.boxes]
+        self.boxes = [BoxSupervisor(link, self.reporter) for link in boxes]
         mqtt = cfg.mqtt
         self.selfcheck = SelfCheck(
             self.reporter,
@@ -57,20 +135,19 @@ class SiteMonitors:
             key_files=[p for p in (cfg.gateway.key_file, mqtt.key_file) if p is not None],
         )
         self.heartbeat = Heartbeat(
-            ident=gw.relay.ident,
-            key=gw.key,
-            seq=gw.seq,
-            uplink=gw.uplink,
+            ident=ident,
+            key=key,
+            seq=seq,
+            uplink=uplink,
             interval_s=cfg.heartbeat.interval_s,
-            snapshot=self.snapshot,
-            session=lambda: gw.relay.session,
-            route=lambda: gw.relay.route("heartbeat"),  # the secondary after failover
+            snapshot=self.heartbeat_body,
+            session=session,
+            route=route,  # the secondary after failover
         )
-        devices = {"gateway", *(b.device for b in self.boxes)}
-        devices |= {"bollard"} if self.bollard else set()
-        devices |= {"camera"} if self.camera else set()
-        self.reporter.forget_unmonitored(devices)
-        self._register_status()
+        self.devices = ["gateway", *(b.device for b in self.boxes)]
+        self.devices += ["bollard"] if self.bollard else []
+        self.devices += ["camera"] if self.camera else []
+        self.reporter.forget_unmonitored(self.devices)
 
     def jobs(self) -> list[Job]:
         """(name, loop factory) of every supervision task."""
@@ -86,87 +163,33 @@ class SiteMonitors:
         jobs += [(f"supervise:{b.link.name}", b.run) for b in self.boxes]
         return jobs
 
-    # -- the heartbeat's body --------------------------------------------------------------
+    # -- snapshots -------------------------------------------------------------------------
 
-    def _button_state(self, button: Any) -> InputState:
-        if button.started:
-            return "ok"
-        # A button whose pins could not be claimed is restarted by the supervisor.
-        return "trouble" if self.gw.supervisor.restarts.get(button.input_ref) else "unknown"
+    def snapshot(self) -> MonitorsSnapshot:
+        """Everything the monitors know now. On the event loop."""
+        rep = self.reporter
+        states: list[tuple[str, InputState]] = [(d, rep.status(d)) for d in self.devices]
+        hb = self.heartbeat
+        return MonitorsSnapshot(
+            bollard=None if self.bollard is None else bollard_snapshot(self.bollard, rep),
+            camera=None if self.camera is None else camera_snapshot(self.camera, rep),
+            selfcheck=self.selfcheck.snapshot(),
+            troubles=tuple(
+                Trouble(c.device, c.code, c.reason, c.detail) for c in rep.conditions() if c.active
+            ),
+            flapping=tuple(rep.flapping()),
+            device_states=tuple(states),
+            heartbeat=HeartbeatStats(
+                interval_s=hb.interval_s,
+                taken=hb.stats["taken"],
+                sent=hb.stats["sent"],
+                replaced=hb.stats["replaced"],
+                failed=hb.stats["failed"],
+                waiting=hb.waiting is not None,
+            ),
+        )
 
-    def inputs(self) -> dict[str, InputState]:
-        """Per input (``gpio:<name>``, ``serial:<name>``): ok, trouble or unknown."""
-        out: dict[str, InputState] = {b.input_ref: self._button_state(b) for b in self.gw.buttons}
-        for box in self.boxes:
-            out[box.device] = self.reporter.status(box.device)
-        return out
-
-    def snapshot(self) -> dict[str, Any]:
+    def heartbeat_body(self) -> dict[str, Any]:
         """The heartbeat body without ``session`` (the heartbeat adds it when it signs)."""
-        now = time.time()
-        relay = self.gw.relay
-        created = [
-            float(oldest)
-            for v in relay.outbox.summary().values()
-            if isinstance(oldest := v.get("oldest"), int | float)
-        ]
-        free = self.selfcheck.disk_free_bytes()
-        body: dict[str, Any] = {
-            "uptime_s": round(time.monotonic() - self.gw.started_mono),
-            "queue": {
-                "pending": relay.pending_count(),
-                "oldest_s": round(max(0.0, now - min(created)), 1) if created else 0,
-            },
-            "inputs": self.inputs(),
-            "clock": {"synced": self.selfcheck.clock_synced() is True},
-            "disk": {"free_bytes": free if free is not None else 0},
-        }
-        if self.bollard is not None:
-            body["bollard"] = self.bollard.snapshot()
-        if self.camera is not None:
-            body["camera"] = self.camera.snapshot()
-        return body
-
-    # -- /status (gateway/technician/health.py) --------------------------------------
-
-    def _register_status(self) -> None:
-        providers = self.gw.health.providers
-        if self.bollard is not None:
-            bollard = self.bollard
-            providers.add(
-                "bollard",
-                lambda: {
-                    **bollard.snapshot(),
-                    "ok": self.reporter.status("bollard") != "trouble",
-                },
-            )
-        if self.camera is not None:
-            camera = self.camera
-            providers.add(
-                "camera",
-                lambda: {
-                    **camera.snapshot(),
-                    "error": str(camera.error) if camera.error else None,
-                },
-            )
-        providers.add("supervision", self.status)
-
-    def status(self) -> dict[str, Any]:
-        """Open troubles, flapping devices and heartbeat counters, for ``/status``."""
-        open_troubles = [
-            {"device": c.device, "code": c.code, "reason": c.reason, "detail": c.detail}
-            for c in self.reporter.conditions()
-            if c.active
-        ]
-        summary = ", ".join(f"{t['device']} {t['code']} ({t['reason']})" for t in open_troubles)
-        return {
-            "ok": not open_troubles,
-            "status": f"open troubles: {summary}" if open_troubles else "no open troubles",
-            "troubles": open_troubles,
-            "flapping": self.reporter.flapping(),
-            "heartbeat": {
-                "interval_s": self.heartbeat.interval_s,
-                **self.heartbeat.stats,
-                "waiting": self.heartbeat.waiting is not None,
-            },
-        }
+        core = self._core
+        return heartbeat_body(core.process(), core.queue(), core.inputs(), self.snapshot())

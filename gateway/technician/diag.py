@@ -2,23 +2,21 @@
 
 Each check gives PASS, WARN or FAIL, what it found, and for a WARN or FAIL what to do. A check
 that crashes is itself a FAIL (diag never dies with a traceback half way). With the daemon
-running, what only the daemon can see (its health, the GPIO pins and serial ports it holds)
-is asked of it over the local endpoint; everything else is probed directly.
+running, what only the daemon can see (its health, the GPIO pins and serial ports it holds,
+the bollard's and the recorder's state over time) is asked of it over the local endpoint;
+everything else is probed directly. The gateway's own conditions (clock, certificates, key
+modes, disk, serial links, bollard, recorder) are judged by gateway/checks.py, as the
+self-checks and ``/status`` judge them: ok is PASS, warning WARN, failing FAIL.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-import ctypes
-import ctypes.util
 import os
-import shutil
 import ssl
 import stat
-import subprocess
 import time
-import urllib.error
-import urllib.request
 import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
@@ -26,6 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway import checks
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import AlarmgwError, ConfigError
 from gateway.technician.client import DaemonClient, DaemonNotRunning, DaemonUnavailable
@@ -34,9 +33,7 @@ from gateway.technician.tools import ago, wrap
 
 Status = Literal["PASS", "WARN", "FAIL"]
 SEVERITY: dict[str, int] = {"PASS": 0, "WARN": 1, "FAIL": 2}
-CERT_WARN_DAYS = 30
-DISK_FAIL_BYTES = 64 * 1024**2
-DISK_WARN_BYTES = 512 * 1024**2
+STATUS: dict[checks.Level, Status] = {"ok": "PASS", "warning": "WARN", "failing": "FAIL"}
 PROBE_TIMEOUT_S = 5.0
 SERIAL_TIMEOUT_S = 3.0
 NAME_WIDTH = 11
@@ -65,6 +62,19 @@ def FAIL(name: str, found: str, action: str) -> Check:
     return Check(name, "FAIL", found, action)
 
 
+def judged(v: checks.Verdict, name: str | None = None, found: str | None = None) -> Check:
+    """The line for a verdict of gateway/checks.py (``found`` replaces its words)."""
+    return Check(name or v.check, STATUS[v.level], found or v.found, v.fix)
+
+
+def judged_json(name: str, verdict: Any, suffix: str = "") -> Check | None:
+    """The line for a verdict the daemon reported in ``/status`` (None if it has none)."""
+    if not isinstance(verdict, dict) or verdict.get("level") not in STATUS:
+        return None
+    found = f"{verdict.get('found', '')}{suffix}"
+    return Check(name, STATUS[verdict["level"]], found, str(verdict.get("fix") or ""))
+
+
 @dataclass
 class Context:
     """What the checks share: the config, and the daemon's answers when it is running."""
@@ -72,7 +82,7 @@ class Context:
     cfg: GatewayConfig
     client: DaemonClient | None = None
     status: dict[str, Any] | None = None
-    peer_cert_days: float | None = None  # the broker's certificate, seen by the broker check
+    peer_not_after: datetime | None = None  # the broker's certificate, seen by the broker check
 
 
 def run_checks(config: str) -> list[Check]:
@@ -170,8 +180,12 @@ def _key(ctx: Context) -> list[Check]:
             )
         ]
     mode = stat.S_IMODE(path.stat().st_mode)
-    if mode & 0o077:
-        return [FAIL("key", f"{path}: mode {mode:04o}, others may read it", f"chmod 600 {path}")]
+    modes = [checks.key_mode(path)]
+    if ctx.cfg.mqtt.key_file is not None:
+        modes.append(checks.key_mode(Path(ctx.cfg.mqtt.key_file)))
+    bad = [judged(v) for v in modes if not v.ok]
+    if bad:
+        return bad
     try:
         key = load_signing_key(path)
     except AlarmgwError as err:
@@ -263,17 +277,25 @@ def _serial(ctx: Context) -> list[Check]:
     for s in ctx.cfg.serial:
         name = "serial"
         if ctx.client is not None and ctx.status is not None:
-            # The running daemon owns the port (opened exclusively): ask it to PING.
+            # The running daemon owns the port (opened exclusively): its verdict on the link,
+            # and a PING through it.
+            ref = f"serial:{s.name}"
+            row: dict[str, Any] = next((i for i in ctx.status["inputs"] if i["ref"] == ref), {})
+            link = judged_json(name, row.get("verdict"), " (the daemon's verdict)")
+            if link is not None and link.status != "PASS":
+                checks.append(link)
+                continue
             _, r = ctx.client.json("POST", f"/boxes/{s.name}/ping", {}, timeout_s=10.0)
             if r.get("ok"):
                 box = f"box {r.get('box_id') or '?'} fw {r.get('fw') or '?'}"
                 found = f"{box} answered PING in {r['rtt_ms']:.0f} ms (via the daemon)"
                 checks.append(PASS(name, f"{s.name} on {s.port}: {found}"))
             else:
+                # The link is not silent for long enough to be judged failing yet.
                 checks.append(
-                    FAIL(
+                    WARN(
                         name,
-                        f"{s.name} on {s.port}: {r.get('error')}",
+                        f"{s.name} on {s.port}: {r.get('error')} (via the daemon)",
                         "check the box's power and cable",
                     )
                 )
@@ -293,8 +315,11 @@ def _probe_box(name: str, box_name: str, port: str, baud: int) -> Check:
     try:
         link = serial.serial_for_url(port, **kwargs)
     except (serial.SerialException, OSError, ValueError) as err:
+        unplugged = checks.serial_link(
+            box_name, connected=False, stale=False, last_frame_age_s=None, limit_s=0
+        )
         found = f"{box_name}: cannot open {port}: {_why(err)}"
-        return FAIL(name, found, "check the cable/adapter and [[serial]] port")
+        return judged(unplugged, name, found)
     decoder = Decoder(accept=BOX_TYPES)
     hello: dict[str, str | None] = {}
     pressed = False
@@ -324,11 +349,11 @@ def _probe_box(name: str, box_name: str, port: str, baud: int) -> Check:
         return FAIL(name, f"{box_name} on {port}: I/O error: {err}", "check the cable")
     finally:
         link.close()
-    return FAIL(
-        name,
-        f"{box_name}: {port} opens, but no answer to PING in {SERIAL_TIMEOUT_S:.0f} s",
-        "check the box's power, wiring (TX/RX) and baud",
+    silent = checks.serial_link(
+        box_name, connected=True, stale=True, last_frame_age_s=None, limit_s=SERIAL_TIMEOUT_S
     )
+    found = f"{box_name}: {port} opens, but no answer to PING in {SERIAL_TIMEOUT_S:.0f} s"
+    return judged(silent, name, found)
 
 
 def _why(err: BaseException) -> str:
@@ -410,7 +435,7 @@ def _broker(ctx: Context) -> list[Check]:
         tls = "plain TCP"
         if isinstance(sock, ssl.SSLSocket):
             tls = str(sock.version())
-            ctx.peer_cert_days = _peer_days(sock)
+            ctx.peer_not_after = _peer_not_after(sock)
         who = f", as {s.username}" if s.username else ""
         found = f"{where}: connected in {ms:.0f} ms ({tls}, MQTT {s.protocol}{who})"
         return [PASS("broker", found)]
@@ -419,12 +444,12 @@ def _broker(ctx: Context) -> list[Check]:
             client.disconnect()
 
 
-def _peer_days(sock: ssl.SSLSocket) -> float | None:
+def _peer_not_after(sock: ssl.SSLSocket) -> datetime | None:
     cert = sock.getpeercert()
     not_after = cert.get("notAfter") if cert else None
     if not isinstance(not_after, str):
         return None
-    return (ssl.cert_time_to_seconds(not_after) - time.time()) / 86400
+    return datetime.fromtimestamp(ssl.cert_time_to_seconds(not_after), UTC)
 
 
 def _certs(ctx: Context) -> list[Check]:
@@ -435,123 +460,107 @@ def _certs(ctx: Context) -> list[Check]:
         if _is_loopback(m.host):
             return [PASS("certs", "TLS off: broker on loopback, no certificates to check")]
         return [WARN("certs", f"TLS off to {m.host}: traffic is readable", "set tls = true")]
-    from cryptography import x509  # noqa: PLC0415
-
-    checks = []
+    out = []
     now = datetime.now(UTC)
+    warn_days = ctx.cfg.selfcheck.cert_warn_days
     for label, path in (("CA", m.ca_file), ("client cert", m.cert_file)):
-        if path is None:
-            continue
-        try:
-            certs = x509.load_pem_x509_certificates(Path(path).read_bytes())
-        except (OSError, ValueError) as err:
-            checks.append(FAIL("certs", f"{label} {path}: {err}", "install a valid PEM file"))
-            continue
-        days = min((c.not_valid_after_utc - now).total_seconds() for c in certs) / 86400
-        checks.append(_days_check(f"{label} {Path(path).name}", days))
-    if ctx.peer_cert_days is not None:
-        checks.append(_days_check("broker's cert", ctx.peer_cert_days))
-    return checks
-
-
-def _days_check(what: str, days: float) -> Check:
-    if days < 0:
-        return FAIL("certs", f"{what}: EXPIRED {-days:.0f} days ago", "renew it now")
-    if days < CERT_WARN_DAYS:
-        return WARN("certs", f"{what}: expires in {days:.0f} days", "renew it soon")
-    return PASS("certs", f"{what}: valid for {days:.0f} more days")
+        if path is not None:
+            v = checks.certificate_file(label, Path(path), now=now, warn_days=warn_days)
+            out.append(judged(v))
+    if ctx.peer_not_after is not None:
+        v = checks.certificate("broker's cert", ctx.peer_not_after, now=now, warn_days=warn_days)
+        out.append(judged(v))
+    return out
 
 
 # --- the machine --------------------------------------------------------------------------
 
 
-class _Timex(ctypes.Structure):
-    # The head of Linux's struct timex (adjtimex(2)); the rest is room for the kernel.
-    _fields_ = (
-        ("modes", ctypes.c_uint),
-        ("offset", ctypes.c_long),
-        ("freq", ctypes.c_long),
-        ("maxerror", ctypes.c_long),
-        ("esterror", ctypes.c_long),
-        ("status", ctypes.c_int),
-        ("_rest", ctypes.c_byte * 256),
-    )
-
-
-TIME_ERROR = 5  # adjtimex(2): "the system clock is not synchronized to a reliable server"
-
-
-def _clock(_ctx: Context) -> list[Check]:
-    fix = "check NTP (timedatectl timesync-status, chronyc tracking); the center needs it"
-    tool = shutil.which("timedatectl")
-    if tool is not None:
-        with contextlib.suppress(OSError, subprocess.SubprocessError):
-            out = subprocess.run(
-                [tool, "show", "-p", "NTPSynchronized", "--value"],
-                capture_output=True,
-                text=True,
-                timeout=3,
-                check=False,
-            )
-            answer = out.stdout.strip()
-            if out.returncode == 0 and answer == "yes":
-                return [PASS("clock", "synchronised (timedatectl)")]
-            if out.returncode == 0 and answer == "no":
-                return [FAIL("clock", "NOT synchronised (timedatectl)", fix)]
-    # No systemd to ask (container, minimal image): ask the kernel directly.
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
-        tx = _Timex()
-        state = libc.adjtimex(ctypes.byref(tx))
-    except (OSError, AttributeError):
-        state = -1
-    if state < 0:
-        return [WARN("clock", "unknown: neither timedatectl nor adjtimex answered", fix)]
-    if state == TIME_ERROR:
-        return [FAIL("clock", "NOT synchronised (kernel, adjtimex)", fix)]
-    return [PASS("clock", f"synchronised (kernel, max error {tx.maxerror / 1000:.0f} ms)")]
+def _clock(ctx: Context) -> list[Check]:
+    # The kernel's own "synchronised" flag: what timedatectl shows and the self-checks read.
+    return [judged(checks.clock(checks.kernel_clock_synced(), enabled=ctx.cfg.selfcheck.clock))]
 
 
 def _disk(ctx: Context) -> list[Check]:
     where = Path(ctx.cfg.gateway.state_dir)
-    while not where.exists() and where != where.parent:
-        where = where.parent  # the state dir is created at first start: measure its disk
-    st = os.statvfs(where)
-    free = st.f_bavail * st.f_frsize
-    found = f"{free / 1024**2:,.0f} MiB free for {ctx.cfg.gateway.state_dir}"
-    if free < DISK_FAIL_BYTES:
-        return [FAIL("disk", found, "free space now: the outbox needs it for alarms")]
-    if free < DISK_WARN_BYTES:
-        return [WARN("disk", found, "free some space (old logs, journalctl --vacuum-size)")]
-    return [PASS("disk", found)]
+    free = checks.disk_free_bytes(where)
+    min_free = ctx.cfg.selfcheck.min_free_mb * 2**20
+    return [judged(checks.disk(free, where, min_free_bytes=min_free))]
 
 
 def _urls(ctx: Context) -> list[Check]:
-    cfg, checks = ctx.cfg, []
+    """The bollard and the recorder: the daemon's verdicts (it watches them over time), else
+    one look at each."""
+    cfg, out = ctx.cfg, []
     if cfg.bollard is not None and cfg.bollard.status_url:
-        checks.append(_get("bollard", cfg.bollard.status_url))
-    if cfg.camera is not None and cfg.camera.adapter == "json":
-        checks.append(_get("nvr", cfg.camera.url))
-    elif cfg.camera is not None:
-        from gateway.monitors.camera.diag import recorder_report  # noqa: PLC0415 - ONVIF, ISAPI
+        daemon = judged_json("bollard", _section_verdict(ctx, "bollard"), " (the daemon's)")
+        out.append(daemon or _bollard_once(cfg.bollard))
+    if cfg.camera is not None:
+        daemon = judged_json("nvr", _section_verdict(ctx, "camera"), " (the daemon's)")
+        out.append(daemon or _camera_once(cfg.camera))
+        if cfg.camera.adapter != "json":
+            # ONVIF and ISAPI recorders: each channel and disk on a line of its own.
+            from gateway.monitors.camera.diag import recorder_report  # noqa: PLC0415
 
-        checks += [Check("nvr", st, found, fix) for st, found, fix in recorder_report(cfg.camera)]
-    return checks
+            out += [Check("nvr", st, found, fix) for st, found, fix in recorder_report(cfg.camera)]
+    return out
 
 
-def _get(name: str, url: str) -> Check:
-    started = time.monotonic()
+def _section_verdict(ctx: Context, name: str) -> Any:
+    section = ctx.status.get(name) if ctx.status is not None else None
+    return section.get("verdict") if isinstance(section, dict) else None
+
+
+def _bollard_once(cfg: Any) -> Check:
+    from gateway.monitors.bollard import BollardTracker, parse_status  # noqa: PLC0415
+    from gateway.monitors.http import StatusError, get_json, new_session  # noqa: PLC0415
+
+    async def fetch() -> Any:
+        async with new_session() as session:
+            return await get_json(session, cfg.status_url, timeout_s=PROBE_TIMEOUT_S)
+
+    tracker = BollardTracker(cfg.moving_timeout_s, cfg.down_alert_s, cfg.schedule)
     try:
-        # The config only accepts http(s) URLs (config.py _url), so urlopen sees no file: etc.
-        with urllib.request.urlopen(url, timeout=PROBE_TIMEOUT_S) as resp:  # noqa: S310
-            code = resp.status
-    except urllib.error.HTTPError as err:
-        return FAIL(name, f"{url}: HTTP {err.code}", "check the device's status page/URL")
-    except (TimeoutError, urllib.error.URLError, OSError) as err:
-        reason = getattr(err, "reason", err)
-        return FAIL(name, f"{url}: unreachable: {reason}", "check the device, network, URL")
-    ms = (time.monotonic() - started) * 1000
-    return PASS(name, f"{url}: HTTP {code} in {ms:.0f} ms")
+        state = parse_status(asyncio.run(fetch()))
+    except (StatusError, ValueError) as err:
+        detail = f"controller {err}" if isinstance(err, ValueError) else str(err)
+        reasons, found = ["unreachable"], f"{cfg.status_url}: {detail}"
+        return judged(checks.bollard("unknown", reasons, found))
+    tracker.update(state, 0.0, time.time(), "controller reports fault" if state == "fault" else "")
+    problems = tracker.problems(0.0, time.time())
+    v = checks.bollard(state, [r for r, _ in problems], "; ".join(d for _, d in problems))
+    # One look cannot see "stuck" or "down too long": those need the daemon's watch.
+    return judged(v, found=f"{v.found} ({cfg.status_url}, one look)")
+
+
+def _camera_once(cfg: Any) -> Check:
+    """One poll through the daemon's own monitor code: the same adapter, the same trouble,
+    the same verdict (gateway/monitors/site.py ``camera_snapshot``)."""
+    from gateway.monitors.camera import CameraMonitor  # noqa: PLC0415 - aiohttp only if used
+    from gateway.monitors.http import StatusError, new_session  # noqa: PLC0415
+    from gateway.monitors.reporter import TroubleReporter  # noqa: PLC0415
+    from gateway.monitors.site import camera_snapshot  # noqa: PLC0415
+
+    reporter = TroubleReporter(_Discard())
+    monitor = CameraMonitor(cfg, reporter)
+
+    async def poll() -> None:
+        async with new_session() as session:
+            try:
+                monitor.evaluate(await monitor.adapter.fetch(session, timeout_s=PROBE_TIMEOUT_S))
+            except StatusError as err:
+                monitor.evaluate(err)
+
+    asyncio.run(poll())
+    v = camera_snapshot(monitor, reporter).verdict
+    return judged(v, "nvr", f"{v.found} ({cfg.url}, one look)")
+
+
+class _Discard:
+    """A trouble sink for one look: diag reports, it sends nothing to the center."""
+
+    def raise_event(self, kind: str, body: Any, ts: str | None = None) -> str:
+        return ""
 
 
 def _outbox(ctx: Context) -> list[Check]:

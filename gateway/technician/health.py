@@ -5,7 +5,7 @@ and monitoring.
 ``GET /healthz``            200 ``{"ok": true}`` while the alarm path is alive; 503 with
                             ``"problems"`` (uplink down or stuck, outbox not writable, ...)
 ``GET /status``             JSON: inputs, uplink, queue, last alarm, versions, uptime,
-                            plus every registered provider (bollard, camera, ...)
+                            bollard, camera, open troubles, self-checks
 ``GET /metrics``            Prometheus text format
 ``POST /test-alarm``        raise a ``test`` (code 601) through the real path → its id
 ``GET /events/{id}``        ``pending``/``acked``/``unknown``; ``?wait=S`` waits for the ack
@@ -18,10 +18,11 @@ application/json`` (a web page cannot send that cross-site without a preflight).
 
 Why a thread of its own: a health check that runs on the event loop it is checking cannot
 say that loop is stuck. aiohttp runs here on a second loop in its own thread; ``/healthz``
-reads only atomic attributes (gateway/technician/status.py), everything that iterates the
-daemon's state
-is handed to the daemon's loop with a timeout, and a timeout there is itself the answer
-("event loop not responding"). For the daemon this is one more task: ``HealthServer.run``.
+judges a liveness snapshot of single attributes, everything that iterates the daemon's
+state is a snapshot taken on the daemon's loop with a timeout, and a timeout there is itself
+the answer ("event loop not responding"). For the daemon this is one more task:
+``HealthServer.run``. The server holds a ``SnapshotSource`` and a few callables, not the
+gateway: it reads snapshots (gateway/snapshots.py), never the live parts.
 """
 
 from __future__ import annotations
@@ -30,19 +31,20 @@ import asyncio
 import concurrent.futures
 import contextlib
 import ipaddress
+import math
 import threading
 import time
-from collections.abc import Callable
+import weakref
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import structlog
 from aiohttp import web
 
+from gateway.delivery.outbox import Pending
+from gateway.snapshots import GatewaySnapshot, QueueSnapshot, SnapshotSource
 from gateway.technician import metrics, status
-
-if TYPE_CHECKING:
-    from gateway.daemon import Gateway
 
 log = structlog.get_logger("alarmgw.health")
 
@@ -78,28 +80,61 @@ def connect_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-class HealthServer:
-    """Serves the endpoint for one ``Gateway``. ``providers`` takes extra status sections;
-    ``acks`` records ack times and the latency histogram (a relay ack listener)."""
+class BoxPing(Protocol):
+    """What ``POST /boxes/{name}/ping`` needs of ``gateway.inputs.serial_box.BoxLink``."""
 
-    def __init__(self, gw: Gateway) -> None:
-        self.gw = gw
-        self.providers = status.Providers()
-        self.providers.placeholders(
-            {"bollard": gw.cfg.bollard is not None, "camera": gw.cfg.camera is not None}
-        )
+    @property
+    def name(self) -> str: ...
+    @property
+    def port(self) -> str: ...
+    @property
+    def connected(self) -> bool: ...
+    @property
+    def box_id(self) -> str | None: ...
+    @property
+    def box_fw(self) -> str | None: ...
+    async def ping(self, timeout_s: float = ...) -> float: ...
+
+
+class HealthServer:
+    """Serves the endpoint of one gateway from ``source`` (its snapshots).
+
+    ``raise_test(input_ref)`` raises a test alarm and returns its id; ``pending(id)`` is an
+    event's outbox row (None once acked); both run on the daemon's loop. ``boxes`` are the
+    button-box links (filled when the inputs start). ``acks`` records ack times and the
+    latency histogram: register ``acks.record`` as a relay ack listener."""
+
+    def __init__(
+        self,
+        source: SnapshotSource,
+        *,
+        listen: str,
+        host: str,
+        port: int,
+        state_dir: Path,
+        outbox: Path,
+        inputs: Sequence[str],
+        raise_test: Callable[[str], str],
+        pending: Callable[[str], Pending | None],
+        boxes: Sequence[BoxPing] = (),
+        owes_dc09: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.source = source
+        self.listen, self.host, self.port = listen, host, port
+        self.outbox = outbox
+        self.inputs = list(inputs)
+        self._raise_test = raise_test
+        self._pending = pending
+        self.boxes = boxes
         self.acks = status.AckLog()
-        self.acks.on_record = self._ack_recorded
-        gw.relay.ack_listeners.append(self.acks.record)
-        # DC-09 receiver ACKs of recent events (id → wall time), for GET /events?path=dc09.
+        # Weak: the relay holds the ack log, and must not keep this server alive through it.
+        self.acks.on_record = weakref.WeakMethod(self._ack_recorded)
+        self.addr_file = state_dir / ADDR_FILE
+        # With a DC-09 path: whether the outbox still owes the receiver an event (daemon's
+        # loop), and the receiver's ACKs of recent events (id → wall time): ``dc09_acked`` is
+        # the transmitter's ack listener.
+        self._owes_dc09 = owes_dc09
         self.dc09_acks: dict[str, float] = {}
-        if gw.dc09 is not None:
-            gw.dc09.ack_listeners.append(self._dc09_acked)
-        self.versions = status.versions()
-        self.inputs = [f"gpio:{b.name}" for b in gw.cfg.button] + [
-            f"serial:{s.name}" for s in gw.cfg.serial
-        ]
-        self.addr_file = Path(gw.cfg.gateway.state_dir) / ADDR_FILE
         self.address: str | None = None
         self._main: asyncio.AbstractEventLoop | None = None
         self._http: asyncio.AbstractEventLoop | None = None
@@ -119,7 +154,7 @@ class HealthServer:
             except OSError as err:
                 log.error(
                     "http endpoint cannot listen",
-                    listen=self.gw.cfg.http.listen,
+                    listen=self.listen,
                     error=str(err),
                     retry_in_s=delay,
                 )
@@ -196,8 +231,7 @@ class HealthServer:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
         await runner.setup()
         try:
-            http = self.gw.cfg.http
-            site = web.TCPSite(runner, http.host, http.port, reuse_address=True)
+            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
             await site.start()
             bound = runner.addresses[0]
             if not ready.set_running_or_notify_cancel():
@@ -241,7 +275,7 @@ class HealthServer:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(self._pulse)
 
-    def _dc09_acked(self, event_id: str, at: float) -> None:
+    def dc09_acked(self, event_id: str, at: float) -> None:
         self.dc09_acks[event_id] = at
         while len(self.dc09_acks) > 1000:
             del self.dc09_acks[next(iter(self.dc09_acks))]
@@ -254,48 +288,49 @@ class HealthServer:
 
     # -- handlers (HTTP thread) ----------------------------------------------------
 
+    def _problems(self) -> list[str]:
+        return status.health_problems(self.source.liveness())
+
     async def _healthz(self, _request: web.Request) -> web.Response:
-        problems = status.health_problems(self.gw)
+        problems = self._problems()
         return web.json_response(
             {"ok": not problems, "problems": problems}, status=503 if problems else 200
         )
 
-    async def _snapshot(self) -> tuple[dict[str, Any], list[metrics.Family]]:
-        """The full status (queue included) and the providers' metric families."""
-        gw = self.gw
+    async def _snapshot(self) -> tuple[GatewaySnapshot, QueueSnapshot, list[str]]:
+        """A snapshot taken on the daemon's loop, the queue read from the outbox file here,
+        the health judged here."""
+        snap = await self._on_main(self.source.snapshot)
+        queue = await asyncio.to_thread(self._read_queue)
+        return snap, queue, self._problems()
 
-        def collect() -> tuple[dict[str, Any], list[metrics.Family]]:
-            snap = status.collect(gw, self.providers, self.acks, self.versions)
-            return snap, self.providers.families()
-
-        snap, fams = await self._on_main(collect)
-        snap["queue"].update(await asyncio.to_thread(self._read_queue))
-        problems = status.health_problems(gw)
-        snap["health"] = {"ok": not problems, "problems": problems}
-        return snap, fams
-
-    def _read_queue(self) -> dict[str, Any]:
-        with status.readonly_outbox(self.gw.outbox.path) as conn:
-            return status.queue_summary(conn)
+    def _read_queue(self) -> QueueSnapshot:
+        with status.readonly_outbox(self.outbox) as conn:
+            return status.read_queue(conn)
 
     def _not_responding(self) -> web.Response:
-        problems = status.health_problems(self.gw)
+        problems = self._problems()
         problems.insert(0, f"event loop not responding within {MAIN_TIMEOUT_S:.0f} s")
         return web.json_response({"ok": False, "problems": problems}, status=503)
 
     async def _status(self, _request: web.Request) -> web.Response:
         try:
-            snap, _ = await self._snapshot()
+            snap, queue, problems = await self._snapshot()
         except TimeoutError:
             return self._not_responding()
-        return web.json_response(snap)
+        return web.json_response(
+            status.to_json(snap, queue=queue, problems=problems, acks=self.acks)
+        )
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         try:
-            snap, extra = await self._snapshot()
+            snap, queue, problems = await self._snapshot()
         except TimeoutError:
             return self._not_responding()
-        text = metrics.render([*metrics.families_from_status(snap), *extra])
+        fams = metrics.families(
+            snap, queue, healthy=not problems, ack_latency=self.acks.histogram()
+        )
+        text = metrics.render(fams)
         return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS})
 
     def _refuse(self, request: web.Request) -> web.Response | None:
@@ -324,18 +359,8 @@ class HealthServer:
             return web.json_response(
                 {"error": f"unknown input {ref!r} (configured: {known})"}, status=400
             )
-        relay = self.gw.relay
-
-        def raise_test() -> str:
-            # PROTOCOL.md "alarm / test": code 601 is a manual test; delivered and acked like
-            # an alarm, never dispatched. No feedback: nobody at the gate should see an LED.
-            raised = relay.raise_alarm(
-                input_ref=ref, feedback=None, code="601", kind="test", test=True
-            )
-            return raised.event_id
-
         try:
-            event_id = await self._on_main(raise_test)
+            event_id = await self._on_main(lambda: self._raise_test(ref))
         except TimeoutError:
             return self._not_responding()
         except Exception as err:
@@ -347,21 +372,20 @@ class HealthServer:
 
     async def _event_state(self, event_id: str) -> dict[str, Any]:
         out: dict[str, Any] = {"id": event_id, "state": "unknown"}
-        if self.gw.dc09 is not None:
+        owes = self._owes_dc09
+        if owes is not None:
             # The DC-09 path ([dc09]): "acked" (with acked_at), "pending" or "unknown".
             at = self.dc09_acks.get(event_id)
-            outbox = self.gw.outbox
             if at is not None:
                 out["dc09"] = {"state": "acked", "acked_at": at}
-            elif await self._on_main(lambda: outbox.owes_dc09(event_id)):
+            elif await self._on_main(lambda: owes(event_id)):
                 out["dc09"] = {"state": "pending"}
             else:
                 at = self.dc09_acks.get(event_id)  # acked between the two looks
                 out["dc09"] = {"state": "unknown" if at is None else "acked", "acked_at": at}
         acked = self.acks.get(event_id)
         if acked is None:
-            outbox = self.gw.outbox
-            row = await self._on_main(lambda: outbox.get(event_id))
+            row = await self._on_main(lambda: self._pending(event_id))
             if row is not None:
                 out.update(
                     state="pending",
@@ -383,9 +407,12 @@ class HealthServer:
     async def _event(self, request: web.Request) -> web.Response:
         event_id = request.match_info["id"]
         try:
-            wait = min(max(float(request.query.get("wait", "0")), 0.0), MAX_WAIT_S)
+            wait = float(request.query.get("wait", "0"))
         except ValueError:
+            wait = math.nan
+        if not math.isfinite(wait):
             return web.json_response({"error": "wait must be a number of seconds"}, status=400)
+        wait = min(max(wait, 0.0), MAX_WAIT_S)
         path = request.query.get("path", "mqtt")
         if path not in ("mqtt", "dc09"):
             return web.json_response({"error": "path must be mqtt or dc09"}, status=400)
@@ -396,7 +423,9 @@ class HealthServer:
                 info = await self._event_state(event_id)
                 left = deadline - loop.time()
                 state = info.get("dc09", {}).get("state") if path == "dc09" else info["state"]
-                if state != "pending" or left <= 0:
+                transport = request.transport
+                gone = transport is None or transport.is_closing()  # the client left
+                if state != "pending" or left <= 0 or gone:
                     break
                 event = self._ack_event
                 assert event is not None
@@ -416,7 +445,7 @@ class HealthServer:
         if refused is not None:
             return refused
         name = request.match_info["name"]
-        box = next((b for b in self.gw.boxes if b.name == name), None)
+        box = next((b for b in self.boxes if b.name == name), None)
         if box is None:
             return web.json_response({"error": f"no [[serial]] box named {name!r}"}, status=404)
         assert self._main is not None

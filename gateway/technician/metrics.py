@@ -1,8 +1,9 @@
 """Prometheus text exposition (format 0.0.4) for ``/metrics``, without a client library.
 
 Counters live where they are cheap to bump (an integer in the relay, the uplink, the inputs);
-this module only turns a status snapshot into text at scrape time, so the alarm path pays no
-more than an increment. ``Histogram`` is the one metric object kept here (ack latency).
+this module only turns a snapshot (gateway/snapshots.py) into text at scrape time, so the
+alarm path pays no more than an increment. ``Histogram`` is the one metric object kept here
+(ack latency).
 """
 
 from __future__ import annotations
@@ -12,6 +13,15 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from gateway.snapshots import (
+    GatewaySnapshot,
+    GpioInput,
+    LinkSnapshot,
+    QueueSnapshot,
+    SerialInput,
+    input_state,
+)
 
 MetricType = Literal["counter", "gauge", "histogram"]
 
@@ -102,20 +112,25 @@ def render(families: Iterable[Family]) -> str:
     return "\n".join(out) + "\n"
 
 
-def families_from_status(status: Mapping[str, Any]) -> list[Family]:
-    """The gateway's metrics, read from one ``/status`` snapshot (gateway/technician/status.py)."""
-    gw = status["gateway"]
-    counters = status["counters"]
+def families(
+    snap: GatewaySnapshot,
+    queue: QueueSnapshot,
+    *,
+    healthy: bool,
+    ack_latency: Mapping[str, Any],
+) -> list[Family]:
+    """The gateway's metrics from one snapshot (gateway/snapshots.py), the queue as read
+    from the outbox, the ``/healthz`` verdict and ``Histogram.snapshot()`` of ack latency."""
+    p, d = snap.process, snap.delivery
     fams = [
         Family("alarmgw_info", "gauge", "Build and identity of this gateway (always 1).").add(
-            1,
-            {"version": gw["version"], "site": gw["site"], "gw": gw["id"], "kid": gw["kid"]},
+            1, {"version": p.version, "site": p.site, "gw": p.id, "kid": p.kid}
         ),
         Family("alarmgw_uptime_seconds", "gauge", "Seconds since the daemon started.").add(
-            gw["uptime_s"]
+            p.uptime_s
         ),
         Family("alarmgw_healthy", "gauge", "1 when /healthz says the alarm path is alive.").add(
-            1 if status["health"]["ok"] else 0
+            1 if healthy else 0
         ),
     ]
     presses = Family(
@@ -125,98 +140,100 @@ def families_from_status(status: Mapping[str, Any]) -> list[Family]:
         "alarmgw_alarms_raised_total", "counter", "Alarms and tests raised (repeats excluded)."
     )
     by_type: dict[str, int] = {"alarm": 0, "test": 0}
-    for row in status["raised"]:
-        by_type[row["type"]] = by_type.get(row["type"], 0) + row["count"]
-    for i in status["inputs"]:
-        presses.add(i["alarms"], {"input": i["ref"]})
+    for row in d.raised:
+        by_type[row.type] = by_type.get(row.type, 0) + row.count
+    for i in snap.inputs:
+        presses.add(i.alarms, {"input": i.ref})
     for kind, n in sorted(by_type.items()):
         raised.add(n, {"type": kind})
     fams += [presses, raised]
+    c = d.counters
     fams.append(
         Family(
             "alarmgw_events_sent_total",
             "counter",
             "Publish attempts of queued events (re-sends included).",
-        ).add(counters["events_sent"])
+        ).add(c.events_sent)
     )
     by_path = Family(
         "alarmgw_events_sent_by_path_total", "counter", "Publish attempts per broker path."
     )
-    for path, n in sorted(status.get("sent_by_path", {}).items()):
+    for path, n in d.sent_by_path:
         by_path.add(n, {"path": path})
     fams.append(by_path)
     fams.append(
         Family(
             "alarmgw_events_acked_total", "counter", "Events the center acknowledged (signed ack)."
-        ).add(counters["events_acked"])
+        ).add(c.events_acked)
     )
     fams.append(
         Family(
             "alarmgw_publish_refused_total",
             "counter",
             "Publishes the broker refused (MQTT 5 reason >= 128, e.g. ACL).",
-        ).add(counters["publish_refused"])
+        ).add(c.publish_refused)
     )
     fams.append(
         Family(
             "alarmgw_acks_rejected_total", "counter", "Acks ignored (bad signature, wrong target)."
-        ).add(counters["acks_rejected"])
+        ).add(c.acks_rejected)
     )
     fams.append(
         histogram_family(
             "alarmgw_ack_latency_seconds",
             "Seconds from an event's commit to the center's signed ack.",
-            status["ack_latency"],
+            ack_latency,
         )
     )
-    fams += _queue_families(status["queue"])
-    fams += _uplink_families(status["uplink"])
-    fams += _serial_families([i for i in status["inputs"] if i["kind"] == "serial"])
-    gpio = [i for i in status["inputs"] if i["kind"] == "gpio"]
+    fams += _queue_families(queue, d.memory_only)
+    fams += _uplink_families(d.primary)
+    fams += _serial_families([i for i in snap.inputs if isinstance(i, SerialInput)])
+    gpio = [i for i in snap.inputs if isinstance(i, GpioInput)]
     if gpio:
         bounces = Family(
             "alarmgw_gpio_bounces_ignored_total", "counter", "GPIO edges ignored as bounce."
         )
-        for i in gpio:
-            bounces.add(i["bounces_ignored"], {"input": i["ref"]})
+        for g in gpio:
+            bounces.add(g.bounces_ignored, {"input": g.ref})
         fams.append(bounces)
     up = Family("alarmgw_input_up", "gauge", "1 when the input is ok, 0 on trouble or unknown.")
-    for i in status["inputs"]:
-        up.add(1 if i["state"] == "ok" else 0, {"input": i["ref"]})
+    for i in snap.inputs:
+        up.add(1 if input_state(i, snap.monitors) == "ok" else 0, {"input": i.ref})
     fams.append(up)
     return fams
 
 
-def _queue_families(queue: Mapping[str, Any]) -> list[Family]:
+def _queue_families(queue: QueueSnapshot, memory_only: int) -> list[Family]:
     depth = Family("alarmgw_queue_pending", "gauge", "Events waiting for the center's ack.")
     oldest = Family("alarmgw_queue_oldest_age_seconds", "gauge", "Age of the oldest waiting event.")
+    rows = {r.type: r for r in queue.rows}
     for kind in ("alarm", "test", "trouble", "restore"):
-        row = queue["by_type"].get(kind) or {}
-        depth.add(row.get("pending", 0), {"type": kind})
-        oldest.add(row.get("oldest_age_s") or 0, {"type": kind})
+        row = rows.get(kind)
+        depth.add(row.pending if row else 0, {"type": kind})
+        oldest.add(row.oldest_age_s if row else 0, {"type": kind})
     memory = Family(
         "alarmgw_queue_memory_only", "gauge", "Events not durable (the outbox cannot be written)."
-    ).add(queue.get("memory_only", 0))
+    ).add(memory_only)
     return [depth, oldest, memory]
 
 
-def _uplink_families(uplink: Mapping[str, Any]) -> list[Family]:
+def _uplink_families(uplink: LinkSnapshot) -> list[Family]:
     return [
         Family("alarmgw_mqtt_connected", "gauge", "1 while connected to the broker.").add(
-            1 if uplink["connected"] else 0
+            1 if uplink.connected else 0
         ),
         Family(
             "alarmgw_mqtt_reconnects_total", "counter", "Broker sessions lost and re-established."
-        ).add(uplink["reconnects"]),
+        ).add(uplink.reconnects),
         Family(
             "alarmgw_uplink_loop_age_seconds",
             "gauge",
             "Seconds since the uplink loop last ticked (about 1 when healthy).",
-        ).add(uplink["loop_age_s"] if uplink["loop_age_s"] is not None else -1),
+        ).add(uplink.loop_age_s if uplink.loop_age_s is not None else -1),
     ]
 
 
-def _serial_families(boxes: list[Mapping[str, Any]]) -> list[Family]:
+def _serial_families(boxes: list[SerialInput]) -> list[Family]:
     if not boxes:
         return []
     frames = Family("alarmgw_serial_frames_total", "counter", "Valid frames from each box.")
@@ -225,8 +242,8 @@ def _serial_families(boxes: list[Mapping[str, Any]]) -> list[Family]:
     )
     connected = Family("alarmgw_serial_connected", "gauge", "1 while the serial port is open.")
     for b in boxes:
-        frames.add(b["frames_ok"], {"input": b["ref"]})
-        connected.add(1 if b["connected"] else 0, {"input": b["ref"]})
-        for reason, n in sorted(b["frame_errors"].items()):
-            errors.add(n, {"input": b["ref"], "reason": reason})
+        frames.add(b.frames_ok, {"input": b.ref})
+        connected.add(1 if b.connected else 0, {"input": b.ref})
+        for reason, n in b.frame_errors:
+            errors.add(n, {"input": b.ref, "reason": reason})
     return [frames, errors, connected]

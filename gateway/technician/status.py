@@ -1,11 +1,12 @@
-"""What the running gateway knows about itself: the ``/status`` snapshot, the ``/healthz``
-verdict, the queue as stored in the outbox, and a registry for status providers.
+"""What the running gateway knows about itself, as JSON: the ``/status`` document and the
+``/healthz`` problems, both rendered from snapshots (gateway/snapshots.py), and the queue as
+stored in the outbox.
 
-Two threads read this state. ``collect`` runs on the daemon's event loop (it iterates dicts
-the loop mutates). ``health_problems`` runs on the HTTP thread and only reads single
-attributes (atomic under the GIL), so ``/healthz`` can still answer — 503, "uplink loop
-stuck" — while the event loop is blocked. Queue figures come from a separate read-only SQLite
-connection, so a large backlog never makes the alarm loop wait for a ``GROUP BY``.
+Two threads read state. The full snapshot is taken on the daemon's event loop. ``/healthz``
+judges a ``Liveness`` snapshot taken on the HTTP thread (single attributes, atomic under the
+GIL), so it can still answer — 503, "uplink loop stuck" — while the event loop is blocked.
+Queue figures come from a separate read-only SQLite connection, so a large backlog never
+makes the alarm loop wait for a ``GROUP BY``.
 """
 
 from __future__ import annotations
@@ -16,105 +17,49 @@ import platform
 import sqlite3
 import threading
 import time
+import weakref
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from importlib import metadata
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-import structlog
-
-from gateway import __version__
+from gateway import __version__, checks
 from gateway.errors import OutboxError
-from gateway.technician.metrics import Family, Histogram
-
-if TYPE_CHECKING:
-    from gateway.daemon import Gateway
-
-log = structlog.get_logger("alarmgw.status")
+from gateway.snapshots import (
+    BollardSnapshot,
+    CameraSnapshot,
+    GatewaySnapshot,
+    GpioInput,
+    InputSnapshot,
+    LinkSnapshot,
+    Liveness,
+    MonitorsSnapshot,
+    QueueRow,
+    QueueSnapshot,
+    input_state,
+)
+from gateway.technician.metrics import Histogram
 
 # The uplink's misc loop ticks about once a second; this much silence means the event loop
 # (or that task) is stuck, and with it the MQTT keepalive and every alarm.
 STALL_S = 5.0
-# Below this much free space in state_dir an alarm commit can no longer be counted on
-# (one committed alarm writes ~9 KB of WAL, FIELD-NOTES "SQLite outbox").
-MIN_FREE_BYTES = 4 * 1024 * 1024
 RECENT_ACKS = 512  # ack times kept for GET /events/{id}
 VERSIONED = ("paho-mqtt", "aiohttp", "pyserial", "gpiozero", "cryptography", "pydantic")
-
-StatusFn = Callable[[], Mapping[str, Any]]
-MetricsFn = Callable[[], Iterable[Family]]
-
-
-@dataclass(frozen=True, slots=True)
-class Provider:
-    """One section of ``/status`` (and optionally metric families), called on the loop."""
-
-    status: StatusFn
-    metrics: MetricsFn | None = None
-
-
-class Providers:
-    """Named status sections beyond the alarm path (bollard, camera, ...).
-
-    A monitor registers itself with ``add("bollard", monitor.status)``; ``bollard`` and
-    ``camera`` start as placeholders saying whether the config has them. A provider returns
-    a JSON-able mapping; ``"ok": False`` in it makes ``alarmgw status`` warn."""
-
-    def __init__(self) -> None:
-        self._items: dict[str, Provider] = {}
-
-    def add(self, name: str, status: StatusFn, metrics: MetricsFn | None = None) -> None:
-        """Register (or replace) the provider of section ``name``."""
-        self._items[name] = Provider(status, metrics)
-
-    def names(self) -> list[str]:
-        return list(self._items)
-
-    def placeholders(self, configured: Mapping[str, bool]) -> None:
-        """Sections whose monitor is not running in this process."""
-        for name, present in configured.items():
-            text = "configured, not monitored by this version" if present else "not configured"
-            self.add(name, _fixed({"status": text, "ok": None}))
-
-    def collect(self) -> dict[str, Any]:
-        """Every section; a provider that raises shows its error instead of breaking status."""
-        out: dict[str, Any] = {}
-        for name, p in self._items.items():
-            try:
-                out[name] = dict(p.status())
-            except Exception as err:
-                out[name] = {"status": "error", "ok": False, "error": repr(err)}
-        return out
-
-    def families(self) -> list[Family]:
-        fams: list[Family] = []
-        for name, p in self._items.items():
-            if p.metrics is None:
-                continue
-            try:
-                fams.extend(p.metrics())
-            except Exception as err:
-                log.warning("status provider metrics failed", provider=name, error=repr(err))
-        return fams
-
-
-def _fixed(value: Mapping[str, Any]) -> StatusFn:
-    return lambda: value
 
 
 class AckLog:
     """Recent acks (id → wall time, latency) and the ack latency histogram.
 
     ``record`` is a relay ack listener (event-loop thread); the HTTP thread reads. A lock
-    keeps the two consistent; ``on_record`` (set by the HTTP server) wakes its waiters."""
+    keeps the two consistent; ``on_record`` (set by the HTTP server, held weakly so the
+    relay that holds this log does not keep the server alive) wakes its waiters."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._recent: OrderedDict[str, tuple[float, float | None]] = OrderedDict()
         self.latency = Histogram()
-        self.on_record: Callable[[], None] | None = None
+        self.on_record: weakref.WeakMethod[Callable[[], None]] | None = None
 
     def record(self, event_id: str, latency_s: float | None) -> None:
         with self._lock:
@@ -123,7 +68,7 @@ class AckLog:
                 self._recent.popitem(last=False)
             if latency_s is not None:
                 self.latency.observe(latency_s)
-        wake = self.on_record
+        wake = self.on_record() if self.on_record is not None else None
         if wake is not None:
             wake()
 
@@ -137,148 +82,227 @@ class AckLog:
             return self.latency.snapshot()
 
 
-def versions() -> dict[str, str]:
+def versions() -> tuple[tuple[str, str], ...]:
     """alarmgw, Python and the libraries on the alarm path (for status)."""
-    out = {"alarmgw": __version__, "python": platform.python_version()}
+    out = [("alarmgw", __version__), ("python", platform.python_version())]
     for dist in VERSIONED:
         try:
-            out[dist] = metadata.version(dist)
+            out.append((dist, metadata.version(dist)))
         except metadata.PackageNotFoundError:
-            out[dist] = "missing"
-    return out
+            out.append((dist, "missing"))
+    return tuple(out)
 
 
-def _age(now: float, then: float | None) -> float | None:
-    return None if then is None else round(max(0.0, now - then), 3)
+# --- /status from a snapshot ----------------------------------------------------------------
 
 
-def _gpio(b: Any, raised: Mapping[tuple[str, str], int]) -> dict[str, Any]:
-    started = bool(b.started)
+def verdict_json(v: checks.Verdict) -> dict[str, str]:
+    return {"check": v.check, "level": v.level, "found": v.found, "fix": v.fix}
+
+
+def _input(i: InputSnapshot, monitors: MonitorsSnapshot | None) -> dict[str, Any]:
+    state = input_state(i, monitors)
+    if isinstance(i, GpioInput):
+        return {
+            "ref": i.ref,
+            "kind": "gpio",
+            "name": i.name,
+            "state": state,
+            "pin": i.pin,
+            "led_pin": i.led_pin,
+            "started": i.started,
+            "pressed": i.pressed,
+            "presses": i.presses,
+            "bounces_ignored": i.bounces_ignored,
+            "short_presses": i.short_presses,
+            "led": i.led,
+            "alarms": i.alarms,
+        }
     return {
-        "ref": b.input_ref,
-        "kind": "gpio",
-        "name": b.name,
-        "state": "ok" if started else "trouble",
-        "pin": b.cfg.pin,
-        "led_pin": b.cfg.led_pin,
-        "started": started,
-        "pressed": bool(b.is_pressed),
-        "presses": b.presses,
-        "bounces_ignored": b.bounces_ignored,
-        "short_presses": b.short_presses,
-        "led": b.feedback.mode if b.feedback is not None else None,
-        "alarms": raised.get((b.input_ref, "alarm"), 0),
-    }
-
-
-def _serial(box: Any, raised: Mapping[tuple[str, str], int], now: float) -> dict[str, Any]:
-    ref = f"serial:{box.name}"
-    age = _age(now, box.last_valid_frame_at)
-    state = "ok" if age is not None else "unknown"
-    if not box.connected or box.stale:
-        state = "trouble"
-    return {
-        "ref": ref,
+        "ref": i.ref,
         "kind": "serial",
-        "name": box.name,
+        "name": i.name,
         "state": state,
-        "port": box.port,
-        "baud": box.baud,
-        "connected": bool(box.connected),
-        "stale": bool(box.stale),
-        "box_id": box.box_id,
-        "fw": box.box_fw,
-        "frames_ok": box.frames_ok,
-        "frame_errors": dict(box.frame_errors),
-        "last_frame_age_s": age,
-        "alarms": raised.get((ref, "alarm"), 0),
+        "port": i.port,
+        "baud": i.baud,
+        "connected": i.connected,
+        "stale": i.stale,
+        "box_id": i.box_id,
+        "fw": i.fw,
+        "frames_ok": i.frames_ok,
+        "frame_errors": dict(i.frame_errors),
+        "last_frame_age_s": i.last_frame_age_s,
+        "alarms": i.alarms,
+        "verdict": verdict_json(i.link),
     }
 
 
-def _uplink(up: Any, now: float) -> dict[str, Any]:
-    s = up.settings
+def _link(link: LinkSnapshot) -> dict[str, Any]:
     return {
-        "broker": f"{s.host}:{s.port}",
-        "tls": s.tls,
-        "protocol": s.protocol,
-        "connected": up.connected,
-        "reconnects": up.reconnects,
-        "last_error": up.last_error,
-        "loop_age_s": _age(now, up.loop_heartbeat or None),
+        "broker": link.broker,
+        "tls": link.tls,
+        "protocol": link.protocol,
+        "connected": link.connected,
+        "reconnects": link.reconnects,
+        "last_error": link.last_error,
+        "loop_age_s": link.loop_age_s,
     }
 
 
-def collect(
-    gw: Gateway, providers: Providers, acks: AckLog, vers: Mapping[str, str]
+def queue_json(q: QueueSnapshot) -> dict[str, Any]:
+    """``{"pending", "oldest_age_s", "by_type", "memory_only"}`` (pending: stored events)."""
+    return {
+        "pending": q.stored,
+        "oldest_age_s": q.oldest_age_s,
+        "by_type": {
+            r.type: {
+                "pending": r.pending,
+                "oldest_age_s": r.oldest_age_s,
+                "failed_attempts": r.failed_attempts,
+                "last_error": r.last_error,
+            }
+            for r in q.rows
+        },
+        "memory_only": q.memory_only,
+    }
+
+
+def _bollard(b: BollardSnapshot | None, started: bool) -> dict[str, Any]:
+    if b is None:
+        return {"status": "not configured" if started else "not monitored yet", "ok": None}
+    out: dict[str, Any] = {"state": b.state}
+    if b.since is not None:
+        out["since"] = b.since
+    return {**out, "ok": b.verdict.ok, "verdict": verdict_json(b.verdict)}
+
+
+def _camera(c: CameraSnapshot | None, started: bool) -> dict[str, Any]:
+    if c is None:
+        return {"status": "not configured" if started else "not monitored yet", "ok": None}
+    out: dict[str, Any] = {"recording": c.recording, "required_days": c.required_days}
+    if c.retention_days is not None:
+        days = c.retention_days
+        out["retention_days"] = int(days) if float(days).is_integer() else days
+    return {**out, "ok": c.ok, "error": c.error, "verdict": verdict_json(c.verdict)}
+
+
+def _supervision(m: MonitorsSnapshot) -> dict[str, Any]:
+    troubles = [
+        {"device": t.device, "code": t.code, "reason": t.reason, "detail": t.detail}
+        for t in m.troubles
+    ]
+    summary = ", ".join(f"{t.device} {t.code} ({t.reason})" for t in m.troubles)
+    hb = m.heartbeat
+    return {
+        "ok": not troubles,
+        "status": f"open troubles: {summary}" if troubles else "no open troubles",
+        "troubles": troubles,
+        "flapping": list(m.flapping),
+        "heartbeat": {
+            "interval_s": hb.interval_s,
+            "taken": hb.taken,
+            "sent": hb.sent,
+            "replaced": hb.replaced,
+            "failed": hb.failed,
+            "waiting": hb.waiting,
+        },
+    }
+
+
+def _selfcheck(m: MonitorsSnapshot) -> dict[str, Any]:
+    verdicts = m.selfcheck.verdicts
+    bad = [v for v in verdicts if not v.ok]
+    return {
+        "ok": not bad,
+        "status": "; ".join(v.found for v in bad) if bad else "all self-checks pass",
+        "checks": [verdict_json(v) for v in verdicts],
+    }
+
+
+def to_json(
+    snap: GatewaySnapshot,
+    *,
+    queue: QueueSnapshot | None = None,
+    problems: list[str] | None = None,
+    acks: AckLog | None = None,
 ) -> dict[str, Any]:
-    """The ``/status`` snapshot, minus ``queue.by_type`` (read from SQLite elsewhere).
-    Runs on the event loop: it reads state only that thread may iterate."""
-    now = time.monotonic()
-    relay, up, cfg = gw.relay, gw.uplink, gw.cfg
-    raised = dict(relay.raised_by)
-    last = dict(relay.last_alarm) if relay.last_alarm else None
-    if last is not None:
-        acked = acks.get(last["id"])
+    """The ``/status`` document of one snapshot (``queue``: read from the outbox file)."""
+    p, d, m = snap.process, snap.delivery, snap.monitors
+    last: dict[str, Any] | None = None
+    if d.last_alarm is not None:
+        a = d.last_alarm
+        last = {"id": a.id, "type": a.type, "input": a.input, "ts": a.ts, "acked_at": a.acked_at}
+        acked = acks.get(a.id) if acks is not None else None
         last["ack_ms"] = round(acked[1] * 1000, 1) if acked and acked[1] is not None else None
+    q = queue if queue is not None else QueueSnapshot(rows=(), memory_only=d.memory_only)
+    problems = problems or []
     status: dict[str, Any] = {
         "gateway": {
-            "site": cfg.gateway.site,
-            "id": cfg.gateway.id,
-            "kid": gw.key.kid,
-            "version": __version__,
-            "versions": dict(vers),
-            "pid": os.getpid(),
-            "uptime_s": round(now - gw.started_mono, 1),
-            "config": str(cfg.path),
-            "state_dir": str(cfg.gateway.state_dir),
+            "site": p.site,
+            "id": p.id,
+            "kid": p.kid,
+            "version": p.version,
+            "versions": dict(p.versions),
+            "pid": p.pid,
+            "uptime_s": p.uptime_s,
+            "config": p.config,
+            "state_dir": p.state_dir,
         },
-        "health": {"ok": True, "problems": []},
-        "inputs": [_gpio(b, raised) for b in gw.buttons]
-        + [_serial(b, raised, now) for b in gw.boxes],
-        "uplink": {**_uplink(up, now), "session": relay.session},
-        "secondary": _uplink(gw.secondary, now) if gw.secondary is not None else None,
-        "sent_by_path": dict(relay.sent_by_path),
+        "health": {"ok": not problems, "problems": problems},
+        "inputs": [_input(i, m) for i in snap.inputs],
+        "uplink": {**_link(d.primary), "session": d.session},
+        "secondary": _link(d.secondary) if d.secondary is not None else None,
+        "sent_by_path": dict(d.sent_by_path),
         "loops": {
-            name: {"restarts": n, "last_failure": gw.supervisor.last_failure.get(name)}
-            for name, n in gw.supervisor.restarts.items()
+            loop.name: {"restarts": loop.restarts, "last_failure": loop.last_failure}
+            for loop in snap.supervisor.loops
         },
-        "queue": {"memory_only": relay.memory_only_count()},
+        "queue": {**queue_json(q), "memory_only": d.memory_only},
         "last_alarm": last,
-        "counters": dict(relay.stats),
-        "raised": [{"input": i, "type": t, "count": n} for (i, t), n in sorted(raised.items())],
-        "ack_latency": acks.histogram(),
+        "counters": {
+            "alarms_raised": d.counters.alarms_raised,
+            "events_sent": d.counters.events_sent,
+            "events_acked": d.counters.events_acked,
+            "publish_refused": d.counters.publish_refused,
+            "acks_rejected": d.counters.acks_rejected,
+        },
+        "raised": [{"input": r.input, "type": r.type, "count": r.count} for r in d.raised],
+        "ack_latency": acks.histogram() if acks is not None else Histogram().snapshot(),
+        "bollard": _bollard(m.bollard if m else None, m is not None),
+        "camera": _camera(m.camera if m else None, m is not None),
     }
-    status.update(providers.collect())
+    if m is not None:
+        status["supervision"] = _supervision(m)
+        status["selfcheck"] = _selfcheck(m)
     return status
 
 
-def health_problems(gw: Gateway) -> list[str]:
-    """Why the alarm path is not alive (empty: alive). Safe from any thread: it only reads
-    single attributes and the file system, never iterates loop-owned containers."""
+# --- /healthz -------------------------------------------------------------------------------
+
+
+def health_problems(live: Liveness) -> list[str]:
+    """Why the alarm path is not alive (empty: alive)."""
     problems: list[str] = []
-    now = time.monotonic()
-    running = gw.supervisor.running
-    for name, tick in (("uplink", gw.uplink.loop_heartbeat), ("outbox-pump", gw.relay.pump_tick)):
-        task = running.get(name)
-        if task is None or task.done():
-            problems.append(f"{name} loop is not running")
-        elif tick and now - tick > STALL_S:
-            problems.append(f"{name} loop stuck: no tick for {now - tick:.1f} s")
-    second = gw.secondary
-    if not gw.uplink.connected and not (second is not None and second.connected):
-        s, err = gw.uplink.settings, gw.uplink.last_error
-        problems.append(f"not connected to broker {s.host}:{s.port}" + (f": {err}" if err else ""))
-    memory = gw.relay.memory_only_count()
-    if memory:
-        problems.append(f"{memory} event(s) held in memory: the outbox cannot be written")
-    path = gw.outbox.path
-    if not os.access(path, os.W_OK) or not os.access(path.parent, os.W_OK):
-        problems.append(f"outbox not writable: {path}")
+    for loop in live.loops:
+        if not loop.running:
+            problems.append(f"{loop.name} loop is not running")
+        elif loop.tick_age_s is not None and loop.tick_age_s > STALL_S:
+            problems.append(f"{loop.name} loop stuck: no tick for {loop.tick_age_s:.1f} s")
+    if not live.connected:
+        err = live.last_error
+        problems.append(f"not connected to broker {live.broker}" + (f": {err}" if err else ""))
+    if live.memory_only:
+        problems.append(f"{live.memory_only} event(s) held in memory: the outbox cannot be written")
+    path = Path(live.outbox)
+    writable = checks.outbox_writable(path)
+    if not writable.ok:
+        problems.append(writable.found)
     else:
-        st = os.statvfs(path.parent)
-        free = st.f_bavail * st.f_frsize
-        if free < MIN_FREE_BYTES:
-            problems.append(f"disk nearly full: {free // 1024} KiB free in {path.parent}")
+        disk = checks.disk(
+            checks.disk_free_bytes(path.parent), path.parent, min_free_bytes=live.min_free_bytes
+        )
+        if disk.level == "failing":
+            problems.append(disk.found)
     return problems
 
 
@@ -316,38 +340,37 @@ def readonly_outbox(path: Path) -> Iterator[sqlite3.Connection]:
                     os.chown(p, owner.st_uid, owner.st_gid)
 
 
-def queue_by_type(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
-    """Per type: pending, oldest_age_s, failed_attempts (most of any one event: the outbox
-    counts failed publishes), last_error."""
+def read_queue(conn: sqlite3.Connection, now: float | None = None) -> QueueSnapshot:
+    """Per type: pending, oldest age, failed attempts (most of any one event: the outbox
+    counts failed publishes) and the newest last error."""
     at = time.time() if now is None else now
-    out: dict[str, Any] = {}
-    rows = conn.execute(
+    rows = []
+    found = conn.execute(
         "SELECT type, COUNT(*), MIN(created), MAX(attempts) FROM outbox GROUP BY type"
     ).fetchall()
-    for kind, n, oldest, attempts in rows:
+    for kind, n, oldest, attempts in found:
         err = conn.execute(
             "SELECT last_error FROM outbox WHERE type = ? AND last_error IS NOT NULL "
             "ORDER BY created DESC LIMIT 1",
             (kind,),
         ).fetchone()
-        out[kind] = {
-            "pending": int(n),
-            "oldest_age_s": round(max(0.0, at - float(oldest)), 1),
-            "failed_attempts": int(attempts),
-            "last_error": err[0] if err else None,
-        }
-    return out
+        rows.append(
+            QueueRow(
+                type=str(kind),
+                pending=int(n),
+                oldest_age_s=round(max(0.0, at - float(oldest)), 1),
+                failed_attempts=int(attempts),
+                last_error=err[0] if err else None,
+            )
+        )
+    return QueueSnapshot(rows=tuple(rows))
 
 
 def queue_summary(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
-    """``{"pending": total, "oldest_age_s": ..., "by_type": queue_by_type(...)}``."""
-    by_type = queue_by_type(conn, now)
-    ages = [row["oldest_age_s"] for row in by_type.values()]
-    return {
-        "pending": sum(row["pending"] for row in by_type.values()),
-        "oldest_age_s": max(ages) if ages else None,
-        "by_type": by_type,
-    }
+    """``{"pending": total, "oldest_age_s": ..., "by_type": {...}}`` of the outbox file."""
+    out = queue_json(read_queue(conn, now))
+    del out["memory_only"]
+    return out
 
 
 def integrity_check(conn: sqlite3.Connection) -> list[str]:

@@ -75,39 +75,91 @@ def _unavailable(err: DaemonUnavailable, as_json: bool, out: TextIO) -> int:
 def status_verdict(
     st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S
 ) -> tuple[int, list[str]]:
-    """(exit code, problems or warnings) for a ``/status`` snapshot. An alarm unacknowledged
-    past ``ack_timeout_s`` (the presser's LED shows ``fast``) fails like a dead uplink."""
+    """(exit code, problems or warnings) for a ``/status`` document. An alarm unacknowledged
+    past ``ack_timeout_s`` (the presser's LED shows ``fast``) fails like a dead uplink; so does
+    any check the daemon judged ``failing`` (gateway/checks.py, the verdicts ``alarmgw diag``
+    gives for the same conditions); a ``warning`` verdict warns."""
     if not st["health"]["ok"]:
         return FAIL, list(st["health"]["problems"])
     alarm = st["queue"].get("by_type", {}).get("alarm")
     if alarm and alarm["oldest_age_s"] > ack_timeout_s:
         return FAIL, [f"an alarm has waited {ago(alarm['oldest_age_s'])} for the center's ack"]
-    warnings = [f"{i['ref']}: {i['state']}" for i in st["inputs"] if i["state"] != "ok"]
+    failing: list[str] = []
+    warnings: list[str] = []
+    by_level = {"failing": failing, "warning": warnings}
+    for name, verdict in _verdicts(st):
+        if verdict.get("level") in by_level:
+            fix = f" -> {verdict['fix']}" if verdict.get("fix") else ""
+            found = str(verdict["found"])
+            # A box's verdict names the box already ("box-1: serial port not open").
+            label = "" if found.startswith(name.split(":", 1)[-1] + ":") else f"{name}: "
+            by_level[verdict["level"]].append(f"{label}{found}{fix}")
+    judged = {name for name, _ in _verdicts(st)}
+    for i in st["inputs"]:
+        if i["state"] == "ok" or i["ref"] in judged:
+            continue  # a box's link is judged above, its other troubles are listed below
+        if i["kind"] == "gpio" and i["state"] == "trouble":
+            failing.append(f"{i['ref']}: GPIO{i['pin']} not claimed -> see the journal")
+        else:
+            warnings.append(f"{i['ref']}: {i['state']}")
     if not st["uplink"]["connected"]:
         warnings.append("primary broker down; events go out on the secondary")
     oldest = st["queue"].get("oldest_age_s")
     if oldest is not None and oldest > QUEUE_WARN_S:
         warnings.append(f"oldest queued event waits for {ago(oldest)}")
     for name, section in _sections(st):
-        if section.get("ok") is False:
-            warnings += [f"{name}: {d}" for d in _details(section)] or [f"{name}: trouble"]
+        if section.get("ok") is not False or name in judged or name == "selfcheck":
+            continue
+        details = [
+            str(t["detail"])
+            for t in _items(section)
+            if t.get("detail") and not _judged_trouble(t, judged)
+        ]
+        if name == "supervision" and _items(section) and not details:
+            continue  # every open trouble is a verdict above
+        warnings += [f"{name}: {d}" for d in details] or [f"{name}: trouble"]
+    if failing:
+        return FAIL, failing + warnings
     return (WARN if warnings else OK), warnings
+
+
+def _verdicts(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    """(name, verdict) of every check the daemon judged: serial links, the bollard, the
+    camera and the self-checks (device ``gateway``)."""
+    out = [(i["ref"], i["verdict"]) for i in st["inputs"] if isinstance(i.get("verdict"), dict)]
+    for name in ("bollard", "camera"):
+        section = st.get(name)
+        if isinstance(section, dict) and isinstance(section.get("verdict"), dict):
+            out.append((name, section["verdict"]))
+    selfcheck = st.get("selfcheck")
+    if isinstance(selfcheck, dict):
+        out += [("gateway", v) for v in selfcheck.get("checks", []) if isinstance(v, dict)]
+    return out
+
+
+def _judged_trouble(trouble: dict[str, Any], judged: set[str]) -> bool:
+    """True for an open trouble a verdict already reports: the bollard's, the camera's, the
+    self-checks' and a box's silence (350); a box's tamper or power trouble is not."""
+    device = trouble.get("device")
+    if device in judged and str(device).startswith("serial:"):
+        return trouble.get("code") == "350"
+    return device in judged
+
+
+def _items(section: dict[str, Any]) -> list[dict[str, Any]]:
+    """The items listed in a section (e.g. its open troubles)."""
+    return [
+        item
+        for value in section.values()
+        if isinstance(value, list)
+        for item in value
+        if isinstance(item, dict)
+    ]
 
 
 def _sections(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """The provider sections of a snapshot (bollard, camera, ...; gateway/technician/status.py)."""
     return [(k, v) for k, v in sorted(st.items()) if k not in _CORE_KEYS and isinstance(v, dict)]
-
-
-def _details(section: dict[str, Any]) -> list[str]:
-    """``detail`` texts of the items listed in a section (e.g. its open troubles)."""
-    return [
-        str(item["detail"])
-        for value in section.values()
-        if isinstance(value, list)
-        for item in value
-        if isinstance(item, dict) and item.get("detail")
-    ]
 
 
 def section_summary(section: dict[str, Any]) -> str:
