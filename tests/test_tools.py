@@ -273,6 +273,17 @@ async def test_healthz_503_while_the_broker_is_down_and_frozen(site: Site) -> No
     await asyncio.to_thread(poll, healthz_is(addr, 200))
 
 
+async def test_events_wait_must_be_a_finite_number(site: Site) -> None:
+    # wait=nan once made the handler spin a core until the event was acked.
+    site.write_configs()
+    _, addr = await started(site)
+    for bad in ("nan", "inf", "-inf", "soon"):
+        status, body = await asyncio.to_thread(request, addr, "GET", f"/events/x?wait={bad}")
+        assert status == 400 and "wait must be a number" in body["error"], (bad, body)
+    status, _ = await asyncio.to_thread(request, addr, "GET", "/events/x?wait=0.1")
+    assert status == 404
+
+
 def test_help_texts_fit_one_screen() -> None:
     for command in ("status", "diag", "test-alarm", "queue"):
         proc = cli(command, "--help")
