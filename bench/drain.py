@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Drain and backlog figures (issue 5), each beside a floor measured in the same run.
+"""Drain and backlog figures, each beside a floor measured in the same run.
 
 1. Drain: N queued alarms (default 100,000) go from the outbox to the reference center
    (``alarmgw center`` in its own process) and are acknowledged back; the clock runs from

@@ -67,7 +67,7 @@ def floor(port: int, n: int, tmp: Path) -> list[float]:
     sub.subscribe("floor/t", qos=1)
     sub.loop_start()
     pub = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="floor-pub", protocol=mqtt.MQTTv5)
-    pub.on_socket_open = lambda c, u, s: s.setsockopt(6, 1, 1)  # TCP_NODELAY (FIELD-NOTES)
+    pub.on_socket_open = lambda c, u, s: s.setsockopt(6, 1, 1)  # TCP_NODELAY: no Nagle delay
     pub.connect("127.0.0.1", port)
     pub.loop_start()
     time.sleep(0.5)

@@ -1,4 +1,4 @@
-"""The stateless half of the reference center's decision (shared/spec/PROTOCOL.md
+"""The stateless half of the reference center's decision (PROTOCOL.md
 "Envelope", "Delivery semantics"): is a payload a well-formed envelope, on its own
 gateway's topic, signed by a key registered for that gateway? Pure, so the center's
 checker process runs it (``alarmgw center`` checks bursts there, beside the GIL); that

@@ -1,4 +1,4 @@
-"""The command center's config file (shared/spec/OPERATOR.md "Command-center config"): its
+"""The command center's config file (OPERATOR.md "Command-center config"): its
 signing key and state, the brokers it listens on, and the registry of gateways it accepts.
 
 Loaded the same way as the gateway's config (``gateway.config.load_model``): every problem is

@@ -1,4 +1,4 @@
-"""The command center's view of which gateways are alive (shared/spec/PROTOCOL.md "Delivery
+"""The command center's view of which gateways are alive (PROTOCOL.md "Delivery
 semantics", offline detection).
 
 A gateway is ``online`` once a heartbeat or its ``online`` state arrived; ``stale`` when no

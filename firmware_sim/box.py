@@ -1,4 +1,4 @@
-"""The button box, simulated on a real pty (shared/spec/SERIAL.md), and ``alarmgw-sim box``.
+"""The button box, simulated on a real pty (SERIAL.md), and ``alarmgw-sim box``.
 
 ``BoxSimulator`` plays the box's side of the contract: ``HELLO`` at start, ``HB`` every
 heartbeat, ``PRESS`` re-sent every 200 ms until ACKed (at most 50 sends), and the other box
@@ -82,7 +82,7 @@ class BoxSimulator:
         if fd is None:
             master, slave = os.openpty()
             # Raw mode: no echo, no \n -> \r\n translation. The slave stays open here so the
-            # master never reads EIO while the gateway has the port closed (FIELD-NOTES).
+            # master never reads EIO while the gateway has the port closed.
             tty.setraw(slave)
             self._owned = [master, slave]
             fd, peer_path = master, os.ttyname(slave)
@@ -162,7 +162,7 @@ class BoxSimulator:
     def hello(self) -> int:
         """(Re)boot: SEQ restarts at 0 and HELLO is sent. Pending PRESS re-sends end. Until
         the gateway ACKs it, HELLO goes out again in place of each HB, because a gateway
-        that opens the port late discards what was written before (FIELD-NOTES)."""
+        that opens the port late discards what was written before."""
         for event in self._pending.values():
             event.set()
         self._pending.clear()

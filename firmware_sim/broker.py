@@ -1,6 +1,6 @@
 """A throwaway Mosquitto on a free loopback port, for tests, the demo and benchmarks.
 
-FIELD-NOTES: ``listener 0`` makes a unix socket, not a random port, so we pick a free port
+Mosquitto: ``listener 0`` makes a unix socket, not a random port, so we pick a free port
 ourselves; started as root Mosquitto drops to user ``mosquitto`` unless told ``user root``;
 Nagle stays on unless ``set_tcp_nodelay true``.
 """

@@ -248,7 +248,7 @@ def box_event(kind: str, code: str) -> Callable[[dict[str, Any]], bool]:
 
 
 async def open_box_cover(n: Narrator, box: BoxSimulator, center: Child) -> None:
-    """Site supervision (issue 3): a trouble and its restore reach the center."""
+    """Site supervision: a trouble and its restore reach the center."""
     print("\n3) Someone opens the button box's cover, then closes it again.")
     n.mark()
     box.tamper("open")

@@ -4,7 +4,7 @@ client certificates for the gateways and the command center.
 The client certificate's CN is the MQTT identity: config/mosquitto/production.conf sets
 ``use_identity_as_username true``, so Mosquitto takes the CN as the user name, and the ACL
 (config/mosquitto/acl) confines a gateway with ``pattern write P/%u/...``. A gateway's CN is
-therefore ``{site}/{gw}`` (both match shared/spec/PROTOCOL.md "Identities", so the CN can never
+therefore ``{site}/{gw}`` (both match PROTOCOL.md "Identities", so the CN can never
 hold the ``+`` or ``#`` that make Mosquitto refuse a pattern match); the center's is ``center``.
 
 Keys are ECDSA P-256 (small and fast on a Pi), PEM, mode 0600. A production deployment uses
@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-IDENT = r"[a-z0-9][a-z0-9-]{0,62}"  # shared/spec/PROTOCOL.md "Identities"
+IDENT = r"[a-z0-9][a-z0-9-]{0,62}"  # PROTOCOL.md "Identities"
 GATEWAY_CN_RE = re.compile(rf"^({IDENT})/({IDENT})$")
 CENTER_CN = "center"
 

@@ -1,4 +1,4 @@
-"""``alarmgw``: the daemon and the technician's commands (shared/spec/OPERATOR.md).
+"""``alarmgw``: the daemon and the technician's commands (OPERATOR.md).
 
 Expected failures print one line (``alarmgw: what, where``) and exit 2; ``DEBUG=1`` shows
 the traceback instead. Exit status: 0 all good, 1 warnings, 2 failures or errors.

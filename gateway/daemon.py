@@ -65,7 +65,7 @@ class Gateway:
         self.lock.acquire()
         self.seq = SeqCounter(state_dir / "seq.json")
         # The outbox lives in state_dir whatever else the config says: a config change never
-        # reinitialises it (issue 5).
+        # reinitialises it.
         self.outbox = Outbox(
             state_dir / "outbox.sqlite",
             max_events=cfg.outbox.max_events,
@@ -270,7 +270,7 @@ class Gateway:
             )
         for name, job in self._make_inputs():
             tasks.append(asyncio.create_task(sup.run(name, job), name=name))
-        # Site supervision (issue 3): heartbeat, troubles, monitors; after the inputs, whose
+        # Site supervision: heartbeat, troubles, monitors; after the inputs, whose
         # box links it hooks. Each is a supervised task of its own, off the alarm path.
         self.monitors = self.make_monitors()
         for name, job in self.monitors.jobs():

@@ -35,7 +35,7 @@ class EnvelopeError(AlarmgwError):
 
 
 class SerialProtocolError(AlarmgwError):
-    """A line from a button box violates shared/spec/SERIAL.md. Never fatal to the link."""
+    """A line from a button box violates SERIAL.md. Never fatal to the link."""
 
     def __init__(self, reason: str, line: bytes = b"") -> None:
         self.reason = reason

@@ -1,5 +1,5 @@
 """sd_notify: one datagram to ``$NOTIFY_SOCKET`` (a leading ``@`` is an abstract socket);
-a no-op when the variable is unset (FIELD-NOTES, systemd)."""
+a no-op when the variable is unset."""
 
 from __future__ import annotations
 

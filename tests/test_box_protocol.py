@@ -1,4 +1,4 @@
-"""The sans-I/O rules of the gateway side of a box (shared/spec/SERIAL.md "Rules"): bytes and
+"""The sans-I/O rules of the gateway side of a box (SERIAL.md "Rules"): bytes and
 time in, actions out. No port, no loop, no disk."""
 
 from __future__ import annotations

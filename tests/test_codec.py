@@ -1,4 +1,4 @@
-"""The serial codec against shared/spec/SERIAL.md and its vectors, byte for byte, plus
+"""The serial codec against SERIAL.md and its vectors, byte for byte, plus
 property tests: any bytes give frames or protocol errors, fed whole or one byte at a time."""
 
 from __future__ import annotations

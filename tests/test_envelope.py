@@ -99,7 +99,7 @@ def test_garbage_payload_is_an_envelope_error_never_a_crash(data: bytes) -> None
 
 
 def test_jcs_is_not_sort_keys_json() -> None:
-    # FIELD-NOTES: json.dumps(sort_keys=True) differs from RFC 8785 on these.
+    # json.dumps(sort_keys=True) differs from RFC 8785 on these.
     assert E.canonical({"a": 1e-7, "b": 100.0}) == b'{"a":1e-7,"b":100}'
     # JCS sorts keys by UTF-16 code units: the surrogate pair D83D.. sorts before FB01.
     keys = {"\ufb01": 2, "\U0001f600": 1}

@@ -1,4 +1,4 @@
-"""Site supervision end to end (issue 3): the gateway and the center as subprocesses on a real
+"""Site supervision end to end: the gateway and the center as subprocesses on a real
 Mosquitto, the bollard on mock GPIO pins (through the GPIO simulator socket) or behind a real
 HTTP server on loopback, the recorder behind a real HTTP server, a button box on a real pty.
 

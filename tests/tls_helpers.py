@@ -43,7 +43,7 @@ def render_production_conf(pki_dir: Path, port: int, log: Path, plugin: Path) ->
         assert old in text, f"production.conf no longer has {old!r}"
         text = text.replace(old, new)
     if os.geteuid() == 0:
-        text += "user root\n"  # FIELD-NOTES: else it drops to 'mosquitto' and cannot read keys
+        text += "user root\n"  # else Mosquitto drops to 'mosquitto' and cannot read keys
     return text
 
 

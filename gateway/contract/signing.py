@@ -1,8 +1,8 @@
 """Ed25519 keys: generation, loading, kid, signing and verification.
 
-shared/spec/PROTOCOL.md "Identities": a key is named by its ``kid``, the first 16 lowercase
+PROTOCOL.md "Identities": a key is named by its ``kid``, the first 16 lowercase
 hex digits of SHA-256 over the 32-byte raw public key. Private keys are PKCS#8 PEM with mode
-0600, public keys SubjectPublicKeyInfo PEM (shared/spec/OPERATOR.md ``keygen``).
+0600, public keys SubjectPublicKeyInfo PEM (OPERATOR.md ``keygen``).
 """
 
 from __future__ import annotations

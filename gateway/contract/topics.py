@@ -1,4 +1,4 @@
-"""MQTT topics of shared/spec/PROTOCOL.md "Transport": ``P/{site}/{gw}/{kind}``."""
+"""MQTT topics of PROTOCOL.md "Transport": ``P/{site}/{gw}/{kind}``."""
 
 from __future__ import annotations
 

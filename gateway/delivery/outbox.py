@@ -1,4 +1,4 @@
-"""The durable store-and-forward queue (shared/spec/PROTOCOL.md "Delivery semantics").
+"""The durable store-and-forward queue (PROTOCOL.md "Delivery semantics").
 
 One SQLite file in WAL mode. An alarm is committed with ``synchronous=FULL`` before anyone is
 told it is registered; it stays until the center's signed ack names its id. Rows hold the
@@ -12,11 +12,11 @@ other way round. The MQTT reads (``pending``, ``after``, ``get``, ``count``) ski
 MQTT part is done; ``pending_dc09`` / ``mark_dc09_delivered`` serve the DC-09 transmitter.
 
 Also kept here, so that they commit in the same transaction as the alarm they belong to:
-serial PRESS dedupe keys (shared/spec/SERIAL.md "Rules": a re-sent PRESS raises no new alarm,
+serial PRESS dedupe keys (SERIAL.md "Rules": a re-sent PRESS raises no new alarm,
 also across a gateway restart), and small durable counters such as the MQTT session.
 
 All methods are synchronous and meant for the event-loop thread: a FULL commit costs
-~0.1-0.2 ms on this class of machine (FIELD-NOTES), cheaper than a thread hop.
+~0.1-0.2 ms on this class of machine, cheaper than a thread hop.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The per-signer ``seq`` counter of shared/spec/PROTOCOL.md: +1 per envelope, never reused,
+"""The per-signer ``seq`` counter of PROTOCOL.md: +1 per envelope, never reused,
 survives restarts and power loss without a disk write per envelope.
 
 Persisted in reserved blocks: the file records the top of the block in use and whether the
@@ -6,7 +6,7 @@ last stop was clean. While running, the file says "unclean, reserved up to R"; e
 handed out is below R. After a clean stop the file holds the exact next value; after a crash
 (kill -9, power loss) the next start jumps to R + one block, past anything that might have
 been used: the extra block covers numbers handed out while the disk refused the reservation
-(disk full: an alarm still gets a seq, issue 5), at most one block of them.
+(disk full: an alarm still gets a seq), at most one block of them.
 
 The file also bounds the highest seq that may have left the gateway (``sent``, reserved
 the same way in blocks of ``SENT_BLOCK``): the center's anti-replay window slides with the

@@ -1,4 +1,4 @@
-"""Sans-I/O codec for the button-box serial link (shared/spec/SERIAL.md "Framing").
+"""Sans-I/O codec for the button-box serial link (SERIAL.md "Framing").
 
 Bytes go in through ``Decoder.feed``; ``Decoder.next_event`` hands back one ``Frame`` or one
 ``SerialProtocolError`` at a time (``None`` when it needs more bytes). ``encode`` turns a

@@ -4,7 +4,7 @@ stream socket.
 
 Inside the gateway process (``GPIOZERO_PIN_FACTORY=mock`` and ``ALARMGW_GPIO_SIM=PATH``) the
 daemon runs ``GpioSimServer(PATH, leds)``. A button is wired to ground with a pull-up
-(shared/spec/OPERATOR.md ``[[button]]``), so "press" drives the pin low. Line protocol, one
+(OPERATOR.md ``[[button]]``), so "press" drives the pin low. Line protocol, one
 command per line, every command answered by one line ``ok ...`` or ``error ...``:
 
     press PIN            -> ok press PIN              (drive low)

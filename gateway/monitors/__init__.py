@@ -1,10 +1,10 @@
-"""Site supervision (issue 3): what the command center must know without asking.
+"""Site supervision: what the command center must know without asking.
 
 - ``reporter`` — ``TroubleReporter``: turns condition changes into durable ``trouble`` /
-  ``restore`` envelopes with the flapping rule of shared/spec/PROTOCOL.md.
+  ``restore`` envelopes with the flapping rule of PROTOCOL.md.
 - ``bollard`` — limit switches (gpiozero) and/or the controller's HTTP status.
 - ``camera`` — the recorder's recording and retention, behind an ``NvrAdapter``.
-- ``boxlink`` — button-box link supervision (shared/spec/SERIAL.md "Rules").
+- ``boxlink`` — button-box link supervision (SERIAL.md "Rules").
 - ``selfcheck`` — the gateway itself: disk, clock, certificates, key permissions.
 - ``heartbeat`` — the signed periodic snapshot (never written to disk).
 - ``site`` — ``SiteMonitors``: builds all of the above for one gateway.

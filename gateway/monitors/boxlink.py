@@ -1,4 +1,4 @@
-"""Button-box link supervision (shared/spec/SERIAL.md "Rules"), beside the link, not in it.
+"""Button-box link supervision (SERIAL.md "Rules"), beside the link, not in it.
 
 ``BoxSupervisor`` hooks ``BoxLink.on_frame`` and watches ``BoxLink.stale``; it reports the
 box's conditions under device ``serial:<name>`` (the config name; PROTOCOL.md "Bodies"):

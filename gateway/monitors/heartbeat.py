@@ -1,4 +1,4 @@
-"""The signed periodic heartbeat (shared/spec/PROTOCOL.md "Transport", "Bodies", "Delivery
+"""The signed periodic heartbeat (PROTOCOL.md "Transport", "Bodies", "Delivery
 semantics").
 
 Every ``interval_s`` a snapshot is taken (its ``ts`` is that moment). While the broker is
@@ -6,7 +6,7 @@ reachable it is signed and published on ``P/{site}/{gw}/heartbeat`` at once, QoS
 message expiry 3 x the interval (a heartbeat older than that tells the center nothing). While
 it is not, only the newest snapshot waits, in memory: each tick replaces the one before, and it
 is signed (taking its ``seq``) and published as soon as the session is back. A heartbeat never
-touches the outbox or the disk: SD cards wear (FIELD-NOTES "SQLite outbox"), and signing late
+touches the outbox or the disk: SD cards wear, and signing late
 keeps an outage from burning ``seq`` numbers the center's window must span.
 """
 
@@ -89,7 +89,7 @@ class Heartbeat:
         route: Callable[[], Uplink | None] | None = None,
     ) -> None:
         """``route``: the session to publish on now (the relay's choice between the primary
-        broker and, after its failover time, the secondary; issue 5), None to wait. Without
+        broker and, after its failover time, the secondary), None to wait. Without
         it, ``uplink`` when it is connected."""
         self.ident = ident
         self._key = key

@@ -1,4 +1,4 @@
-"""Trouble and restore events (shared/spec/PROTOCOL.md "Bodies" and "Delivery semantics").
+"""Trouble and restore events (PROTOCOL.md "Bodies" and "Delivery semantics").
 
 Monitors say what they see with ``TroubleReporter.set(device, code, active, reason=...,
 detail=...)``; the reporter decides what the command center is told. A *condition* is one

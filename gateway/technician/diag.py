@@ -122,7 +122,7 @@ def run_checks(config: str) -> list[Check]:
 
 
 def exit_code(checks: Iterable[Check]) -> int:
-    """0 all PASS, 1 any WARN, 2 any FAIL (shared/spec/OPERATOR.md)."""
+    """0 all PASS, 1 any WARN, 2 any FAIL (OPERATOR.md)."""
     return max((SEVERITY[c.status] for c in checks), default=0)
 
 
@@ -378,7 +378,7 @@ def _broker(ctx: Context) -> list[Check]:
         # A broker that makes the certificate CN the client id (the production config) would
         # hand our connection the daemon's session and knock the daemon off: ask it instead.
         return [PASS("broker", f"{where}: the running daemon is connected (not probed again)")]
-    # Never the daemon's client id: two clients with one id knock each other off (FIELD-NOTES).
+    # Never the daemon's client id: two clients with one id knock each other off.
     client = mqtt.Client(
         CallbackAPIVersion.VERSION2,
         client_id=f"alarmgw-diag-{os.getpid()}",

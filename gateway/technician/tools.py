@@ -1,5 +1,5 @@
 """The technician's commands ``alarmgw status``, ``queue`` and ``test-alarm``
-(shared/spec/OPERATOR.md): readable in an 80-column terminal, ``--json`` for scripts, exit
+(OPERATOR.md): readable in an 80-column terminal, ``--json`` for scripts, exit
 0 all good, 1 warnings, 2 failures or errors. ``alarmgw diag`` lives in gateway/technician/diag.py.
 """
 

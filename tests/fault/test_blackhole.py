@@ -1,4 +1,4 @@
-"""A link that goes dead without a RST for 60 s (issue 5 "Link death detection"): the gateway
+"""A link that goes dead without a RST for 60 s: the gateway
 notices within keepalive x 1.5, the center sees its will, and every alarm pressed before,
 during and after is delivered once the link heals."""
 

@@ -1,5 +1,5 @@
 """The broker restarted 10 times during a burst of 1,000 presses: nothing lost, nothing
-dispatched twice (issue 5)."""
+dispatched twice."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The wall clock jumps back an hour (issue 5): ``seq`` still increases, ``ts`` is what the
+"""The wall clock jumps back an hour: ``seq`` still increases, ``ts`` is what the
 clock said when each thing happened, a box's re-sent press across the jump is still one
 alarm, and everything is delivered and acknowledged."""
 

@@ -1,4 +1,4 @@
-"""Disk full (issue 5): an alarm that cannot be committed is still published live from
+"""Disk full: an alarm that cannot be committed is still published live from
 memory, with a loud trouble; once space returns it is committed and a restore follows.
 The gateway's state_dir sits on a 1 MiB tmpfs that the test mounts and fills."""
 

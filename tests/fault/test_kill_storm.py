@@ -1,5 +1,5 @@
 """SIGKILL the gateway at 20+ random points during a burst of 1,000 presses from three
-button boxes: every press reaches the center exactly once as a dispatch (issue 5)."""
+button boxes: every press reaches the center exactly once as a dispatch."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The second broker path (issue 5): while the primary is down, alarms go out on the
+"""The second broker path: while the primary is down, alarms go out on the
 secondary at once and other events and heartbeats after ``failover_after_s``; the center
 listens on both and dispatches each event once; which path carried what is counted."""
 

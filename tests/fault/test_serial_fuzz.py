@@ -1,4 +1,4 @@
-"""10^6 random and mutated serial lines into a running gateway over a real pty (issue 5):
+"""10^6 random and mutated serial lines into a running gateway over a real pty:
 no crash, no alarm raised by garbage, and the link still works afterwards."""
 
 from __future__ import annotations
