@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,14 +30,6 @@ KEY_256 = "A1B2C3D4E5F60718293A4B5C6D7E8F90"
 
 def hex_of(key_text: str) -> str:
     return key_text.encode("ascii").hex()
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = WAIT_S, what: str = "") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or pred}")
-        await asyncio.sleep(0.01)
 
 
 @dataclass

@@ -1,61 +1,18 @@
-"""Test helpers for GPIO inputs: an in-memory AlarmSink, a manual clock, waiting without
-tight timing assertions, and a short directory for unix sockets."""
+"""Test helpers for GPIO inputs: a manual clock, letting thread hand-overs run, and a short
+directory for unix sockets (the fake sink and waiting live in tests/helpers.py)."""
 
 from __future__ import annotations
 
 import asyncio
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.feedback import Feedback, Raised
+from tests.helpers import WAIT_S, FakeSink, RecordedAlarm, wait_until
 
-# Generous on purpose: the test machine is shared and noisy. A test waits up to this long
-# for something that should happen; it never asserts that something happened *quickly*.
-WAIT_S = 10.0
-
-
-@dataclass(frozen=True)
-class RecordedAlarm:
-    input_ref: str
-    feedback: Feedback | None
-    code: str
-    kind: str
-    test: bool
-
-
-@dataclass
-class FakeSink:
-    """Records alarms; like the real sink it sets the presser's LED to ``blink`` once the
-    alarm is "durable" (gateway/feedback.py). ``fail`` makes raise_alarm raise."""
-
-    alarms: list[RecordedAlarm] = field(default_factory=list)
-    fail: Exception | None = None
-    forgotten: list[str] = field(default_factory=list)
-
-    def raise_alarm(
-        self,
-        *,
-        input_ref: str,
-        feedback: Feedback | None,
-        code: str = "120",
-        kind: str = "panic",
-        test: bool = False,
-        dedupe_key: str | None = None,
-        dedupe_window_s: float = 30.0,
-    ) -> Raised:
-        if self.fail is not None:
-            raise self.fail
-        self.alarms.append(RecordedAlarm(input_ref, feedback, code, kind, test))
-        if feedback is not None:
-            feedback.led("blink")
-        return Raised(event_id=f"evt-{len(self.alarms)}", new=True)
-
-    def forget_dedupe(self, prefix: str) -> None:
-        self.forgotten.append(prefix)
+__all__ = ["WAIT_S", "FakeClock", "FakeSink", "RecordedAlarm", "drain", "socket_dir", "wait_until"]
 
 
 class FakeClock:
@@ -69,13 +26,6 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.now += seconds
-
-
-async def wait_until(predicate: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.01)
 
 
 async def drain(rounds: int = 5) -> None:

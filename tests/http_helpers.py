@@ -6,13 +6,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable
 from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
 from tests.harness import alarmgw_cmd
+from tests.helpers import poll
 
 WIDTH = 80
 
@@ -42,23 +42,6 @@ def request(
 def wait_addr(state_dir: Path, timeout: float = 30.0) -> str:
     """The daemon's endpoint address once it has written ``http.addr``."""
     return poll(lambda: (state_dir / "http.addr").read_text().strip() or None, timeout)
-
-
-def poll(fn: Callable[[], Any], timeout: float = 60.0, every: float = 0.2) -> Any:
-    """The first truthy result of ``fn`` (exceptions count as falsy); AssertionError after
-    ``timeout`` seconds. Generous limits: these wait for a state, they time nothing."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while time.monotonic() < deadline:
-        try:
-            last = fn()
-        except (OSError, ValueError) as err:
-            last = err
-        else:
-            if last:
-                return last
-        time.sleep(every)
-    raise AssertionError(f"condition not reached within {timeout} s; last: {last!r}")
 
 
 def healthz_is(addr: str, code: int, needle: str = "") -> Callable[[], Any]:

@@ -5,77 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import itertools
 import queue
 import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 
-from gateway.feedback import Feedback, Raised
 from gateway.inputs.serial_box import BoxLink
+from tests.helpers import FakeSink, SinkCall, wait_until
 
-
-@dataclass(frozen=True, slots=True)
-class SinkCall:
-    input_ref: str
-    dedupe_key: str | None
-    dedupe_window_s: float
-    event_id: str
-    new: bool
-
-
-class FakeSink:
-    """An in-memory ``AlarmSink``: records calls, dedupes like the real outbox (same key
-    within the window → the earlier id, ``new=False``), calls ``feedback.led("blink")`` once
-    "durable". ``fail_next`` makes the next N calls raise, like a full disk."""
-
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
-        self.clock = clock
-        self.calls: list[SinkCall] = []
-        self.forgotten: list[str] = []
-        self.feedback: dict[str, Feedback] = {}
-        self.fail_next = 0
-        self._dedupe: dict[str, tuple[str, float]] = {}
-        self._ids = itertools.count(1)
-
-    @property
-    def new_alarms(self) -> list[SinkCall]:
-        return [c for c in self.calls if c.new]
-
-    def raise_alarm(
-        self,
-        *,
-        input_ref: str,
-        feedback: Feedback | None,
-        code: str = "120",
-        kind: str = "panic",
-        test: bool = False,
-        dedupe_key: str | None = None,
-        dedupe_window_s: float = 30.0,
-    ) -> Raised:
-        if self.fail_next:
-            self.fail_next -= 1
-            raise OSError(28, "No space left on device (fake)")
-        now = self.clock()
-        earlier = self._dedupe.get(dedupe_key) if dedupe_key else None
-        if earlier is not None and now - earlier[1] < dedupe_window_s:
-            event_id, new = earlier[0], False
-        else:
-            event_id, new = f"alarm-{next(self._ids)}", True
-            if dedupe_key:
-                self._dedupe[dedupe_key] = (event_id, now)
-        self.calls.append(SinkCall(input_ref, dedupe_key, dedupe_window_s, event_id, new))
-        if feedback is not None:
-            self.feedback[event_id] = feedback
-            feedback.led("blink")
-        return Raised(event_id, new)
-
-    def forget_dedupe(self, prefix: str) -> None:
-        self.forgotten.append(prefix)
-        for key in [k for k in self._dedupe if k.startswith(prefix)]:
-            del self._dedupe[key]
+__all__ = ["FakeSink", "LineReader", "SinkCall", "eventually", "running"]
 
 
 @contextlib.asynccontextmanager
@@ -91,12 +30,8 @@ async def running(link: BoxLink) -> AsyncIterator[asyncio.Task[None]]:
 
 
 async def eventually(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
-    """Poll ``predicate`` until it holds (generous timeout: the test machine is shared)."""
-    deadline = time.monotonic() + timeout_s
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"condition not met within {timeout_s} s")
-        await asyncio.sleep(0.02)
+    """``wait_until`` under the name these tests use."""
+    await wait_until(predicate, timeout_s, every=0.02)
 
 
 class LineReader:

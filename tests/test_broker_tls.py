@@ -16,7 +16,6 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -28,6 +27,7 @@ from gateway.contract.signing import write_keypair
 from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.errors import ConfigError
 from tests.harness import GW, PREFIX, SITE, Proc, Site, is_event
+from tests.helpers import wait_line, wait_until
 from tests.tls_helpers import ProductionMosquitto, add_to_mqtt_section, tls_lines
 
 pytestmark = pytest.mark.slow
@@ -45,16 +45,6 @@ def tls(tmp_path: Path) -> Iterator[tuple[Site, ProductionMosquitto, TestPki]]:
             yield site, broker, pki
         finally:
             site.close()
-
-
-async def wait_line(proc: Proc, pred: Any, timeout: float = 30.0, *, stderr: bool = False) -> Any:
-    return await asyncio.to_thread(proc.wait_for, pred, timeout, stderr=stderr)
-
-
-async def wait_until(pred: Any, timeout: float = 20.0) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.02)
 
 
 def pem_body_chunks(path: Path) -> list[str]:

@@ -15,11 +15,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from center.service import CHECKING_MAX, Center, Registry, console, human_line
-from center.state import WINDOW, CenterState
+from center.service import CHECKING_MAX, Center, console, human_line
+from center.state import WINDOW
 from gateway.contract import envelope as E
 from gateway.contract.signing import SigningKey
-from gateway.delivery.seq import SeqCounter
+from tests import helpers
 
 SITE, GW, PREFIX = "school-1", "gw-1", "schoolalarm/v1"
 GW_KEY = SigningKey.generate()
@@ -37,15 +37,7 @@ BODY = {
 
 
 def make_center(tmp_path: Path) -> Center:
-    reg = Registry()
-    reg.add(SITE, GW, GW_KEY.verify_key)
-    return Center(
-        prefix=PREFIX,
-        key=CENTER_KEY,
-        seq=SeqCounter(tmp_path / "seq.json"),
-        state=CenterState(tmp_path / "center.sqlite"),
-        registry=reg,
-    )
+    return helpers.make_center(tmp_path, [(SITE, GW, GW_KEY.verify_key)], key=CENTER_KEY)
 
 
 def alarm(seq: int, key: SigningKey = GW_KEY, **kw: object) -> E.Envelope:

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.dc09_helpers import ACCOUNT, KEY_128, Receiver, hex_of, wait_until
+from tests.dc09_helpers import ACCOUNT, KEY_128, Receiver, hex_of
 from tests.harness import Site, is_event
+from tests.helpers import wait_until
 from tests.http_helpers import cli, healthz_is, poll, wait_addr
 
 pytestmark = pytest.mark.slow

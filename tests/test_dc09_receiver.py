@@ -23,8 +23,8 @@ from tests.dc09_helpers import (
     Receiver,
     hex_of,
     make_relay,
-    wait_until,
 )
+from tests.helpers import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 

@@ -8,7 +8,6 @@ import asyncio
 import json
 import time
 from pathlib import Path
-from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
@@ -18,6 +17,7 @@ from firmware_sim.box import BoxSimulator
 from firmware_sim.gpio import GpioSimClient
 from gateway.contract import envelope as E
 from tests.harness import GW, PREFIX, SITE, Proc, Site, is_event
+from tests.helpers import wait_line
 
 pytestmark = pytest.mark.slow
 
@@ -25,10 +25,6 @@ pytestmark = pytest.mark.slow
 def registered_id(gateway: Proc, timeout: float = 20.0) -> str:
     line = gateway.wait_for(lambda e: e["event"] == "alarm registered", timeout)
     return str(line["id"])
-
-
-async def wait_line(proc: Proc, pred: Any, timeout: float = 20.0) -> Any:
-    return await asyncio.to_thread(proc.wait_for, pred, timeout)
 
 
 def with_box(site: Site, box: BoxSimulator) -> None:

@@ -11,7 +11,7 @@ import contextlib
 import math
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +30,7 @@ from gateway.delivery.relay import Identity, Relay
 from gateway.delivery.seq import SeqCounter
 from gateway.delivery.uplink import MqttSettings, Session, Uplink
 from gateway.monitors.heartbeat import Heartbeat
+from tests.helpers import wait_until
 
 SITE, GW, PREFIX = "school-1", "gw-1", "schoolalarm/v1"
 HB_S = 0.4
@@ -41,12 +42,6 @@ BODY = {
     "clock": {"synced": True},
     "disk": {"free_bytes": 1},
 }
-
-
-async def wait_until(pred: Callable[[], bool], timeout: float = WAIT_S) -> None:
-    async with asyncio.timeout(timeout):
-        while not pred():
-            await asyncio.sleep(0.01)
 
 
 class TcpProxy:

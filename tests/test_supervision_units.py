@@ -22,14 +22,12 @@ from cryptography.x509.oid import NameOID
 from structlog.testing import capture_logs
 
 from center.liveness import Liveness
-from center.service import Center, Registry, human_line
-from center.state import CenterState
+from center.service import Center, human_line
 from firmware_sim.bollard import BollardSimulator
 from firmware_sim.nvr import NvrSimulator
 from gateway.config import CameraSection, load_config
 from gateway.contract import envelope as E
 from gateway.contract.signing import SigningKey
-from gateway.delivery.seq import SeqCounter
 from gateway.errors import ConfigError
 from gateway.inputs.codec import Frame
 from gateway.monitors.bollard import BollardTracker, gpio_state, parse_status
@@ -39,6 +37,7 @@ from gateway.monitors.http import StatusError
 from gateway.monitors.reporter import FLAP_LIMIT, TroubleReporter
 from gateway.monitors.selfcheck import SelfCheck, kernel_clock_synced
 from gateway.supervise import Supervisor
+from tests import helpers
 from tests.gpio_helpers import FakeClock
 
 SITE, GW, PREFIX = "school-1", "gw-1", "schoolalarm/v1"
@@ -471,15 +470,7 @@ def test_liveness_online_stale_offline() -> None:
 
 
 def make_center(tmp_path: Path) -> Center:
-    reg = Registry()
-    reg.add(SITE, GW, KEY.verify_key, heartbeat_s=30)
-    return Center(
-        prefix=PREFIX,
-        key=SigningKey.generate(),
-        seq=SeqCounter(tmp_path / "seq.json"),
-        state=CenterState(tmp_path / "center.sqlite"),
-        registry=reg,
-    )
+    return helpers.make_center(tmp_path, [(SITE, GW, KEY.verify_key)], heartbeat_s=30)
 
 
 def test_center_late_will_of_an_old_session_keeps_the_gateway_online(tmp_path: Path) -> None:

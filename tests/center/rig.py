@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -15,17 +13,6 @@ from firmware_sim.broker import Mosquitto, free_port
 from gateway.contract.signing import SigningKey, write_keypair
 from tests.center.helpers import GW, PREFIX, SITE
 from tests.harness import Proc, alarmgw_cmd
-
-
-def wait_until(cond: Callable[[], Any], timeout: float = 30.0, what: str = "") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        got = cond()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        time.sleep(0.05)
 
 
 @dataclass

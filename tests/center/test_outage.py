@@ -14,7 +14,8 @@ from firmware_sim.broker import Mosquitto
 from gateway.contract import envelope as E
 from tests import pg
 from tests.center.helpers import GW, SITE, FakeGateway, alarm_body
-from tests.center.rig import CenterRig, wait_until
+from tests.center.rig import CenterRig
+from tests.helpers import poll as wait_until
 
 pytestmark = pytest.mark.slow
 

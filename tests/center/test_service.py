@@ -13,7 +13,8 @@ import pytest
 from firmware_sim.broker import Mosquitto
 from gateway.contract import envelope as E
 from tests.center.helpers import GW, SITE, FakeGateway, alarm_body
-from tests.center.rig import CenterRig, wait_until
+from tests.center.rig import CenterRig
+from tests.helpers import poll as wait_until
 
 pytestmark = pytest.mark.slow
 
