@@ -378,6 +378,8 @@ class DeliveryCore:
         self._entries[e.id] = e
         led = self._move(e, Trigger.COMMIT if durable else Trigger.HOLD)
         out: list[Action] = []
+        if presser and led is not None:
+            out.append(Feedback(e.id, led))
         if live or not durable or self._exhausted or self._behind_frontier(e):
             if live and len(self._inflight) < self.max_inflight:
                 path = self.route(e.type, now)
@@ -387,8 +389,6 @@ class DeliveryCore:
                 heapq.heappush(self._fresh, (e.key, e.id))
         else:
             self._parked[e.id] = e
-        if presser and led is not None:
-            out.append(Feedback(e.id, led))
         if live or presser:
             e.overdue_at = now + self.ack_timeout_s
             heapq.heappush(self._overdue, (e.overdue_at, e.id))
