@@ -386,6 +386,15 @@ class TroubleSection(Section):
     flap_summary_s: PollSeconds = 60.0
 
 
+class FeedbackSection(Section):
+    """``[feedback]``: what the presser is shown after the center's ack. ``show_dispatch``:
+    the LED pulses once a person at the center has taken the alarm and goes off once it is
+    resolved (PROTOCOL.md ``dispatch``); false for covert installations (the LED stays
+    ``solid``)."""
+
+    show_dispatch: bool = True
+
+
 class GatewayConfig(Section):
     """The whole gateway config file. ``path``: the file it came from (not a TOML key)."""
 
@@ -403,6 +412,7 @@ class GatewayConfig(Section):
     camera: CameraSection | None = None
     selfcheck: SelfCheckSection = Field(default_factory=SelfCheckSection)
     trouble: TroubleSection = Field(default_factory=TroubleSection)
+    feedback: FeedbackSection = Field(default_factory=FeedbackSection)
     path: Path
 
     @field_validator("mqtt")

@@ -18,19 +18,21 @@ from gateway.contract.signing import SigningKey
 from gateway.delivery.core import (
     PRIMARY,
     SECONDARY,
+    DeliveryCore,
+    ProtocolViolation,
+    Stage,
+)
+from gateway.delivery.events import (
     AckRefused,
     Action,
-    DeliveryCore,
     Feedback,
     Forget,
     Need,
     Outcome,
     Overdue,
-    ProtocolViolation,
     Publish,
     Resign,
     Row,
-    Stage,
 )
 from gateway.delivery.memory import MemoryCenter, MemoryTransport
 from gateway.delivery.outbox import Outbox

@@ -7,11 +7,11 @@ current time ``now`` (monotonic seconds), and carries out the actions it returns
 
     committed / loaded / repeat   an envelope is durable (or held in memory), or recovered
     published(id, outcome)        one publish attempt ended (PUBACK, refused, no session)
-    message(topic, payload)       something arrived on the ack topic: verified here
+    message(topic, payload)       an ack, dispatch or resync from the center: verified here
     link(path, up)                a broker path came up or went down
     tick(now, ...)                time passed: re-sends, first sends, overdue acks
 
-    Publish  Feedback  Resign  Forget  Delivered  Overdue  AckRefused  Note  Resync
+    Publish  Feedback  Release  Resign  Forget  Overdue  AckRefused  Note  Resync
 
 An event's lifecycle is ``TRANSITIONS`` below; ``Stage`` and ``Trigger`` name its states
 and edges (PROTOCOL.md "Delivery semantics").
@@ -22,12 +22,30 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from enum import Enum
 
 from gateway.contract.envelope import parse_and_verify
 from gateway.contract.signing import VerifyKey
 from gateway.contract.topics import topic
+from gateway.delivery.events import (
+    AckRefused,
+    Action,
+    Delivered,
+    Feedback,
+    Forget,
+    Need,
+    Note,
+    OrderKey,
+    Outcome,
+    Overdue,
+    Publish,
+    Release,
+    Resign,
+    ResignItem,
+    Resync,
+    Row,
+    send_order,
+)
 from gateway.delivery.outbox import PRIORITY
 from gateway.delivery.resend import ResendTimer
 from gateway.errors import EnvelopeError
@@ -40,9 +58,8 @@ MAX_INFLIGHT = 20  # Mosquitto's default receive maximum
 MAX_UNACKED = 6_000
 SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
 SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
+MAX_WATCHED = 256  # acknowledged alarms whose presser still follows the center's dispatch
 PRIMARY, SECONDARY = "primary", "secondary"
-
-OrderKey = tuple[int, float, int]
 
 
 class Stage(Enum):
@@ -92,132 +109,6 @@ class ProtocolViolation(RuntimeError):
     """The driver fed an event that the lifecycle does not allow (a bug, not bad input)."""
 
 
-class Outcome(Enum):
-    """How one publish attempt ended."""
-
-    OK = "ok"  # PUBACK
-    REFUSED = "refused"  # PUBACK with an error reason code
-    NOT_CONNECTED = "not-connected"  # no session, or it was lost first
-    FAILED = "failed"  # any other local failure
-    MISSING = "missing"  # the driver found the outbox row gone before publishing
-
-
-# -- actions ------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Publish:
-    path: str
-    topic: str
-    payload: bytes
-    id: str
-    seq: int
-    attempt: int  # 1 for the first attempt in this run
-    durable: bool
-    flush: bool  # push the bytes out now (a live alarm) rather than with the batch
-
-
-@dataclass(frozen=True, slots=True)
-class Feedback:
-    id: str
-    mode: LedMode
-
-
-@dataclass(frozen=True, slots=True)
-class ResignItem:
-    id: str
-    type: str
-    payload: bytes
-    created: float
-
-
-@dataclass(frozen=True, slots=True)
-class Resign:
-    """Give these queued envelopes fresh seqs (same id, ts, body), store them, then call
-    ``resigned``."""
-
-    items: tuple[ResignItem, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Delivered:
-    """The center acknowledged an event held in this run (times are ``now`` values)."""
-
-    id: str
-    type: str
-    input: str
-    attempts: int
-    registered_at: float
-    first_sent_at: float | None
-    acked_at: float
-
-
-@dataclass(frozen=True, slots=True)
-class Forget:
-    """Remove ``ids`` from the outbox: a verified ack names them (some may not be held in
-    this run, e.g. rows not yet loaded from a large backlog)."""
-
-    ids: tuple[str, ...]
-    delivered: tuple[Delivered, ...]
-
-
-@dataclass(frozen=True, slots=True)
-class Overdue:
-    id: str
-    attempts: int
-    waited_s: float
-
-
-@dataclass(frozen=True, slots=True)
-class AckRefused:
-    """A message on the ack topic was ignored (PROTOCOL.md: unverifiable or not for us)."""
-
-    reason: str
-    detail: str
-
-
-@dataclass(frozen=True, slots=True)
-class Note:
-    """Record a failed publish attempt on the outbox row."""
-
-    id: str
-    error: str
-
-
-@dataclass(frozen=True, slots=True)
-class Resync:
-    """Move the seq counter to at least ``next_seq`` (never backwards)."""
-
-    next_seq: int
-
-
-Action = Publish | Feedback | Resign | Forget | Overdue | AckRefused | Note | Resync
-
-
-@dataclass(frozen=True, slots=True)
-class Need:
-    """Rows the core wants from the outbox: up to ``limit`` in send order after ``after``."""
-
-    after: OrderKey | None
-    limit: int
-
-
-@dataclass(frozen=True, slots=True)
-class Row:
-    """A queued envelope as the core sees it (an outbox row, or one held in memory)."""
-
-    id: str
-    type: str
-    seq: int
-    payload: bytes
-    created: float  # wall-clock seconds, part of the send order only
-
-
-def send_order(type_: str, created: float, seq: int) -> OrderKey:
-    """PROTOCOL.md "Order": alarms, then tests, then the rest; oldest first."""
-    return (PRIORITY[type_], created, seq)
-
-
 class _Entry:
     """One queued event during this run."""
 
@@ -225,6 +116,7 @@ class _Entry:
         "as_is",
         "attempts",
         "created",
+        "dispatch",
         "durable",
         "first_sent_at",
         "id",
@@ -261,6 +153,7 @@ class _Entry:
         self.presser = False  # someone waits for LED feedback on it
         self.resigning = False  # a Resign for it is out
         self.as_is = False  # re-signing it failed: send these bytes once more
+        self.dispatch: LedMode | None = None  # what the center's dispatch has shown so far
 
 
 class DeliveryCore:
@@ -273,6 +166,8 @@ class DeliveryCore:
         gw: str,
         prefix: str,
         center_keys: Mapping[str, VerifyKey],
+        kid: str = "",
+        show_dispatch: bool = True,
         ack_timeout_s: float = 15.0,
         resend_initial_s: float = 2.0,
         resend_max_s: float = 60.0,
@@ -284,6 +179,8 @@ class DeliveryCore:
         self.event_topic = topic(prefix, site, gw, "event")
         self.ack_topic = topic(prefix, site, gw, "ack")
         self._center_keys = dict(center_keys)
+        self.kid = kid  # the gateway's own signer (a resync names it)
+        self.show_dispatch = show_dispatch
         self.ack_timeout_s = ack_timeout_s
         self.resend = ResendTimer(resend_initial_s, resend_max_s)
         self.failover_after_s = failover_after_s
@@ -303,6 +200,8 @@ class DeliveryCore:
         self._exhausted = False  # every outbox row after the frontier is held here
         self._paths: dict[str, bool] = {}  # attached broker paths: up or down
         self._primary_down_since: float | None = None
+        self._watched: dict[str, None] = {}  # acknowledged alarms shown the dispatch, oldest first
+        self._resign_below = 0  # a resync: every queued event with a lower seq is re-signed
         self.sent = 0
         self.sent_by_path: Counter[str] = Counter()
         self.publish_refused = 0
@@ -513,9 +412,13 @@ class DeliveryCore:
             return [self._refuse(err.reason, err.detail)]
         if (env.site, env.gw) != (self.site, self.gw):
             return [self._refuse("wrong-target", f"{env.type} for {env.site}/{env.gw}")]
-        if env.type != "ack":
-            return [self._refuse("wrong-type", env.type)]
-        return self._acked([str(i) for i in env.body["ids"]], now)
+        if env.type == "ack":
+            return self._acked([str(i) for i in env.body["ids"]], now)
+        if env.type == "dispatch":
+            return self._dispatched([str(i) for i in env.body["ids"]], env.body["status"])
+        if env.type == "resync":
+            return self._resync(str(env.body["kid"]), int(env.body["next_seq"]), now)
+        return [self._refuse("wrong-type", env.type)]
 
     def tick(self, now: float, *, seq_next: int, seq_sent: int) -> list[Action]:
         """Time passed: overdue acks, then what is due to be sent. ``seq_next`` is the seq
@@ -529,7 +432,7 @@ class DeliveryCore:
             e.overdue_at = None
             out.append(Overdue(event_id, e.attempts, self.ack_timeout_s))
             led = self._move(e, Trigger.OVERDUE)
-            if e.presser and led is not None:
+            if e.presser and led is not None and e.dispatch is None:
                 out.append(Feedback(event_id, led))
         free = self.max_inflight - len(self._inflight)
         if free <= 0 or self.route("alarm", now) is None:
@@ -610,7 +513,7 @@ class DeliveryCore:
         for e in batch:
             if not e.durable or e.as_is:
                 continue
-            if e.seq < (resend_limit if e.attempts else first_limit):
+            if e.seq < max(resend_limit if e.attempts else first_limit, self._resign_below):
                 out.append(e)
         return out
 
@@ -633,6 +536,7 @@ class DeliveryCore:
     def _acked(self, ids: list[str], now: float) -> list[Action]:
         out: list[Action] = []
         delivered: list[Delivered] = []
+        released: list[str] = []
         for event_id in ids:
             e = self._entries.get(event_id)
             if e is None:
@@ -641,12 +545,63 @@ class DeliveryCore:
             self._drop(e)
             if e.attempts == 1 and e.first_sent_at is not None:
                 self.resend.sample(now - e.first_sent_at)  # Karn: re-sent events say nothing
-            if e.presser and led is not None:
-                out.append(Feedback(event_id, led))
+            if e.presser:
+                if led is not None and e.dispatch is None:
+                    out.append(Feedback(event_id, led))
+                if self.show_dispatch and e.dispatch != "off":
+                    released.extend(self._watch(event_id))
+                else:
+                    released.append(event_id)
             delivered.append(
                 Delivered(
                     event_id, e.type, e.input, e.attempts, e.registered_at, e.first_sent_at, now
                 )
             )
         out.append(Forget(tuple(ids), tuple(delivered)))
+        if released:
+            out.append(Release(tuple(released)))
         return out
+
+    def _watch(self, event_id: str) -> list[str]:
+        """Follow the dispatch of an acknowledged alarm; returns the ids no longer followed."""
+        self._watched[event_id] = None
+        dropped = []
+        while len(self._watched) > MAX_WATCHED:
+            oldest = next(iter(self._watched))
+            del self._watched[oldest]
+            dropped.append(oldest)
+        return dropped
+
+    def _dispatched(self, ids: list[str], status: str) -> list[Action]:
+        """PROTOCOL.md ``dispatch``: ``acknowledged`` pulses the presser's LED, ``resolved``
+        turns it off (unless the site turned that off)."""
+        if not self.show_dispatch:
+            return []
+        mode: LedMode = "pulse" if status == "acknowledged" else "off"
+        out: list[Action] = []
+        released: list[str] = []
+        for event_id in ids:
+            e = self._entries.get(event_id)
+            if e is not None:  # its ack has not arrived yet
+                if e.presser:
+                    e.dispatch = mode
+                    out.append(Feedback(event_id, mode))
+            elif event_id in self._watched:
+                out.append(Feedback(event_id, mode))
+                if mode == "off":
+                    del self._watched[event_id]
+                    released.append(event_id)
+        if released:
+            out.append(Release(tuple(released)))
+        return out
+
+    def _resync(self, kid: str, next_seq: int, now: float) -> list[Action]:
+        """PROTOCOL.md ``resync``: the counter moves to at least ``next_seq`` and every queued
+        event with a lower seq is re-signed before it is sent again (same id, ts, body)."""
+        if self.kid and kid != self.kid:
+            return [self._refuse("wrong-target", f"resync for signer {kid}")]
+        self._resign_below = max(self._resign_below, next_seq)
+        for e in self._entries.values():
+            if e.stage is Stage.WAITING and e.seq < next_seq:
+                self._schedule(e, now)  # refused for its seq: no use waiting for an ack
+        return [Resync(next_seq)]

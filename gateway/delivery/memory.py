@@ -47,10 +47,13 @@ class MemoryCenter:
             return None
         return topic(self.prefix, env.site, env.gw, "ack"), self.ack(env.site, env.gw, [env.id])
 
-    def ack(self, site: str, gw: str, ids: list[str], kind: str = "ack") -> bytes:
-        """A signed center → gateway envelope naming ``ids``."""
+    def ack(self, site: str, gw: str, ids: list[str]) -> bytes:
+        """A signed ``ack`` naming ``ids``."""
+        return self.sign(site, gw, "ack", {"ids": ids})
+
+    def sign(self, site: str, gw: str, kind: str, body: Mapping[str, object]) -> bytes:
+        """A signed center → gateway envelope (``ack``, ``dispatch``, ``resync``)."""
         self.seq += 1
-        body = {"ids": ids}
         return build(type=kind, site=site, gw=gw, seq=self.seq, body=body, key=self.key).to_bytes()
 
 

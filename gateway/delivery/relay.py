@@ -29,6 +29,7 @@ from gateway.contract.envelope import Envelope, build, format_ts, resign
 from gateway.contract.signing import SigningKey, VerifyKey
 from gateway.contract.topics import topic
 from gateway.delivery import core as C
+from gateway.delivery import events as ev
 from gateway.delivery.outbox import PRIORITY, Outbox, Pending
 from gateway.delivery.seq import SeqCounter
 from gateway.delivery.transport import Transport, outcome
@@ -47,8 +48,8 @@ def _gateway_trouble(detail: str) -> dict[str, str]:
     return {"code": "330", "device": "gateway", "detail": detail[:120]}
 
 
-def _row(p: Pending) -> C.Row:
-    return C.Row(p.id, p.type, p.seq, p.payload, p.created)
+def _row(p: Pending) -> ev.Row:
+    return ev.Row(p.id, p.type, p.seq, p.payload, p.created)
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +75,7 @@ class Relay:
         ack_timeout_s: float = 15.0,
         resend_initial_s: float = 2.0,
         resend_max_s: float = 60.0,
+        show_dispatch: bool = True,
     ) -> None:
         self.ident = ident
         self._key = key
@@ -86,6 +88,8 @@ class Relay:
             gw=ident.gw,
             prefix=ident.prefix,
             center_keys=center_keys,
+            kid=key.kid,
+            show_dispatch=show_dispatch,
             ack_timeout_s=ack_timeout_s,
             resend_initial_s=resend_initial_s,
             resend_max_s=resend_max_s,
@@ -244,7 +248,7 @@ class Relay:
         """Commit ``env`` durably (or, failing that, keep it in memory) and tell the core."""
         payload = env.to_bytes()
         created = time.time()
-        row = C.Row(env.id, env.type, env.seq, payload, created)
+        row = ev.Row(env.id, env.type, env.seq, payload, created)
         durable = True
         try:
             self.outbox.add(env, payload=payload, dedupe_key=dedupe_key, now=created)
@@ -327,34 +331,37 @@ class Relay:
 
     # -- carrying out the core's actions ------------------------------------------------
 
-    def _run(self, actions: Iterable[C.Action]) -> None:
+    def _run(self, actions: Iterable[ev.Action]) -> None:
         todo = deque(actions)
         while todo:
             a = todo.popleft()
-            if isinstance(a, C.Publish):
+            if isinstance(a, ev.Publish):
                 todo.extend(self._publish(a))
-            elif isinstance(a, C.Feedback):
+            elif isinstance(a, ev.Feedback):
                 self._led(a.id, a.mode)
-            elif isinstance(a, C.Forget):
+            elif isinstance(a, ev.Forget):
                 self._forget(a)
-            elif isinstance(a, C.Resign):
+            elif isinstance(a, ev.Release):
+                for event_id in a.ids:
+                    self._feedback.pop(event_id, None)
+            elif isinstance(a, ev.Resign):
                 todo.extend(self._resign(a))
-            elif isinstance(a, C.Overdue):
+            elif isinstance(a, ev.Overdue):
                 log.warning(
                     "no ack from the center yet; still re-sending",
                     id=a.id,
                     waited_s=a.waited_s,
                     attempts=a.attempts,
                 )
-            elif isinstance(a, C.AckRefused):
+            elif isinstance(a, ev.AckRefused):
                 # PROTOCOL.md: the gateway ignores an ack it cannot verify.
                 log.warning("ignored ack", reason=a.reason, detail=a.detail)
-            elif isinstance(a, C.Note):
+            elif isinstance(a, ev.Note):
                 try:
                     self.outbox.note_attempt(a.id, a.error)
                 except OutboxError as db_err:
                     log.error("cannot record publish error", id=a.id, error=str(db_err))
-            elif isinstance(a, C.Resync):
+            elif isinstance(a, ev.Resync):
                 self._resync(a)
 
     def _led(self, event_id: str, mode: LedMode) -> None:
@@ -368,11 +375,11 @@ class Relay:
             else:
                 fb.led(mode)
 
-    def _publish(self, a: C.Publish) -> list[C.Action]:
+    def _publish(self, a: ev.Publish) -> list[ev.Action]:
         now = self._now()
         resend = a.attempt > 1 and a.durable and a.id not in self._memory
         if resend and self.outbox.get(a.id) is None:  # acknowledged meanwhile, or evicted
-            return self.core.published(a.id, C.Outcome.MISSING, now)
+            return self.core.published(a.id, ev.Outcome.MISSING, now)
         self._seq.mark_sent(a.seq)
         fut = self._paths[a.path].publish(a.topic, a.payload, flush=a.flush)
         if self.last_alarm is not None and self.last_alarm["id"] == a.id:
@@ -385,7 +392,7 @@ class Relay:
         self._run(self.core.published(event_id, result, self._now(), error))
         self._wake.set()
 
-    def _forget(self, a: C.Forget) -> None:
+    def _forget(self, a: ev.Forget) -> None:
         removed = set(self.outbox.remove(a.ids))
         now = self._now()
         by_id = {d.id: d for d in a.delivered}
@@ -395,7 +402,6 @@ class Relay:
             if not (event_id in removed or in_memory or d):
                 continue  # an ack for something long forgotten (a duplicate ack)
             self._acked += 1
-            self._feedback.pop(event_id, None)
             if d is not None and logs.enabled(logging.INFO):
                 # The alarm's one summary line (DESIGN.md "canonical log lines"): loop times
                 # shown as wall-clock times; latency from durable to acknowledged.
@@ -421,7 +427,7 @@ class Relay:
                     log.exception("ack listener failed", id=event_id)
         self._wake.set()
 
-    def _resign(self, a: C.Resign) -> list[C.Action]:
+    def _resign(self, a: ev.Resign) -> list[ev.Action]:
         """Fresh seqs for queued events about to leave the center's anti-replay window, in
         one transaction for the batch. Same id, body and ts, so the center can tell it is
         the same event; the only case where the bytes of a re-send change."""
@@ -447,8 +453,18 @@ class Relay:
             log.warning("re-signed events about to leave the replay window", count=len(rows))
         return self.core.resigned(now, fresh=fresh, as_is=as_is)
 
-    def _resync(self, a: C.Resync) -> None:
-        raise NotImplementedError
+    def _resync(self, a: ev.Resync) -> None:
+        was = self._seq.peek
+        try:
+            moved = self._seq.advance(a.next_seq)
+        except OutboxError as err:  # stopping: the next start reads the counter afresh
+            log.error("cannot move the seq counter", error=str(err))
+            return
+        # The center refused an envelope for its seq (PROTOCOL.md "resync"): usually this
+        # gateway lost its counter but kept its key. What is still queued below next_seq
+        # is re-signed before it is sent again.
+        log.warning("center asked for a resync", next_seq=a.next_seq, was=was, moved=moved)
+        self._wake.set()
 
     # -- the pump -------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 from typing import Protocol
 
-from gateway.delivery.core import Outcome
+from gateway.delivery.events import Outcome
 from gateway.delivery.uplink import NotConnected, PublishRefused, Uplink
 
 
