@@ -12,8 +12,10 @@ from typing import Any
 
 import pytest
 
+from firmware_sim.broker import Mosquitto
 from gateway.contract import envelope as E
 from gateway.contract.signing import SigningKey
+from gateway.contract.topics import topic
 from gateway.delivery.core import PRIMARY, DeliveryCore
 from gateway.delivery.events import (
     AckRefused,
@@ -28,6 +30,7 @@ from gateway.delivery.events import (
 )
 from gateway.delivery.memory import MemoryCenter, MemoryTransport
 from gateway.delivery.seq import SeqCounter
+from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.inputs.codec import Decoder, Frame, encode
 from gateway.inputs.gpio import LedFeedback
 from tests.test_delivery_core import (
@@ -257,4 +260,46 @@ async def test_relay_resync_and_dispatch_over_the_memory_pair(tmp_path: Path) ->
     finally:
         pump.cancel()
         await asyncio.gather(pump, return_exceptions=True)
+        relay.outbox.close()
+
+
+async def test_dispatch_through_a_real_broker(tmp_path: Path, broker: Mosquitto) -> None:
+    """The center's ack and dispatch reach the presser's LED over Mosquitto (MQTT 5)."""
+    relay = memory_relay(tmp_path)
+    center = MemoryCenter(CENTER_KEY, {GW_KEY.kid: GW_KEY.verify_key}, PREFIX)
+    c_up: Uplink
+
+    def center_gets(name: str, payload: bytes) -> None:
+        reply = center.take(name, payload)
+        if reply is not None:
+            c_up.publish(*reply)
+
+    c_up = Uplink(
+        MqttSettings("127.0.0.1", broker.port, 5, "center", backoff_max_s=1.0),
+        subscriptions=[topic(PREFIX, SITE, GW, "event")],
+        on_message=center_gets,
+    )
+    g_up = Uplink(
+        MqttSettings("127.0.0.1", broker.port, 5, "gw", backoff_max_s=1.0),
+        subscriptions=[relay.core.ack_topic],
+        on_message=relay.on_message,
+        prepare=relay.prepare_session,
+        on_state=relay.on_link,
+    )
+    relay.attach(g_up)
+    tasks = [asyncio.create_task(c) for c in (c_up.run(), g_up.run(), relay.pump())]
+    try:
+        await wait_until(lambda: c_up.connected and g_up.connected)
+        led = Led()
+        alarm = relay.raise_alarm(input_ref="gpio:gate", feedback=led).event_id
+        await wait_until(lambda: led.modes[-1:] == ["solid"])
+        for status, mode in (("acknowledged", "pulse"), ("resolved", "off")):
+            body = {"ids": [alarm], "status": status}
+            c_up.publish(relay.core.ack_topic, center.sign(SITE, GW, "dispatch", body))
+            await wait_until(lambda mode=mode: led.modes[-1:] == [mode])  # type: ignore[misc]
+        assert led.modes == ["blink", "solid", "pulse", "off"]
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         relay.outbox.close()
