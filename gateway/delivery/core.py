@@ -527,7 +527,10 @@ class DeliveryCore:
         self._inflight.add(e.id)
         self.sent += 1
         self.sent_by_path[path] += 1
-        return Publish(path, self.event_topic, e.payload, e.id, e.seq, e.attempts, e.durable, flush)
+        out = Publish(path, self.event_topic, e.payload, e.id, e.seq, e.attempts, e.durable, flush)
+        if e.durable:
+            e.payload = b""  # the outbox has it: a re-send reads it from there
+        return out
 
     def _refuse(self, reason: str, detail: str) -> AckRefused:
         self.acks_refused[reason] += 1

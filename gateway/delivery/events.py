@@ -27,6 +27,9 @@ class Outcome(Enum):
 
 @dataclass(frozen=True, slots=True)
 class Publish:
+    """Publish ``payload`` on ``path``; an empty ``payload``: the bytes stored in the outbox
+    for ``id`` (a re-send; gone from the outbox: report ``Outcome.MISSING``)."""
+
     path: str
     topic: str
     payload: bytes
@@ -54,7 +57,7 @@ class Release:
 class ResignItem:
     id: str
     type: str
-    payload: bytes
+    payload: bytes  # empty: the bytes stored in the outbox for ``id``
     created: float
 
 

@@ -376,12 +376,14 @@ class Relay:
                 fb.led(mode)
 
     def _publish(self, a: ev.Publish) -> list[ev.Action]:
-        now = self._now()
-        resend = a.attempt > 1 and a.durable and a.id not in self._memory
-        if resend and self.outbox.get(a.id) is None:  # acknowledged meanwhile, or evicted
-            return self.core.published(a.id, ev.Outcome.MISSING, now)
-        self._seq.mark_sent(a.seq)
-        fut = self._paths[a.path].publish(a.topic, a.payload, flush=a.flush)
+        payload, seq = a.payload, a.seq
+        if not payload:  # a re-send: the stored bytes
+            row = self.outbox.get(a.id)
+            if row is None:  # acknowledged meanwhile, or evicted
+                return self.core.published(a.id, ev.Outcome.MISSING, self._now())
+            payload, seq = row.payload, row.seq
+        self._seq.mark_sent(seq)
+        fut = self._paths[a.path].publish(a.topic, payload, flush=a.flush)
         if self.last_alarm is not None and self.last_alarm["id"] == a.id:
             self.last_alarm["path"] = a.path
         fut.add_done_callback(functools.partial(self._sent, a.id))
@@ -435,8 +437,15 @@ class Relay:
         as_is: list[str] = []
         rows: list[Pending] = []
         for item in a.items:
+            stored = item.payload
+            if not stored:
+                row = self.outbox.get(item.id)
+                if row is None:  # acknowledged meanwhile, or evicted: the publish finds out
+                    as_is.append(item.id)
+                    continue
+                stored = row.payload
             try:
-                seq, payload = resign(item.payload, seq=self._seq.next(), key=self._key)
+                seq, payload = resign(stored, seq=self._seq.next(), key=self._key)
             except ValueError as err:  # a damaged row: send it as it is, the center decides
                 log.error("cannot re-sign a queued event", id=item.id, error=str(err))
                 as_is.append(item.id)
