@@ -395,7 +395,11 @@ class Relay:
         self._wake.set()
 
     def _forget(self, a: ev.Forget) -> None:
-        removed = set(self.outbox.remove(a.ids))
+        try:
+            removed = set(self.outbox.remove(a.ids))
+        except OutboxError as err:  # still queued: re-sent later, acked again as a duplicate
+            log.error("cannot forget acknowledged events", count=len(a.ids), error=str(err))
+            removed = set()
         now = self._now()
         by_id = {d.id: d for d in a.delivered}
         for event_id in a.ids:
