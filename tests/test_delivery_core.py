@@ -9,9 +9,11 @@ import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gateway.contract.envelope import build, parse
 from gateway.contract.signing import SigningKey
@@ -433,3 +435,69 @@ async def test_press_durable_published_acked_forgotten_solid(tmp_path: Path) -> 
         pump.cancel()
         await asyncio.gather(pump, return_exceptions=True)
         relay.outbox.close()
+
+
+# -- any sequence of events ----------------------------------------------------------
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("commit"), st.sampled_from(["alarm", "test", "trouble"]), st.booleans()),
+        st.tuples(st.just("tick"), st.floats(0.0, 30.0), st.booleans()),
+        st.tuples(st.just("end"), st.sampled_from(list(Outcome)), st.integers(0, 30)),
+        st.tuples(st.just("ack"), st.integers(0, 60), st.booleans()),
+        st.tuples(st.just("link"), st.sampled_from([PRIMARY, SECONDARY]), st.booleans()),
+        st.tuples(st.just("resync"), st.integers(1, 100), st.booleans()),
+    ),
+    max_size=80,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(OPS)
+def test_any_sequence_keeps_the_window_and_delivers_everything(ops: list[tuple[Any, ...]]) -> None:
+    c = clock(secondary=True, max_inflight=4)
+    ids: list[str] = []
+    inflight: list[str] = []
+    for op in ops:
+        if op[0] == "commit":
+            r = row(op[1], len(ids) + 1, created=float(len(ids)))
+            ids.append(r.id)
+            out = c.core.committed(r, c.now, live=op[2] and op[1] != "trouble", presser=op[2])
+        elif op[0] == "tick":
+            out = c.tick(op[1])
+        elif op[0] == "end" and inflight:
+            event_id = inflight.pop(op[2] % len(inflight))
+            out = c.core.published(event_id, op[1], c.now)
+        elif op[0] == "ack" and ids:
+            out = c.ack([ids[op[1] % len(ids)]])
+        elif op[0] == "link":
+            c.core.link(op[1], op[2], c.now)
+            out = []
+        elif op[0] == "resync":
+            body = {"kid": "0123456789abcdef", "next_seq": op[1]}
+            msg = build(type="resync", site=SITE, gw=GW, seq=1, body=body, key=CENTER_KEY)
+            out = c.core.message(c.core.ack_topic, msg.to_bytes(), c.now)
+        else:
+            out = []
+        for resign in of(Resign, out):
+            ready = {i.id: (1000 + n, b"x") for n, i in enumerate(resign.items)}
+            fail = [i.id for i in resign.items] if op[-1] else []
+            out += c.core.resigned(c.now, fresh={} if fail else ready, failed=fail)
+        inflight += [p.id for p in of(Publish, out)]
+        assert c.core.inflight == len(inflight) <= 4
+    # Whatever happened, once a path is up and the center acks, everything is delivered.
+    c.core.link(PRIMARY, True, c.now)
+    for _ in range(200):
+        for event_id in inflight:
+            c.core.published(event_id, Outcome.OK, c.now)
+        inflight = []
+        out = c.tick(120.0)
+        for resign in of(Resign, out):
+            fresh = {i.id: (1000, b"x") for i in resign.items}
+            out += c.core.resigned(c.now, fresh=fresh)
+        inflight = [p.id for p in of(Publish, out)]
+        if inflight:
+            c.ack(inflight)
+        if not len(c.core):
+            break
+    assert not len(c.core)

@@ -477,13 +477,13 @@ class DeliveryCore:
     def _due(self, now: float, free: int) -> list[_Entry]:
         """Up to ``free`` entries to send now: re-sends whose backoff ran out, then never-sent
         ones in send order; the whole batch in send order."""
-        out: list[_Entry] = []
+        out: dict[str, _Entry] = {}
         while self._retry and self._retry[0][0] <= now and len(out) < free:
             due, event_id = heapq.heappop(self._retry)
             e = self._entries.get(event_id)
             if e is None or e.stage is not Stage.WAITING or e.next_due != due or e.resigning:
                 continue  # stale: acknowledged, in flight, or rescheduled
-            out.append(e)
+            out[event_id] = e  # once, if it was scheduled twice for the same time
         while self._fresh and len(out) < free:
             key, event_id = self._fresh[0]
             e = self._entries.get(event_id)
@@ -493,12 +493,12 @@ class DeliveryCore:
             if self.route(e.type, now) is None:
                 break  # the rest sort after it and cannot go either
             heapq.heappop(self._fresh)
-            out.append(e)
-        out.sort(key=lambda e: e.key)
+            out[event_id] = e
+        batch = sorted(out.values(), key=lambda e: e.key)
         if len(self._retry) > 4 * len(self._entries) + 1024:  # mostly stale entries
             self._retry = [(e.next_due, i) for i, e in self._entries.items() if e.attempts]
             heapq.heapify(self._retry)
-        return out
+        return batch
 
     def _aging(self, batch: list[_Entry], *, seq_next: int, seq_sent: int) -> list[_Entry]:
         """Entries about to leave the center's anti-replay window (PROTOCOL.md: a gateway
