@@ -26,7 +26,6 @@ VERSION = 1
 TYPES = frozenset(
     {"alarm", "test", "trouble", "restore", "heartbeat", "state", "ack", "dispatch", "resync"}
 )
-CENTER_TYPES = frozenset({"ack", "dispatch", "resync"})  # center -> gateway, on the ack topic
 DISPATCH_STATUSES = frozenset({"acknowledged", "resolved"})
 EVENT_TYPES = frozenset({"alarm", "test", "trouble", "restore"})
 FIELDS = ("v", "id", "type", "site", "gw", "seq", "ts", "kid", "body", "sig")
