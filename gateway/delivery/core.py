@@ -22,7 +22,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from enum import Enum
+from enum import StrEnum
 
 from gateway.contract.envelope import parse_and_verify
 from gateway.contract.signing import VerifyKey
@@ -62,7 +62,7 @@ MAX_WATCHED = 256  # acknowledged alarms whose presser still follows the center'
 PRIMARY, SECONDARY = "primary", "secondary"
 
 
-class Stage(Enum):
+class Stage(StrEnum):  # str-valued: the transition lookups hash in C
     NEW = "new"
     QUEUED = "queued"  # held, never sent (or sent before a restart)
     INFLIGHT = "inflight"  # a publish attempt is under way
@@ -71,7 +71,7 @@ class Stage(Enum):
     GONE = "gone"  # no longer in the outbox (evicted telemetry): forgotten
 
 
-class Trigger(Enum):
+class Trigger(StrEnum):
     COMMIT = "commit"  # durable in the outbox
     HOLD = "hold"  # could not be committed: held in memory and sent from there
     PUBLISH = "publish"
@@ -134,13 +134,13 @@ class _Entry:
         "type",
     )
 
-    def __init__(self, row: Row, now: float, *, durable: bool) -> None:
+    def __init__(self, row: Row, now: float, *, durable: bool, key: OrderKey | None = None) -> None:
         self.id = row.id
         self.type = row.type
         self.seq = row.seq
         self.payload = row.payload
         self.created = row.created
-        self.key = send_order(row.type, row.created, row.seq)
+        self.key = send_order(row.type, row.created, row.seq) if key is None else key
         self.durable = durable
         self.stage = Stage.NEW
         self.registered_at = now
@@ -316,9 +316,9 @@ class DeliveryCore:
             parked = self._parked.pop(row.id, None)
             if parked is not None:
                 heapq.heappush(self._fresh, (parked.key, parked.id))
-            if row.id in self._entries:
+            if parked is not None or row.id in self._entries:
                 continue
-            e = _Entry(row, now, durable=True)
+            e = _Entry(row, now, durable=True, key=key)
             self._entries[e.id] = e
             self._move(e, Trigger.COMMIT)
             heapq.heappush(self._fresh, (e.key, e.id))

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 from gateway.delivery.outbox import PRIORITY
 from gateway.feedback import LedMode
@@ -12,7 +12,7 @@ from gateway.feedback import LedMode
 OrderKey = tuple[int, float, int]
 
 
-class Outcome(Enum):
+class Outcome(StrEnum):
     """How one publish attempt ended."""
 
     OK = "ok"  # PUBACK

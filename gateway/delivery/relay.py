@@ -18,7 +18,7 @@ import functools
 import logging
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -331,7 +331,9 @@ class Relay:
 
     # -- carrying out the core's actions ------------------------------------------------
 
-    def _run(self, actions: Iterable[ev.Action]) -> None:
+    def _run(self, actions: list[ev.Action]) -> None:
+        if not actions:
+            return
         todo = deque(actions)
         while todo:
             a = todo.popleft()
