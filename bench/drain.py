@@ -339,7 +339,7 @@ async def drain(
             print(
                 f"    {time.perf_counter() - t0:6.2f}s {left} left, sent {st['events_sent']}"
                 f" acked {st['events_acked']} rejected {st['acks_rejected']}"
-                f" tracked {len(relay._tracked)} inflight {len(relay._inflight)} acks {acks[0]}",
+                f" held {len(relay.core)} inflight {relay.core.inflight} acks {acks[0]}",
                 flush=True,
             )
             last = left

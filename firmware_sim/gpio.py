@@ -77,7 +77,7 @@ class GpioSimClient:
         return await self.request(f"bounce {pin} {n} {ms}")
 
     async def led(self, pin: int) -> str:
-        """The LED's mode: off, blink, fast or solid."""
+        """The LED's mode: off, blink, fast, solid or pulse."""
         return (await self.request(f"led {pin}")).split()[-1]
 
     async def wait_led(self, pin: int, mode: str, timeout: float = 10.0) -> None:  # noqa: ASYNC109

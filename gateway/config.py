@@ -490,6 +490,15 @@ class Dc09Section(Section):
         return frozenset(base | {"trouble", "restore"} if self.events == "all" else base)
 
 
+class FeedbackSection(Section):
+    """``[feedback]``: what the presser is shown after the center's ack. ``show_dispatch``:
+    the LED pulses once a person at the center has taken the alarm and goes off once it is
+    resolved (PROTOCOL.md ``dispatch``); false for covert installations (the LED stays
+    ``solid``)."""
+
+    show_dispatch: bool = True
+
+
 class GatewayConfig(Section):
     """The whole gateway config file. ``path``: the file it came from (not a TOML key)."""
 
@@ -508,6 +517,7 @@ class GatewayConfig(Section):
     selfcheck: SelfCheckSection = Field(default_factory=SelfCheckSection)
     trouble: TroubleSection = Field(default_factory=TroubleSection)
     dc09: Dc09Section | None = None
+    feedback: FeedbackSection = Field(default_factory=FeedbackSection)
     path: Path
 
     @field_validator("mqtt")

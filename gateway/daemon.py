@@ -93,6 +93,7 @@ class Gateway:
             ack_timeout_s=cfg.alarm.ack_timeout_s,
             resend_initial_s=cfg.alarm.resend_initial_s,
             resend_max_s=cfg.alarm.resend_max_s,
+            show_dispatch=cfg.feedback.show_dispatch,
         )
         settings = MqttSettings.from_config(cfg.mqtt, client_id=f"alarmgw-{g.site}-{g.id}")
         self.uplink = Uplink(

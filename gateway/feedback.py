@@ -5,7 +5,8 @@ thread. The call returns only once the alarm is committed to disk (shared/spec/P
 "Delivery semantics"), so the input may then tell the presser "registered" (and a serial
 box its ACK, shared/spec/SERIAL.md "Rules"). Later the alarm path drives the presser's
 feedback through the ``Feedback`` the input handed in: ``solid`` when the center's signed ack
-arrives, ``fast`` when it has not arrived within the configured time.
+arrives, ``fast`` when it has not arrived within the configured time; ``pulse`` once a person
+at the center has taken the alarm and ``off`` once it is resolved (PROTOCOL.md ``dispatch``).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-LedMode = Literal["off", "blink", "fast", "solid"]
+LedMode = Literal["off", "blink", "fast", "solid", "pulse"]
 
 
 class Feedback(Protocol):

@@ -254,7 +254,7 @@ REQUIRED = {
     "POWER": {"state": st.sampled_from(["mains", "battery", "low"])},
     "FAULT": {"code": VALUE.filter(bool)},
     "ACK": {"ref": st.integers(0, 65535).map(str)},
-    "LED": {"mode": st.sampled_from(["off", "blink", "fast", "solid"])},
+    "LED": {"mode": st.sampled_from(["off", "blink", "fast", "solid", "pulse"])},
     "BUZZ": {"ms": UINT},
     "PING": {},
 }

@@ -20,7 +20,7 @@ from firmware_sim.broker import Mosquitto
 from gateway.contract.signing import SigningKey
 from gateway.contract.topics import topic
 from gateway.delivery.outbox import Outbox
-from gateway.delivery.relay import Identity, Relay, _Tracked
+from gateway.delivery.relay import Identity, Relay
 from gateway.delivery.seq import SeqCounter
 from gateway.delivery.uplink import MqttSettings, Uplink
 
@@ -259,38 +259,3 @@ async def test_subscription_is_reported_granted_or_refused(
     assert len(errors) == 1  # the SUBACK of another SUBSCRIBE is not this session's
     assert errors[0]["log_level"] == "error"
     assert errors[0]["topics"] == [f"{topic(PREFIX, SITE, GW, 'ack')} (Not authorized)"]
-
-
-async def test_resend_timer_follows_how_long_acks_take(tmp_path: Path) -> None:
-    """A center that is slow but answering is not sent everything again: the first re-send
-    waits at least srtt + 4 x rttvar of first-attempt ack times (RFC 6298); re-sent events
-    are not measured (Karn); with nothing measured, ``resend_initial_s``."""
-    relay = bare_relay(tmp_path, SigningKey.generate(), resend_initial_s=2.0)
-    now = asyncio.get_running_loop().time()
-
-    def backoffs(attempts: int) -> tuple[float, float]:
-        got = [relay._resend.backoff(attempts) for _ in range(200)]
-        return min(got), max(got)
-
-    try:
-        low, high = backoffs(1)
-        assert 1.6 <= low and high <= 2.4  # nothing measured yet
-        relay._tracked["resent"] = _Tracked(registered_at=now, attempts=2, first_sent_at=now - 30)
-        relay._acked(["resent"])
-        assert backoffs(1)[1] <= 2.4  # Karn: a re-sent event says nothing about the center
-        relay._tracked["slow"] = _Tracked(registered_at=now, attempts=1, first_sent_at=now - 3.0)
-        relay._acked(["slow"])
-        srtt, rttvar = relay._resend.srtt, relay._resend.rttvar
-        assert srtt is not None and 3.0 <= srtt < 3.5 and rttvar == srtt / 2
-        rto = srtt + 4 * rttvar  # 9 s, plus the moments this test took
-        low, high = backoffs(1)
-        assert 7.2 <= 0.8 * rto <= low and high <= 1.2 * rto
-        assert backoffs(2)[0] >= 14.4  # still doubling
-        for i in range(100):  # the center is quick again
-            relay._tracked[f"quick{i}"] = _Tracked(
-                registered_at=now, attempts=1, first_sent_at=now - 0.01
-            )
-            relay._acked([f"quick{i}"])
-        assert backoffs(1)[1] <= 2.4
-    finally:
-        relay.outbox.close()

@@ -23,7 +23,10 @@ from gateway.contract.signing import SigningKey, VerifyKey
 from gateway.errors import EnvelopeError
 
 VERSION = 1
-TYPES = frozenset({"alarm", "test", "trouble", "restore", "heartbeat", "state", "ack"})
+TYPES = frozenset(
+    {"alarm", "test", "trouble", "restore", "heartbeat", "state", "ack", "dispatch", "resync"}
+)
+DISPATCH_STATUSES = frozenset({"acknowledged", "resolved"})
 EVENT_TYPES = frozenset({"alarm", "test", "trouble", "restore"})
 FIELDS = ("v", "id", "type", "site", "gw", "seq", "ts", "kid", "body", "sig")
 MAX_SEQ = 2**53 - 1
@@ -393,10 +396,18 @@ def _check_body(kind: str, body: Mapping[str, Any]) -> None:
         # "Delivery semantics": "summarised (with a count)").
         if "count" in body and not (_is_int(body["count"]) and body["count"] >= 1):
             raise EnvelopeError("malformed", "body.count must be an integer >= 1")
-    elif kind == "ack":
+    elif kind in ("ack", "dispatch"):
         ids = _need(body, "ids", list)
         if not ids or not all(isinstance(i, str) and UUID7_RE.match(i) for i in ids):
             raise EnvelopeError("malformed", "body.ids must be a non-empty list of envelope ids")
+        if kind == "dispatch" and body.get("status") not in DISPATCH_STATUSES:
+            raise EnvelopeError("malformed", "body.status must be acknowledged or resolved")
+    elif kind == "resync":
+        if not KID_RE.match(_need(body, "kid", str)):
+            raise EnvelopeError("malformed", "body.kid must be 16 lowercase hex digits")
+        next_seq = body.get("next_seq")
+        if not (isinstance(next_seq, int) and _is_int(next_seq) and 1 <= next_seq <= MAX_SEQ):
+            raise EnvelopeError("malformed", "body.next_seq must be an integer from 1 to 2^53-1")
     elif kind == "state":
         if body.get("status") not in ("online", "offline"):
             raise EnvelopeError("malformed", "body.status must be online or offline")

@@ -119,6 +119,23 @@ class SeqCounter:
         self._next += 1
         return value
 
+    def advance(self, to: int) -> bool:
+        """Move the counter up to ``to``, never back (a center's ``resync``, PROTOCOL.md);
+        True when it moved. The new position is reserved durably at once."""
+        if self._closed:
+            raise OutboxError("seq counter is closed")
+        if to <= self._next:
+            return False
+        self._next = to
+        try:
+            self._write(clean=False, reserved=to + self._block)
+        except OSError as err:  # next() tries again at the block boundary
+            log.critical("seq block not persisted", error=str(err), next=to)
+            self._reserved = to
+        else:
+            self._reserved = to + self._block
+        return True
+
     @property
     def sent_high(self) -> int:
         """No seq above this has left the gateway (0: none has): what the center may have

@@ -102,7 +102,7 @@ _REQUIRED: Mapping[str, Mapping[str, Callable[[str], bool]]] = {
     "POWER": {"state": _one_of("mains", "battery", "low")},
     "FAULT": {"code": _nonempty},
     "ACK": {"ref": _seq_ref},
-    "LED": {"mode": _one_of("off", "blink", "fast", "solid")},
+    "LED": {"mode": _one_of("off", "blink", "fast", "solid", "pulse")},
     "BUZZ": {"ms": _uint},
     "PING": {},
 }

@@ -43,7 +43,13 @@ from gateway.feedback import AlarmSink, Feedback, LedMode
 log = structlog.get_logger("alarmgw.gpio")
 
 # Blink timings (seconds on, seconds off) per LED mode; see gateway/feedback.py for meanings.
-BLINK_S: dict[str, float] = {"blink": 0.5, "fast": 0.1}
+# A plain LED cannot fade, so ``pulse`` is a short flash every two seconds: slower than
+# ``blink`` and mostly dark, so it reads as "someone is coming" rather than "registered".
+BLINK_S: dict[str, tuple[float, float]] = {
+    "blink": (0.5, 0.5),
+    "fast": (0.1, 0.1),
+    "pulse": (0.2, 1.8),
+}
 
 
 class GpioPinError(AlarmgwError):
@@ -134,7 +140,8 @@ LedObserver = Callable[[int, LedMode], None]
 
 class LedFeedback:
     """The presser's LED on a GPIO pin: ``blink`` 0.5 s on/off (alarm registered), ``fast``
-    0.1 s on/off (no ack in time), ``solid`` (acked), ``off``. Call from the loop thread."""
+    0.1 s on/off (no ack in time), ``solid`` (acked), ``pulse`` 0.2 s on every 2 s (taken
+    at the center), ``off``. Call from the loop thread."""
 
     # Told (pin, mode) on every change of any LED in this process. For the GPIO simulator
     # (firmware_sim/gpio.py), which must see each transition: on loopback the center's ack
@@ -169,7 +176,8 @@ class LedFeedback:
         elif mode == "off":
             self._led.off()
         else:
-            self._led.blink(on_time=BLINK_S[mode], off_time=BLINK_S[mode], background=True)
+            on, off = BLINK_S[mode]
+            self._led.blink(on_time=on, off_time=off, background=True)
         self.mode = mode
         log.debug("gpio_led", pin=self.pin, mode=mode)
         for observer in list(self._observers):

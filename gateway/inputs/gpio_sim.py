@@ -12,7 +12,7 @@ command per line, every command answered by one line ``ok ...`` or ``error ...``
     tap PIN [MS]         -> ok tap PIN MS             (press, MS ms (default 100), release)
     bounce PIN N [MS]    -> ok bounce PIN N MS        (contact bounce: N closures back to back,
                                                        the last one held MS ms, then release)
-    led PIN              -> ok led PIN MODE           (MODE: off, blink, fast, solid)
+    led PIN              -> ok led PIN MODE           (MODE: off, blink, fast, solid, pulse)
     wait PIN MODE [MS]   -> ok led PIN MODE           (once the LED shows MODE, or has shown it
                                                        since this connection's last press,
                                                        release, tap or bounce; default 10000)
@@ -43,7 +43,7 @@ MAX_HOLD_MS = 60_000
 MAX_WAIT_MS = 600_000
 MAX_BOUNCES = 100
 HISTORY = 1024  # LED transitions kept for ``wait``
-MODES = ("off", "blink", "fast", "solid")
+MODES = ("off", "blink", "fast", "solid", "pulse")
 USAGE = {
     "press": "press PIN",
     "release": "release PIN",

@@ -26,6 +26,7 @@ from gateway.contract.signing import SigningKey
 from gateway.contract.topics import topic
 from gateway.delivery.relay import Identity
 from gateway.delivery.seq import SeqCounter
+from gateway.delivery.transport import Transport
 from gateway.delivery.uplink import Uplink
 from gateway.snapshots import (
     InputSnapshot,
@@ -86,7 +87,7 @@ class Heartbeat:
         snapshot: Callable[[], dict[str, Any]],
         session: Callable[[], int],
         wall: Callable[[], float] = time.time,
-        route: Callable[[], Uplink | None] | None = None,
+        route: Callable[[], Transport | None] | None = None,
     ) -> None:
         """``route``: the session to publish on now (the relay's choice between the primary
         broker and, after its failover time, the secondary), None to wait. Without
@@ -114,7 +115,7 @@ class Heartbeat:
         self.waiting = (format_ts(self._wall()), body)
         self.stats["taken"] += 1
 
-    def _current(self) -> Uplink | None:
+    def _current(self) -> Transport | None:
         if self._route is not None:
             return self._route()
         return self._uplink if self._uplink.connected else None

@@ -18,6 +18,7 @@ from gateway.config import GatewayConfig
 from gateway.contract.envelope import format_ts
 from gateway.contract.signing import SigningKey
 from gateway.delivery.seq import SeqCounter
+from gateway.delivery.transport import Transport
 from gateway.delivery.uplink import Uplink
 from gateway.monitors.bollard import BollardMonitor
 from gateway.monitors.boxlink import BoxSupervisor, SupervisedLink
@@ -107,7 +108,7 @@ class SiteMonitors:
         seq: SeqCounter,
         uplink: Uplink,
         session: Callable[[], int],
-        route: Callable[[], Uplink | None],
+        route: Callable[[], Transport | None],
         boxes: Sequence[SupervisedLink],
         core: Core,
     ) -> None:

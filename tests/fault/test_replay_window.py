@@ -10,8 +10,7 @@ from firmware_sim.broker import Mosquitto
 from gateway.contract import envelope as E
 from gateway.contract.signing import SigningKey
 from gateway.delivery.outbox import Outbox
-from gateway.delivery.relay import Relay, _Tracked
-from tests.test_uplink_relay import GW, SITE, accepted, bare_relay, rig, wait_until
+from tests.test_uplink_relay import GW, SITE, accepted, rig, wait_until
 
 
 async def test_event_about_to_leave_the_replay_window_is_resigned(
@@ -34,11 +33,6 @@ async def test_event_about_to_leave_the_replay_window_is_resigned(
     assert verdict.env.body == old.body
 
 
-def _relay(tmp_path: Path, key: SigningKey, seq_state: dict[str, object]) -> Relay:
-    (tmp_path / "gseq").write_text(json.dumps(seq_state))
-    return bare_relay(tmp_path, key)
-
-
 def _alarm(key: SigningKey, seq: int, ts: str | None = None) -> E.Envelope:
     body = {
         "code": "120",
@@ -49,35 +43,3 @@ def _alarm(key: SigningKey, seq: int, ts: str | None = None) -> E.Envelope:
         "contact": {"phone": "110"},
     }
     return E.build(type="alarm", site=SITE, gw=GW, seq=seq, body=body, key=key, ts=ts)
-
-
-def test_a_backlog_drained_in_order_is_not_resigned(tmp_path: Path) -> None:
-    # 100,000 seqs issued, but nothing above seq 10 ever left the gateway: the center's
-    # window cannot have moved past seq 5, so it goes out with its own bytes.
-    key = SigningKey.generate()
-    state = {"next": 100_000, "reserved": 100_000, "clean": True, "sent": 10}
-    relay = _relay(tmp_path, key, state)
-    old = _alarm(key, 5)
-    relay.outbox.add(old)
-    (p,) = relay.outbox.after(None, 10)
-    assert relay._resign_aging([p]) == [p]
-    # Once something newer went out (a live alarm, a heartbeat), seq 5 is too old.
-    relay._seq.mark_sent(99_999)
-    (fresh,) = relay._resign_aging([p])
-    assert fresh.id == old.id and fresh.seq >= 100_000
-    assert E.parse(fresh.payload).ts == old.ts
-    relay.outbox.close()
-
-
-def test_a_resend_is_measured_against_the_newest_seq(tmp_path: Path) -> None:
-    # Safety net: if a first send was too old for the center after all (no ack comes), its
-    # next attempt is re-signed, whatever the sent bound says.
-    key = SigningKey.generate()
-    state = {"next": 100_000, "reserved": 100_000, "clean": True, "sent": 10}
-    relay = _relay(tmp_path, key, state)
-    relay.outbox.add(_alarm(key, 5))
-    (p,) = relay.outbox.after(None, 10)
-    relay._tracked[p.id] = _Tracked(registered_at=0.0, attempts=1)
-    (fresh,) = relay._resign_aging([p])
-    assert fresh.seq >= 100_000
-    relay.outbox.close()
