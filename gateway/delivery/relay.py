@@ -160,7 +160,9 @@ class Relay:
 
     @staticmethod
     def _now() -> float:
-        return asyncio.get_running_loop().time()
+        # asyncio's default loop clock is time.monotonic(): the same instants as loop.time(),
+        # also before the loop runs (a gateway is built, and its links attached, before it).
+        return time.monotonic()
 
     def _topic(self, kind: str) -> str:
         return topic(self.ident.prefix, self.ident.site, self.ident.gw, kind)  # type: ignore[arg-type]
