@@ -160,10 +160,14 @@ class BollardSnapshot:
 @dataclass(frozen=True, slots=True)
 class CameraSnapshot:
     recording: bool
-    retention_days: float | None
+    retention_days: float | None  # the worst channel's, for a recorder read per channel
     required_days: int
     error: str | None
     verdict: Verdict
+    channels: int | None = None  # a recorder read per channel (ONVIF, Hikvision): how many
+    below_policy: int | None = None  # channels holding fewer than required_days
+    worst_channel: str | None = None  # the channel with the least retention
+    disks_failed: int | None = None  # when the recorder reports its disks
 
     @property
     def ok(self) -> bool:

@@ -66,6 +66,13 @@ def heartbeat_body(
         if c.retention_days is not None:
             days = c.retention_days
             camera["retention_days"] = int(days) if float(days).is_integer() else days
+        per_channel = {
+            "channels": c.channels,
+            "below_policy": c.below_policy,
+            "worst_channel": c.worst_channel,
+            "disks_failed": c.disks_failed,
+        }
+        camera.update({k: v for k, v in per_channel.items() if v is not None})
         body["camera"] = {**camera, "ok": c.ok}
     return body
 

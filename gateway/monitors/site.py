@@ -81,12 +81,17 @@ def camera_snapshot(camera: CameraMonitor, reporter: TroubleReporter) -> CameraS
     last = None if err is not None else camera.last
     reasons, detail = open_trouble(reporter, "camera")
     facts = "" if last is None else f"recording, retention {last.retention_days:g} days"
+    seen = camera.snapshot()  # the per-channel and disk figures of the last answer
     return CameraSnapshot(
         recording=bool(last is not None and last.recording),
         retention_days=None if last is None else float(last.retention_days),
         required_days=camera.cfg.required_days,
         error=None if err is None else str(err),
         verdict=checks.camera(reasons, detail, polled=camera.polls > 0, facts=facts),
+        channels=seen.get("channels"),
+        below_policy=seen.get("below_policy"),
+        worst_channel=seen.get("worst_channel"),
+        disks_failed=seen.get("disks_failed"),
     )
 
 
