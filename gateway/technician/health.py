@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import structlog
 from aiohttp import web
 
+from gateway import retry
 from gateway.technician import metrics, status
 
 if TYPE_CHECKING:
@@ -77,6 +78,10 @@ def connect_address(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
+def _bind_event(err: BaseException | None) -> str:
+    return "http endpoint cannot listen" if isinstance(err, OSError) else "http endpoint failed"
+
+
 class HealthServer:
     """Serves the endpoint for one ``Gateway``. ``providers`` takes extra status sections;
     ``acks`` records ack times and the latency histogram (a relay ack listener)."""
@@ -107,21 +112,13 @@ class HealthServer:
         """Serve until cancelled. Never ends by itself: a failure to bind (port taken) is
         logged and retried, because the endpoint must never take the alarm path down."""
         self._main = asyncio.get_running_loop()
-        delay = 1.0
-        while True:
-            try:
-                await self._serve_once()
-            except OSError as err:
-                log.error(
-                    "http endpoint cannot listen",
-                    listen=self.gw.cfg.http.listen,
-                    error=str(err),
-                    retry_in_s=delay,
-                )
-            except Exception as err:
-                log.error("http endpoint failed", error=repr(err), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+        while True:  # _serve_once only ends by raising; the loop makes "never ends" plain
+            attempts = retry.BIND.retrying(
+                Exception, log=log, event=_bind_event, listen=self.gw.cfg.http.listen
+            )
+            async for attempt in attempts:
+                with attempt:
+                    await self._serve_once()
 
     async def _serve_once(self) -> None:
         assert self._main is not None
