@@ -12,7 +12,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 import gateway.delivery.uplink  # noqa: F401 - imported for what it must not change
-from gateway.delivery.mqtt_client import Readiness, corked, tcp_socket
+from gateway.delivery.mqtt_client import Readiness, tcp_socket
 
 
 @pytest.fixture
@@ -51,27 +51,6 @@ def test_readiness_sees_waiting_bytes_and_the_peers_close(
         time.sleep(0.01)  # the FIN crosses loopback
     assert ready.more()  # a read would find the close
     assert client.recv(1) == b""
-
-
-def test_corked_writes_arrive_whole_and_in_order(
-    tcp_pair: tuple[socket.socket, socket.socket],
-) -> None:
-    client, peer = tcp_pair
-    sent = [bytes([i]) * (i + 1) for i in range(20)]
-    with corked(tcp_socket(client)):
-        for part in sent:
-            client.sendall(part)
-    peer.settimeout(5)
-    assert recv_exactly(peer, sum(map(len, sent))) == b"".join(sent)
-
-
-def test_corked_tolerates_no_socket_and_a_closed_one() -> None:
-    with corked(None):
-        pass
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.close()
-    with corked(sock):
-        pass
 
 
 def test_tcp_socket_only_for_tcp() -> None:

@@ -31,7 +31,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import retry
-from gateway.delivery.mqtt_client import Readiness, corked, tcp_socket
+from gateway.delivery.mqtt_client import Readiness, tcp_socket
 from gateway.errors import AlarmgwError
 
 log = structlog.get_logger("alarmgw.uplink")
@@ -122,6 +122,12 @@ STABLE_SESSION_S = 10.0
 
 class SessionLost(ConnectionError):
     """A session ended (or was refused) before it counted as stable; retried by policy."""
+
+
+def _retry_event(err: BaseException | None) -> str:
+    if isinstance(err, SessionLost):
+        return "broker session ended early, reconnecting"
+    return "broker unreachable"
 
 
 class Uplink:
@@ -223,7 +229,7 @@ class Uplink:
         try:
             while True:
                 attempts = policy.retrying(
-                    *CONNECT_ERRORS, log=log, event="broker unreachable", host=s.host, port=s.port
+                    *CONNECT_ERRORS, log=log, event=_retry_event, host=s.host, port=s.port
                 )
                 async for attempt in attempts:
                     with attempt:
@@ -441,15 +447,14 @@ class Uplink:
         if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
             self._mark_lost(f"read: {mqtt.error_string(rc)}")
         elif client.want_write():
-            self._write(client)  # the PUBACKs for what was read, in few segments
+            self._write(client)  # the PUBACKs for what was read
 
     def _write(self, client: mqtt.Client) -> None:
         # paho sends what it has queued, as far as the socket takes it, and asks for the
         # writer callback (on_socket_register_write) while anything is left.
         why = ""
         try:
-            with corked(tcp_socket(client.socket())):
-                rc = client.loop_write()
+            rc = client.loop_write()
         except OSError as err:
             rc, why = mqtt.MQTT_ERR_CONN_LOST, f"write: {err}"
         except Exception:
