@@ -120,8 +120,12 @@ CONNECT_ERRORS = (OSError, ssl.SSLError, TimeoutError, mqtt.WebsocketConnectionE
 STABLE_SESSION_S = 10.0
 
 
+class NoSession(ConnectionError):
+    """The connection closed, or the broker refused it, before a session began."""
+
+
 class SessionLost(ConnectionError):
-    """A session ended (or was refused) before it counted as stable; retried by policy."""
+    """A session ended before it counted as stable; retried by policy."""
 
 
 def _retry_event(err: BaseException | None) -> str:
@@ -257,9 +261,9 @@ class Uplink:
                 for waiting in waits:
                     waiting.cancel()
             if not self._connected.is_set():
-                raise SessionLost(self.last_error or "connection lost before CONNACK")
+                raise NoSession(self.last_error or "connection lost before CONNACK")
         except CONNECT_ERRORS as err:
-            if not isinstance(err, SessionLost):
+            if not isinstance(err, NoSession):
                 self.last_error = retry.describe(err)
             self._teardown()
             raise
