@@ -1,9 +1,10 @@
 """Supervision of the daemon's long-running loops (issue 5 "Supervised loops").
 
 Each loop (uplink, outbox pump, each input, each monitor) runs under ``Supervisor.run``: when
-it dies (an exception) or returns, it is restarted after a short, growing delay and the
-restart is logged and counted; when it reports progress through a ``tick`` callable and that
-tick grows older than ``stall_s``, it is cancelled and restarted the same way. A stuck event
+it dies (an exception) or returns, it is restarted after a short, growing delay
+(``retry.RESTART``) and the restart is logged and counted; when it reports progress through a
+``tick`` callable and that tick grows older than ``stall_s``, it is cancelled and restarted
+the same way. A stuck event
 loop cannot be seen from inside; that is what the systemd watchdog is for.
 """
 
@@ -16,15 +17,30 @@ from collections.abc import Awaitable, Callable
 
 import structlog
 
+from gateway import retry
+
 log = structlog.get_logger("alarmgw.supervise")
 
 
-class Supervisor:
-    """Restarts loops that die or stall; ``restarts`` and ``last_failure`` per loop name."""
+class LoopEnded(Exception):
+    """A supervised loop died, returned or stalled; ``why`` says which."""
 
-    def __init__(self, *, first_delay_s: float = 0.5, max_delay_s: float = 30.0) -> None:
-        self.first_delay_s = first_delay_s
-        self.max_delay_s = max_delay_s
+
+# A loop that ran this long before it ended was not crash-looping: it is restarted at once
+# and the restart policy starts over.
+STABLE_RUN_S = 60.0
+
+
+class Supervisor:
+    """Restarts loops that die or stall; ``restarts`` and ``last_failure`` per loop name.
+
+    The waits between restarts are ``retry.RESTART``'s (jittered exponential); the two
+    arguments shorten them for tests."""
+
+    def __init__(
+        self, *, first_delay_s: float | None = None, max_delay_s: float | None = None
+    ) -> None:
+        self.policy = retry.RESTART.limited(first_s=first_delay_s, cap_s=max_delay_s)
         self.restarts: Counter[str] = Counter()
         self.last_failure: dict[str, str] = {}
         self.running: dict[str, asyncio.Task[None]] = {}
@@ -40,21 +56,33 @@ class Supervisor:
         """Run ``factory()`` forever under supervision; returns only when cancelled.
 
         ``tick`` returns the loop time of the loop's last sign of life."""
-        loop = asyncio.get_running_loop()
-        delay = self.first_delay_s
         while True:
-            started = loop.time()
-            task: asyncio.Task[None] = asyncio.ensure_future(factory())
-            task.set_name(name)
-            self.running[name] = task
-            why = await self._watch(task, tick, stall_s)
-            self.restarts[name] += 1
-            self.last_failure[name] = why
-            log.error("loop restarted", loop=name, why=why, restarts=self.restarts[name])
-            if loop.time() - started > 60:
-                delay = self.first_delay_s  # it ran well for a while: not a crash loop
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.max_delay_s)
+            attempts = self.policy.retrying(
+                LoopEnded, log=log, event="loop restart scheduled", loop=name
+            )
+            async for attempt in attempts:
+                with attempt:
+                    await self._run_once(name, factory, tick, stall_s)
+
+    async def _run_once(
+        self,
+        name: str,
+        factory: Callable[[], Awaitable[None]],
+        tick: Callable[[], float] | None,
+        stall_s: float,
+    ) -> None:
+        """Run the loop until it ends; raise ``LoopEnded`` unless it ran ``STABLE_RUN_S``."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        task: asyncio.Task[None] = asyncio.ensure_future(factory())
+        task.set_name(name)
+        self.running[name] = task
+        why = await self._watch(task, tick, stall_s)
+        self.restarts[name] += 1
+        self.last_failure[name] = why
+        log.error("loop restarted", loop=name, why=why, restarts=self.restarts[name])
+        if loop.time() - started < STABLE_RUN_S:
+            raise LoopEnded(why)
 
     async def _watch(
         self, task: asyncio.Task[None], tick: Callable[[], float] | None, stall_s: float

@@ -135,8 +135,7 @@ def accepted(r: Rig, event_id: str) -> list[Verdict]:
 async def test_alarm_delivered_acked_led_solid(
     tmp_path: Path, broker: Mosquitto, protocol: str
 ) -> None:
-    # Both MQTT versions: gateway/delivery/mqtt_client.py reads PUBLISH and PUBACK itself, and the
-    # two encode them differently.
+    # Both MQTT versions: the two encode PUBLISH and PUBACK differently.
     async with rig(tmp_path, broker.port, protocol=protocol) as r:
         led = Led()
         raised = r.relay.raise_alarm(input_ref="gpio:gate", feedback=led)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-import random
 import socket
 import ssl
 import threading
@@ -31,7 +30,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from gateway.delivery.mqtt_client import BatchingClient
+from gateway import retry
+from gateway.delivery.mqtt_client import Readiness, tcp_socket
 from gateway.errors import AlarmgwError
 
 log = structlog.get_logger("alarmgw.uplink")
@@ -78,8 +78,10 @@ class MqttSettings:
     key_file: str | None = None
     username: str | None = None
     password: str | None = None
-    backoff_initial_s: float = 0.5
-    backoff_max_s: float = 30.0
+    # Limits of the connect and reconnect policies (gateway/retry.py) where a test needs
+    # them shorter; None keeps the policy's.
+    backoff_initial_s: float | None = None
+    backoff_max_s: float | None = None
 
     @classmethod
     def from_config(cls, section: Any, client_id: str) -> MqttSettings:
@@ -111,13 +113,30 @@ def tls_context(settings: MqttSettings) -> ssl.SSLContext:
     return ctx
 
 
-def jittered(delay: float) -> float:
-    """Full jitter between half and all of ``delay`` so a fleet does not reconnect in step."""
-    return delay * (0.5 + random.random() / 2)
+# What a failed connection attempt raises; anything else is a bug and ends ``run``.
+CONNECT_ERRORS = (OSError, ssl.SSLError, TimeoutError, mqtt.WebsocketConnectionError)
+# A session that lasted this long was a working one: the next reconnect starts from the
+# reconnect policy's first attempt (immediately) instead of going on backing off.
+STABLE_SESSION_S = 10.0
+
+
+class NoSession(ConnectionError):
+    """The connection closed, or the broker refused it, before a session began."""
+
+
+class SessionLost(ConnectionError):
+    """A session ended before it counted as stable; retried by policy."""
+
+
+def _retry_event(err: BaseException | None) -> str:
+    if isinstance(err, SessionLost):
+        return "broker session ended early, reconnecting"
+    return "broker unreachable"
 
 
 class Uplink:
-    """Keeps one MQTT session up, forever, with jittered exponential backoff.
+    """Keeps one MQTT session up, forever, retrying with the connect and reconnect
+    policies of gateway/retry.py (jittered exponential, capped at a few seconds).
 
     ``prepare`` is called before every connect attempt and returns the birth/will pair (the
     gateway signs a new ``state`` with a new session number each time; the center passes
@@ -141,7 +160,7 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._writer_on = False  # a writer callback is registered for the current socket
-        self._client: BatchingClient | None = None
+        self._client: mqtt.Client | None = None
         self._pending: dict[int, tuple[asyncio.Future[int], str]] = {}
         self._connected = asyncio.Event()
         self._lost: asyncio.Event = asyncio.Event()
@@ -199,47 +218,61 @@ class Uplink:
         self._pending.pop(mid, None)
 
     async def run(self) -> None:
-        """Connect, stay connected, reconnect with backoff; returns only when cancelled."""
+        """Connect, stay connected, reconnect; returns only when cancelled.
+
+        Connection attempts follow ``retry.CONNECT`` until a session is up, then
+        ``retry.RECONNECT``: a stable session ends in an immediate reconnect, one that ends
+        within ``STABLE_SESSION_S`` (a broker that accepts and drops us) counts as a failed
+        attempt and the waits go on growing."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        delay = self.settings.backoff_initial_s
+        s = self.settings
+        limits = {"first_s": s.backoff_initial_s, "cap_s": s.backoff_max_s}
+        policy = retry.CONNECT.limited(**limits)
         misc = asyncio.create_task(self._misc_loop(), name="uplink-misc")
         try:
             while True:
-                self._lost.clear()
-                try:
-                    await self._connect_once()
-                    async with asyncio.timeout(self.settings.keepalive_s * 2):
-                        await self._connected.wait()
-                except (
-                    OSError,
-                    ssl.SSLError,
-                    TimeoutError,
-                    ConnectionError,
-                    mqtt.WebsocketConnectionError,
-                ) as err:
-                    self.last_error = (
-                        f"{type(err).__name__}: {err}" if str(err) else type(err).__name__
-                    )
-                    log.warning(
-                        "broker unreachable",
-                        host=self.settings.host,
-                        port=self.settings.port,
-                        error=self.last_error,
-                        retry_in_s=round(delay, 1),
-                    )
-                    self._teardown()
-                    await asyncio.sleep(jittered(delay))
-                    delay = min(delay * 2, self.settings.backoff_max_s)
-                    continue
-                delay = self.settings.backoff_initial_s
-                await self._lost.wait()
-                self._teardown()
-                self.reconnects += 1
-                await asyncio.sleep(jittered(delay))
+                attempts = policy.retrying(
+                    *CONNECT_ERRORS, log=log, event=_retry_event, host=s.host, port=s.port
+                )
+                async for attempt in attempts:
+                    with attempt:
+                        await self._one_session()
+                policy = retry.RECONNECT.limited(**limits)
         finally:
             misc.cancel()
             await self.close()
+
+    async def _one_session(self) -> None:
+        """One connection: connect, serve until it is lost. Returns after a stable session;
+        raises (``CONNECT_ERRORS``) when the connection failed or ended early."""
+        assert self._loop is not None
+        self._lost.clear()
+        try:
+            await self._connect_once()
+            waits = {
+                asyncio.ensure_future(self._connected.wait()),
+                asyncio.ensure_future(self._lost.wait()),  # e.g. CONNACK with a refusal
+            }
+            try:
+                async with asyncio.timeout(self.settings.keepalive_s * 2):
+                    await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiting in waits:
+                    waiting.cancel()
+            if not self._connected.is_set():
+                raise NoSession(self.last_error or "connection lost before CONNACK")
+        except CONNECT_ERRORS as err:
+            if not isinstance(err, NoSession):
+                self.last_error = retry.describe(err)
+            self._teardown()
+            raise
+        started = self._loop.time()
+        await self._lost.wait()
+        self._teardown()
+        self.reconnects += 1
+        if self._loop.time() - started < STABLE_SESSION_S:
+            raise SessionLost(self.last_error or "session lost")
 
     async def close(self, *, final: tuple[str, bytes] | None = None) -> None:
         """Clean shutdown: optionally publish a last retained message (the gateway's
@@ -260,10 +293,10 @@ class Uplink:
 
     # -- connection ------------------------------------------------------------------
 
-    def _new_client(self) -> BatchingClient:
+    def _new_client(self) -> mqtt.Client:
         s = self.settings
         proto = mqtt.MQTTv5 if s.protocol == "5" else mqtt.MQTTv311
-        client = BatchingClient(
+        client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
             client_id=s.client_id,
             protocol=proto,
@@ -281,7 +314,6 @@ class Uplink:
         client.on_disconnect = self._cb(self._handle_disconnect)
         client.on_publish = self._cb(self._handle_publish)
         client.on_message = self._cb(self._handle_message)
-        client.on_payload = self._cb(self._handle_payload)  # PUBLISH the client decoded
         client.on_socket_open = self._cb(self._socket_open)
         client.on_socket_close = self._cb(self._socket_close)
         client.on_socket_register_write = self._cb(self._register_write)
@@ -318,8 +350,10 @@ class Uplink:
                 self._loop.remove_reader(sock)
                 self._loop.remove_writer(sock)
             self._writer_on = False
+            # Close without DISCONNECT (the broker publishes our will) and drop paho's state;
+            # the callbacks are gone afterwards, so a late paho call reaches nothing of ours.
             with contextlib.suppress(OSError):
-                client._sock_close()  # paho has no public close-without-DISCONNECT
+                client.reinitialise()
         if was_up:
             self._on_state(False)
 
@@ -375,13 +409,11 @@ class Uplink:
     def _socket_open(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
         if client is not self._client or self._loop is None:
             return
-        try:
-            raw = sock if isinstance(sock, socket.socket) else None
-            if raw is not None and raw.family in (socket.AF_INET, socket.AF_INET6):
-                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        except OSError:
-            pass  # a socket without Nagle control still works, only slower
-        self._loop.add_reader(sock, self._read, client)
+        tcp = tcp_socket(sock)
+        if tcp is not None:
+            with contextlib.suppress(OSError):  # without Nagle control it only is slower
+                tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self._loop.add_reader(sock, self._read, client, Readiness(sock))
 
     def _socket_close(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
         if self._loop is not None:
@@ -396,21 +428,21 @@ class Uplink:
             self._loop.add_writer(sock, self._write, client)
             self._writer_on = True
 
-    def _unregister_write(self, client: BatchingClient, _ud: Any, sock: Any) -> None:
-        if self._loop is not None and not client.wants_flush():
+    def _unregister_write(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
+        if self._loop is not None:
             self._loop.remove_writer(sock)
             if client is self._client:
                 self._writer_on = False
 
-    def _read(self, client: BatchingClient) -> None:
+    def _read(self, client: mqtt.Client, ready: Readiness) -> None:
         if self._loop is not None:
             self._last_rx = self._loop.time()
         try:
-            # paho reads at most a packet or a few per call; go on while bytes that were
-            # already read wait in the client (the selector cannot see those).
+            # paho reads a few packets per call; go on while bytes wait, so a burst is read
+            # in one loop turn (bounded: writes and other callbacks get their turn).
             rc = client.loop_read()
-            for _ in range(10_000):
-                if rc != mqtt.MQTT_ERR_SUCCESS or not client.buffered_in():
+            for _ in range(1_000):
+                if rc != mqtt.MQTT_ERR_SUCCESS or not ready.more():
                     break
                 rc = client.loop_read()
         except Exception:
@@ -418,23 +450,15 @@ class Uplink:
             rc = mqtt.MQTT_ERR_CONN_LOST
         if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
             self._mark_lost(f"read: {mqtt.error_string(rc)}")
-        elif client.want_write() or client.wants_flush():
-            self._write(client)  # the PUBACKs for what was read, in one send()
+        elif client.want_write():
+            self._write(client)  # the PUBACKs for what was read
 
-    def _write(self, client: BatchingClient) -> None:
+    def _write(self, client: mqtt.Client) -> None:
+        # paho sends what it has queued, as far as the socket takes it, and asks for the
+        # writer callback (on_socket_register_write) while anything is left.
         why = ""
         try:
-            rc = client.loop_write()  # paho's queue into the client's buffer
-            if rc == mqtt.MQTT_ERR_SUCCESS:
-                done = client.flush_out()  # one send() for all of it
-                sock = client.socket()
-                if sock is not None and self._loop is not None and client is self._client:
-                    if done and not client.want_write():
-                        self._loop.remove_writer(sock)
-                        self._writer_on = False
-                    elif not self._writer_on:
-                        self._loop.add_writer(sock, self._write, client)  # when it drains
-                        self._writer_on = True
+            rc = client.loop_write()
         except OSError as err:
             rc, why = mqtt.MQTT_ERR_CONN_LOST, f"write: {err}"
         except Exception:
@@ -511,6 +535,3 @@ class Uplink:
 
     def _handle_message(self, client: mqtt.Client, _ud: Any, msg: mqtt.MQTTMessage) -> None:
         self._on_message(msg.topic, bytes(msg.payload))
-
-    def _handle_payload(self, name: str, payload: bytes) -> None:
-        self._on_message(name, payload)

@@ -3,15 +3,15 @@
 ``BoxLink.run`` keeps the port open for ever: it opens it (a device path such as
 ``/dev/ttyAMA0`` or ``/dev/pts/N``, or a pyserial URL such as ``socket://HOST:PORT`` or
 ``loop://``), hands what it reads to the sans-I/O ``BoxProtocol`` and carries out the actions
-that come back. When the port is missing or fails (unplugged), it logs one line and reopens it
-with jittered backoff: the link never dies and bad input never stops it.
+that come back. When the port is missing or fails (unplugged), it reopens it with the
+``retry.SERIAL_OPEN`` policy (jittered backoff, one log line per retry): the link never dies
+and bad input never stops it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import random
 import threading
 import time
 from collections import Counter
@@ -24,6 +24,7 @@ import serial.rs485
 import structlog
 from structlog.typing import FilteringBoundLogger
 
+from gateway import retry
 from gateway.feedback import AlarmSink, LedMode
 from gateway.inputs.box_protocol import (
     Action,
@@ -51,8 +52,8 @@ WRITE_STALL_S = 5.0
 READ_CHUNK = 4096
 # Reader-thread ports (no fileno, e.g. loop://) poll with this read timeout so stop is quick.
 THREAD_READ_TIMEOUT_S = 0.2
-# Repeat an unchanged "cannot open" line at most this often while the port stays missing.
-OPEN_FAILURE_LOG_S = 60.0
+# What a failed open raises (a missing device, a refused RS-485 ioctl, a bad URL).
+OPEN_ERRORS = (serial.SerialException, OSError, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,20 +87,14 @@ class BoxFeedback:
         self._link.send_led(mode)
 
 
-class _Backoff:
-    """Jittered exponential delays between reopen attempts, capped."""
+class PortUnusable(ConnectionError):
+    """The port opened but was lost before it carried a valid frame (a flapping adapter)."""
 
-    def __init__(self, first_s: float, cap_s: float) -> None:
-        self._first, self._cap = first_s, cap_s
-        self._next = first_s
 
-    def reset(self) -> None:
-        self._next = self._first
-
-    def delay(self) -> float:
-        current = self._next
-        self._next = min(self._cap, self._next * 2)
-        return random.uniform(current / 2, current)
+def _retry_event(err: BaseException | None) -> str:
+    if isinstance(err, PortUnusable):
+        return "serial port unusable, retrying"
+    return "serial port cannot be opened, retrying"
 
 
 class BoxLink:
@@ -156,7 +151,6 @@ class BoxLink:
         self._unsent_led: LedMode | None = None
         self._pongs: list[asyncio.Future[None]] = []
         self._open_failures = 0
-        self._last_open_error: tuple[str, float] | None = None
         self._writer_fd: int | None = None  # the port's fd while it is written without blocking
         self._outbuf = bytearray()
         self._outbuf_since: float | None = None  # when the buffer last went from empty to not
@@ -208,21 +202,28 @@ class BoxLink:
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
         self._started_at = time.monotonic()
-        backoff = _Backoff(0.2, self._retry_max_s)
+        policy = retry.SERIAL_OPEN.limited(cap_s=self._retry_max_s)
         while True:
-            try:
-                port = self._open()
-            except (serial.SerialException, OSError, ValueError) as err:
-                self._open_failed(err)
-                await asyncio.sleep(backoff.delay())
-                continue
-            frames_before = self._proto.frames_ok
-            await self._serve(port)
-            # Only a port that carried valid frames resets the backoff: a port that opens and
-            # fails at once (flapping USB adapter) must not spin.
-            if self._proto.frames_ok > frames_before:
-                backoff.reset()
-            await asyncio.sleep(backoff.delay())
+            # Only a port that carried valid frames ends the retries (and is reopened at
+            # once): one that opens and fails at once (a flapping USB adapter) waits like a
+            # port that cannot be opened, so it cannot spin.
+            attempts = policy.retrying(
+                *OPEN_ERRORS, PortUnusable, log=self._log, event=_retry_event
+            )
+            async for attempt in attempts:
+                with attempt:
+                    await self._open_and_serve()
+
+    async def _open_and_serve(self) -> None:
+        try:
+            port = self._open()
+        except OPEN_ERRORS:
+            self._open_failures += 1
+            raise
+        frames_before = self._proto.frames_ok
+        await self._serve(port)
+        if self._proto.frames_ok == frames_before:
+            raise PortUnusable("lost before a valid frame")
 
     async def ping(self, timeout_s: float = 2.0) -> float:
         """Send PING and return the seconds until the box's HB answer arrived.
@@ -269,23 +270,12 @@ class BoxLink:
                 raise
         return port
 
-    def _open_failed(self, err: BaseException) -> None:
-        self._open_failures += 1
-        now = time.monotonic()
-        text = str(err) or type(err).__name__
-        last = self._last_open_error
-        if last is None or last[0] != text or now - last[1] >= OPEN_FAILURE_LOG_S:
-            self._last_open_error = (text, now)
-            self._log.warning(
-                "serial port cannot be opened, retrying", error=text, attempts=self._open_failures
-            )
-
     async def _serve(self, port: Any) -> None:
         loop = asyncio.get_running_loop()
         lost: asyncio.Future[BaseException] = loop.create_future()
         self._lost, self._serial = lost, port
         self._log.info("serial port open", failed_attempts=self._open_failures)
-        self._open_failures, self._last_open_error = 0, None
+        self._open_failures = 0
         if self._unsent_led is not None:
             self.send_led(self._unsent_led)
         fd = _usable_fileno(port)

@@ -246,17 +246,16 @@ class BollardMonitor:
     # -- HTTP -------------------------------------------------------------------------------
 
     async def _poll_loop(self) -> None:
-        from gateway.monitors.http import StatusError, get_json, new_session  # noqa: PLC0415
+        from gateway.monitors.http import StatusError, StatusPoller, new_session  # noqa: PLC0415
 
         loop = asyncio.get_running_loop()
         timeout = min(self.cfg.timeout_s, self.cfg.poll_s)
         async with new_session() as session:
+            poller = StatusPoller(session, self.cfg.status_url, timeout_s=timeout)
             next_at = loop.time()
             while True:
                 try:
-                    self._http = parse_status(
-                        await get_json(session, self.cfg.status_url, timeout_s=timeout)
-                    )
+                    self._http = parse_status(await poller.get())
                     self._http_error = None
                 except (StatusError, ValueError) as err:
                     why = (

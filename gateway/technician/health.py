@@ -42,6 +42,7 @@ from typing import Any, Protocol, TypeVar
 import structlog
 from aiohttp import web
 
+from gateway import retry
 from gateway.delivery.outbox import Pending
 from gateway.snapshots import GatewaySnapshot, QueueSnapshot, SnapshotSource
 from gateway.technician import metrics, status
@@ -78,6 +79,10 @@ def connect_address(host: str, port: int) -> str:
     elif host == "::":
         host = "::1"
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _bind_event(err: BaseException | None) -> str:
+    return "http endpoint cannot listen" if isinstance(err, OSError) else "http endpoint failed"
 
 
 class BoxPing(Protocol):
@@ -147,21 +152,13 @@ class HealthServer:
         """Serve until cancelled. Never ends by itself: a failure to bind (port taken) is
         logged and retried, because the endpoint must never take the alarm path down."""
         self._main = asyncio.get_running_loop()
-        delay = 1.0
-        while True:
-            try:
-                await self._serve_once()
-            except OSError as err:
-                log.error(
-                    "http endpoint cannot listen",
-                    listen=self.listen,
-                    error=str(err),
-                    retry_in_s=delay,
-                )
-            except Exception as err:
-                log.error("http endpoint failed", error=repr(err), retry_in_s=delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+        while True:  # _serve_once only ends by raising; the loop makes "never ends" plain
+            attempts = retry.BIND.retrying(
+                Exception, log=log, event=_bind_event, listen=self.listen
+            )
+            async for attempt in attempts:
+                with attempt:
+                    await self._serve_once()
 
     async def _serve_once(self) -> None:
         assert self._main is not None
