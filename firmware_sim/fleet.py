@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
 from firmware_sim.fleet_gateway import TROUBLES, FileCounter, MemoryCounter, Pending, SimGateway
 from firmware_sim.fleet_sites import PREFIX, School, make_schools, write_registry
@@ -184,7 +184,7 @@ class Fleet:
         self._reconnecting.add(gateway.gw)
         try:
             async for attempt in AsyncRetrying(
-                wait=wait_exponential_jitter(initial=0.5, max=30.0),
+                wait=wait_exponential(multiplier=0.5, max=30.0) + wait_random(0, 1),
                 retry=retry_if_exception_type(OSError),
             ):
                 with attempt:
@@ -248,7 +248,7 @@ class Fleet:
     async def _deliver(self, gateway: SimGateway, item: Pending) -> None:
         """Send until the center's ack names it (for ever, as a gateway does for an alarm)."""
         async for attempt in AsyncRetrying(
-            wait=wait_exponential_jitter(initial=1.0, max=RESEND_MAX_S),
+            wait=wait_exponential(multiplier=1.0, max=RESEND_MAX_S) + wait_random(0, 1),
             retry=retry_if_exception_type(NotAcked),
         ):
             with attempt:
