@@ -33,7 +33,7 @@ REQUIRED_DAYS = 30
 
 # Trouble kinds a simulated site can have: (code, device, trouble detail, restore detail).
 TROUBLES: dict[str, tuple[str, str, str, str]] = {
-    "bollard": ("330", "bollard", "bollard controller reports a fault", "bollard fault cleared"),
+    "bollard": ("380", "bollard", "bollard controller reports a fault", "bollard fault cleared"),
     "camera": ("393", "camera", "retention 12 days, below policy 30", "retention back to 31 days"),
     "link": ("350", BOX, "button box silent for 30 s", "button box answering again"),
     "mains": ("301", BOX, "button box on battery", "button box back on mains"),
@@ -85,6 +85,7 @@ class Pending:
     payload: bytes
     acked: asyncio.Event = field(default_factory=asyncio.Event)
     sent: int = 0
+    created: float = field(default_factory=time.monotonic)
 
 
 _EXPIRY: dict[int, Properties] = {}
@@ -218,12 +219,12 @@ class SimGateway:
 
     def heartbeat_body(self) -> dict[str, Any]:
         now = time.monotonic()
-        oldest = 0.0
+        oldest = max((now - p.created for p in self.pending.values()), default=0.0)
         inputs = {BUTTON: "ok", BOX: "trouble" if "link" in self.troubles else "ok"}
         body: dict[str, Any] = {
             "uptime_s": int(now - self.started),
             "session": self.session,
-            "queue": {"pending": len(self.pending), "oldest_s": oldest},
+            "queue": {"pending": len(self.pending), "oldest_s": round(oldest, 1)},
             "inputs": inputs,
             "clock": {"synced": True},
             "disk": {"free_bytes": 12_000_000_000 - 1_000_000 * self.school.index},

@@ -18,6 +18,7 @@ import pytest
 
 from center.config import load_center_config
 from firmware_sim.broker import Mosquitto
+from firmware_sim.demo import console_available
 from firmware_sim.fleet import Fleet
 from firmware_sim.fleet_sites import PREFIX, make_schools, write_registry
 from gateway.contract.envelope import IDENT_RE
@@ -197,3 +198,15 @@ async def test_unacked_alarm_is_sent_again_until_the_center_acks(
         await fleet.stop()
         if center is not None:
             center.stop()
+
+
+@pytest.mark.slow
+def test_demo_with_a_fleet_runs_to_the_end() -> None:
+    done = subprocess.run(
+        [str(BIN / "alarmgw-sim"), "demo", "--fleet", "5"],
+        capture_output=True, text=True, timeout=110, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "5 simulated schools online" in done.stdout
+    assert "Demo complete" in done.stdout
+    assert ("Center console: http://127.0.0.1:" in done.stdout) == console_available()
