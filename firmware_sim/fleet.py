@@ -37,6 +37,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential, wait_random
 
+from center.present import escape
 from firmware_sim.fleet_gateway import TROUBLES, FileCounter, MemoryCounter, Pending, SimGateway
 from firmware_sim.fleet_sites import PREFIX, School, make_schools, write_registry
 from firmware_sim.script import run_commands, split_script
@@ -570,7 +571,7 @@ async def _main(
 
 
 def _text(item: dict[str, Any]) -> str:
-    """One line for a person (school names are ours, but escape nothing: no control chars)."""
+    """One line for a person; what came from the center (a dispatch's status) is escaped."""
     event = item.get("event", "")
     rest = " ".join(f"{k}={v}" for k, v in item.items() if k != "event")
-    return f"{time.strftime('%H:%M:%S')}  {event:<12} {rest}"
+    return escape(f"{time.strftime('%H:%M:%S')}  {event:<12} {rest}")

@@ -210,3 +210,17 @@ def test_demo_with_a_fleet_runs_to_the_end() -> None:
     assert "5 simulated schools online" in done.stdout
     assert "Demo complete" in done.stdout
     assert ("Center console: http://127.0.0.1:" in done.stdout) == console_available()
+
+
+def test_cli_commands_answer_and_refuse_in_one_line(tmp_path: Path, broker: Mosquitto) -> None:
+    done = subprocess.run(
+        [str(BIN / "alarmgw-sim"), "fleet", "--gateways", "3", "--out", str(tmp_path),
+         "--port", str(broker.port), "--json", "--script", "alarm 9; trouble 1 flood; stats; quit"],
+        capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    errors_ = [line for line in lines if line.startswith("error ")]
+    assert len(errors_) == 2 and "no gateway '9'" in errors_[0] and "flood" in errors_[1]
+    stats = [json.loads(line) for line in lines if '"stats"' in line]
+    assert stats and stats[-1]["gateways"] == 3
