@@ -87,6 +87,11 @@ def status(gw: str, value: str) -> Any:
     return lambda e: e.get("type") == "gateway-status" and e["gw"] == gw and e["status"] == value
 
 
+def will_seen(seen: list[tuple[str, bytes]], gw: str) -> bool:
+    states = [json.loads(p) for name, p in seen if name.endswith(f"/{gw}/state")]
+    return any(e["body"]["status"] == "offline" and e["body"]["session"] == 1 for e in states)
+
+
 @pytest.fixture
 async def running(tmp_path: Path, broker: Mosquitto) -> AsyncIterator[tuple[Fleet, Proc]]:
     schools = make_schools(COUNT, SEED)
@@ -159,6 +164,10 @@ async def test_fleet_against_a_real_center(running: tuple[Fleet, Proc], broker: 
         await wait_line(
             center, lambda e: status(fleet.gateways[5].gw, "online")(e) and e["session"] == 2
         )
+        seventh = fleet.gateways[6]
+        await fleet.execute(["drop", "7"])  # no DISCONNECT: the broker publishes the will
+        await wait_line(center, lambda e: status(seventh.gw, "online")(e) and e["session"] == 2)
+        await wait_until(lambda: will_seen(seen, seventh.gw), what="the will of session 1")
         stats = fleet.stats()
         assert stats["connected"] == COUNT and stats["acked_events"] >= 4
         await fleet.stop()
