@@ -49,6 +49,7 @@ ACK_TIMEOUT_S = 10.0  # an event not acknowledged within this is sent again
 RESEND_MAX_S = 30.0
 CONNECT_BATCH = 25  # connections opened per loop turn at start (their CONNACKs interleave)
 TICK_S = 1.0
+ONLINE_WAIT_S = 60.0  # at start, commands wait this long at most for every gateway online
 
 
 class NotAcked(Exception):
@@ -90,6 +91,8 @@ class Fleet:
         self.gateways: list[SimGateway] = []
         self.open_sockets = 0
         self._all_closed = asyncio.Event()
+        self.all_online = asyncio.Event()  # every gateway has been online at least once
+        self._seen_online: set[str] = set()
         for school in schools:
             counter: MemoryCounter | FileCounter = (
                 FileCounter(state_dir / f"{school.gw}.seq.json") if state_dir else MemoryCounter()
@@ -104,6 +107,7 @@ class Fleet:
                 say=say,
             )
             gateway.on_lost = self._lost
+            gateway.on_online = self._online
             self._wire(gateway.client, gateway)
             self.gateways.append(gateway)
         self._by_name = {g.site: g for g in self.gateways} | {g.gw: g for g in self.gateways}
@@ -206,6 +210,11 @@ class Fleet:
         else:
             gateway.client.reconnect()
         self._schedule_beat(gateway, first=True)
+
+    def _online(self, gateway: SimGateway) -> None:
+        self._seen_online.add(gateway.gw)
+        if len(self._seen_online) == len(self.gateways):
+            self.all_online.set()
 
     def _lost(self, gateway: SimGateway) -> None:
         if gateway.wanted and not self.stopping:
@@ -559,6 +568,9 @@ async def _main(
             show(fleet.stats())
 
     await fleet.start()
+    # The script's commands after the fleet is up (or after a while, if the broker is not).
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(fleet.all_online.wait(), ONLINE_WAIT_S)
     reporter = asyncio.create_task(stats()) if args.stats > 0 else None
     try:
         await run_commands(execute, script, stay=args.stay, say=print)

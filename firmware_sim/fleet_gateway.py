@@ -134,6 +134,7 @@ class SimGateway:
         self.opened = False  # paho's connect() done once (reconnect() after that)
         # Set by the fleet: the connection ended (it reconnects if still wanted).
         self.on_lost: Callable[[SimGateway], None] = lambda _g: None
+        self.on_online: Callable[[SimGateway], None] = lambda _g: None
         self.acks = 0  # verified acks received
         self.acked_ids = 0
         self.refused = 0  # center envelopes that did not verify or named another gateway
@@ -186,6 +187,7 @@ class SimGateway:
         birth = self._build("state", self._state_body("online"))
         self._publish("state", birth.to_bytes(), retain=True)
         self.connected.set()
+        self.on_online(self)
         self.say({"event": "online", "gw": self.gw, "site": self.site, "session": self.session})
         if self.beating:
             self.heartbeat()
