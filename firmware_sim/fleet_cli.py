@@ -96,6 +96,9 @@ def _run_cli(args: argparse.Namespace) -> int:
     if not 1 <= args.gateways <= 100_000:
         print("alarmgw-sim fleet: --gateways must be 1..100000", file=sys.stderr)
         return 2
+    if not 1 <= args.port <= 65535:
+        print("alarmgw-sim fleet: --port must be 1..65535", file=sys.stderr)
+        return 2
     if args.heartbeat < 1:
         print("alarmgw-sim fleet: --heartbeat must be at least 1 s", file=sys.stderr)
         return 2
