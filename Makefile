@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench sysdeps venv clean
+.PHONY: demo console test lint bench sysdeps venv clean
 
 sysdeps:
 	@scripts/ensure-system-deps.sh
@@ -21,6 +21,11 @@ venv: sysdeps $(STAMP)
 
 demo: venv
 	$(VENV)/bin/alarmgw-sim demo
+
+# The demo site, 50 simulated schools (and the center's web console, when installed),
+# kept running until Ctrl-C.
+console: venv
+	$(VENV)/bin/alarmgw-sim demo --hold --fleet 50
 
 test: venv
 	$(PY) -m pytest -q

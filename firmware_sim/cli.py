@@ -16,6 +16,7 @@ _MODULES = (
     "firmware_sim.nvr",
     "firmware_sim.demo",
     "firmware_sim.pki",
+    "firmware_sim.fleet_cli",
 )
 
 

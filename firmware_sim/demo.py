@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -25,13 +26,15 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.box import BoxSimulator
-from firmware_sim.broker import Mosquitto
+from firmware_sim.broker import Mosquitto, free_port
+from firmware_sim.fleet_sites import gateway_tables, make_schools
 from firmware_sim.gpio import GpioSimClient
 from gateway.contract.signing import write_keypair
 
 SITE, GW, PREFIX = "sz-futian-xmh-014", "gw-014-a", "schoolalarm/v1"
 BUTTON_PIN, LED_PIN = 17, 27
 STEP_TIMEOUT_S = 30.0
+CONSOLE_USER, CONSOLE_PASSWORD = "demo", "demo-console"
 
 
 class DemoFailed(Exception):
@@ -261,7 +264,56 @@ async def open_box_cover(n: Narrator, box: BoxSimulator, center: Child) -> None:
     n.say("center", f"RESTORE 137 (tamper) {got['device']}: {got['detail']}")
 
 
-async def run_demo(keep: bool, *, hold: bool = False) -> int:
+def console_available() -> bool:
+    """The center's web console is part of this installation (``center/console``)."""
+    return importlib.util.find_spec("center.console") is not None
+
+
+async def add_fleet_and_console(root: Path, center_toml: Path, fleet: int, seed: int) -> str | None:
+    """Append the fleet's schools (and, when the console exists, a ``[console]`` table and a
+    demo login) to the center's config; the console's URL, or None."""
+    extra = []
+    if fleet:
+        extra.append(gateway_tables(root, make_schools(fleet, seed), heartbeat_s=30))
+    url = None
+    if console_available():
+        port = free_port()
+        extra.append(f'[console]\nlisten = "127.0.0.1:{port}"\n')
+        url = f"http://127.0.0.1:{port}/"
+    with center_toml.open("a", encoding="utf-8") as fh:
+        fh.write("\n" + "\n".join(extra))
+    if url is not None:
+        (root / "state" / "center").mkdir(parents=True, exist_ok=True, mode=0o700)
+        proc = await asyncio.create_subprocess_exec(
+            alarmgw(), "center", "user", "add", CONSOLE_USER, "--role", "dispatcher",
+            "--config", str(center_toml), stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _out, err = await proc.communicate(CONSOLE_PASSWORD.encode() + b"\n")
+        if proc.returncode != 0:
+            print(f"  console  no demo login: {err.decode(errors='replace').strip()}")
+    return url
+
+
+async def start_fleet(root: Path, port: int, fleet: int, seed: int, center: Child) -> Child:
+    """``alarmgw-sim fleet`` with the schools added to the center's registry."""
+    argv = [str(Path(sys.executable).parent / "alarmgw-sim"), "fleet", "--gateways", str(fleet),
+            "--seed", str(seed), "--port", str(port), "--center-pub", str(root / "keys/center.pub"),
+            "--state", str(root / "state" / "fleet"), "--json", "--stay"]  # fmt: skip
+    child = await Child.start("fleet", argv, {})
+    last = make_schools(fleet, seed)[-1].gw
+    await center.wait(
+        lambda e: e.get("type") == "gateway-status" and e["gw"] == last, "the fleet online"
+    )
+    return child
+
+
+def show_console(url: str | None) -> None:
+    if url is not None:
+        print(f"\nCenter console: {url}  (login {CONSOLE_USER} / {CONSOLE_PASSWORD})", flush=True)
+
+
+async def run_demo(keep: bool, *, hold: bool = False, fleet: int = 0, seed: int = 1) -> int:
     root = Path(tempfile.mkdtemp(prefix="alarmgw-demo-"))
     n = Narrator()
     children: list[Child] = []
@@ -277,12 +329,16 @@ async def run_demo(keep: bool, *, hold: bool = False) -> int:
         started_box = True
         print(f"  box      simulated button box on {box.path}")
         gateway_toml, center_toml = write_site(root, broker.port, box.path)
+        console_url = await add_fleet_and_console(root, center_toml, fleet, seed)
         center = await Child.start(
             "center", [alarmgw(), "center", "--config", str(center_toml), "--json"], {}
         )
         children.append(center)
         await center.wait(lambda e: e["event"] == "subscribed", "broker subscription")
         print("  center   reference command center: connected, trusting the gateway's key")
+        if fleet:
+            children.append(await start_fleet(root, broker.port, fleet, seed, center))
+            print(f"  fleet    {fleet} simulated schools online (alarmgw-sim fleet)")
         sock = root / "gpio.sock"
         env = {"GPIOZERO_PIN_FACTORY": "mock", "ALARMGW_GPIO_SIM": str(sock)}
         gateway = await Child.start(
@@ -301,6 +357,7 @@ async def run_demo(keep: bool, *, hold: bool = False) -> int:
             await press_gpio(n, gpio, center, gateway)
         await open_box_cover(n, box, center)
         if hold:
+            show_console(console_url)
             print(
                 "\nThe site keeps running for you to look at; Ctrl-C stops everything.", flush=True
             )
@@ -314,6 +371,9 @@ async def run_demo(keep: bool, *, hold: bool = False) -> int:
         )
         n.say("center", "the gateway said 'offline' (signed) before it left")
         print("\nDemo complete: 2 presses, 2 alarms verified and acknowledged, LEDs solid.")
+        if console_url is not None:
+            print("The console ran beside the center; `make console` keeps one running:")
+            show_console(console_url)
         return 0
     except DemoFailed as err:
         print(f"\nalarmgw demo FAILED: {err}", file=sys.stderr)
@@ -335,7 +395,7 @@ async def run_demo(keep: bool, *, hold: bool = False) -> int:
 
 def _run(args: argparse.Namespace) -> int:
     try:
-        return asyncio.run(run_demo(args.keep, hold=args.hold))
+        return asyncio.run(run_demo(args.keep, hold=args.hold, fleet=args.fleet, seed=args.seed))
     except KeyboardInterrupt:
         print("\ndemo interrupted; everything it started was stopped", file=sys.stderr)
         return 130
@@ -353,4 +413,8 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         action="store_true",
         help="after the presses, keep the site running until Ctrl-C",
     )
+    p.add_argument(
+        "--fleet", type=int, default=0, metavar="N", help="also N simulated schools (0: none)"
+    )
+    p.add_argument("--seed", type=int, default=1, help="the fleet's seed")
     p.set_defaults(func=_run)
