@@ -1,4 +1,4 @@
-"""One TOML file → typed, validated, frozen settings (shared/spec/OPERATOR.md "Gateway config",
+"""One TOML file → typed, validated, frozen settings (OPERATOR.md "Gateway config",
 "Site monitors").
 
 ``load_config`` reads the file with ``tomllib``, validate it with
@@ -44,7 +44,7 @@ from gateway.monitors.schedule import Schedule, Window, zone
 from gateway.placeholders import placeholder_problems
 from gateway.tomlpos import Loc, Locator
 
-IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # shared/spec/PROTOCOL.md "Identities"
+IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # PROTOCOL.md "Identities"
 INPUT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
 STANDARD_BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
 
@@ -165,7 +165,7 @@ class GatewaySection(Section):
 
 
 class LocationSection(Section):
-    """``[location]``: copied into every alarm body (shared/spec/PROTOCOL.md "Bodies")."""
+    """``[location]``: copied into every alarm body (PROTOCOL.md "Bodies")."""
 
     name: NonEmpty
     address: NonEmpty
@@ -177,7 +177,7 @@ class LocationSection(Section):
 
 
 class MqttSection(Section):
-    """``[mqtt]``: the broker session (shared/spec/PROTOCOL.md "Transport"). ``center_keys``:
+    """``[mqtt]``: the broker session (PROTOCOL.md "Transport"). ``center_keys``:
     the center public keys whose acks the gateway trusts."""
 
     host: NonEmpty = "127.0.0.1"
@@ -221,7 +221,7 @@ def transport_problems(d: Mapping[str, Any]) -> Problems:
         found.append(((missing,), "cert_file and key_file go together (mTLS)"))
     plain_ok = d.get("allow_plaintext", False) is not False
     if tls is False and not plain_ok and isinstance(host, str) and not _is_loopback(host):
-        # shared/spec/PROTOCOL.md "Transport": plain TCP only on loopback or when the
+        # PROTOCOL.md "Transport": plain TCP only on loopback or when the
         # operator says so in config.
         where = ("tls",) if "tls" in d else ("host",)
         found.append(
@@ -261,7 +261,7 @@ class ButtonSection(Section):
 
 
 class SerialSection(Section):
-    """``[[serial]]``: a button box (shared/spec/SERIAL.md)."""
+    """``[[serial]]``: a button box (SERIAL.md)."""
 
     name: InputName
     port: NonEmpty
@@ -421,7 +421,7 @@ def _camera_problems(d: Mapping[str, Any]) -> Problems:
 
 
 class SelfCheckSection(Section):
-    """``[selfcheck]``: the gateway's own health (issue 3). Every ``interval_s``: free space
+    """``[selfcheck]``: the gateway's own health. Every ``interval_s``: free space
     under ``state_dir`` below ``min_free_mb`` → 330; clock not synchronised (``clock``) → 626;
     a TLS certificate expiring within ``cert_warn_days``, or a private key file readable by
     others → 393."""
@@ -434,7 +434,7 @@ class SelfCheckSection(Section):
 
 class TroubleSection(Section):
     """``[trouble]``: while a device flaps (more than 20 changes in 10 minutes,
-    shared/spec/PROTOCOL.md "Delivery semantics") its changes go out as one summary with a
+    PROTOCOL.md "Delivery semantics") its changes go out as one summary with a
     count every ``flap_summary_s``."""
 
     flap_summary_s: PollSeconds = 60.0
@@ -533,7 +533,7 @@ class GatewayConfig(Section):
 
 
 def _center_keys_problems(d: Mapping[str, Any]) -> Problems:
-    # shared/spec/PROTOCOL.md "ack": the gateway ignores acks it cannot verify, so without a
+    # PROTOCOL.md "ack": the gateway ignores acks it cannot verify, so without a
     # trusted center key no alarm could ever be acknowledged.
     if d.get("center_keys") in (None, []):
         return [(("center_keys",), "at least one center public key is required")]

@@ -1,9 +1,9 @@
 """The seam between inputs and the alarm path.
 
 An input (GPIO button, serial box) calls ``AlarmSink.raise_alarm`` from the event-loop
-thread. The call returns only once the alarm is committed to disk (shared/spec/PROTOCOL.md
+thread. The call returns only once the alarm is committed to disk (PROTOCOL.md
 "Delivery semantics"), so the input may then tell the presser "registered" (and a serial
-box its ACK, shared/spec/SERIAL.md "Rules"). Later the alarm path drives the presser's
+box its ACK, SERIAL.md "Rules"). Later the alarm path drives the presser's
 feedback through the ``Feedback`` the input handed in: ``solid`` when the center's signed ack
 arrives, ``fast`` when it has not arrived within the configured time; ``pulse`` once a person
 at the center has taken the alarm and ``off`` once it is resolved (PROTOCOL.md ``dispatch``).

@@ -1,4 +1,4 @@
-"""Supervision of the daemon's long-running loops (issue 5 "Supervised loops").
+"""Supervision of the daemon's long-running loops.
 
 Each loop (uplink, outbox pump, each input, each monitor) runs under ``Supervisor.run``: when
 it dies (an exception) or returns, it is restarted after a short, growing delay

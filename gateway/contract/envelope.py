@@ -1,4 +1,4 @@
-"""Envelopes of shared/spec/PROTOCOL.md "Envelope": build, canonicalise (RFC 8785), sign,
+"""Envelopes of PROTOCOL.md "Envelope": build, canonicalise (RFC 8785), sign,
 parse and verify.
 
 The wire payload is the RFC 8785 canonical form of the whole signed object (so it is

@@ -1,4 +1,4 @@
-"""Sans-I/O rules of the gateway side of one button box (shared/spec/SERIAL.md "Rules").
+"""Sans-I/O rules of the gateway side of one button box (SERIAL.md "Rules").
 
 ``BoxProtocol`` takes the bytes read from the port and the current monotonic time, and
 returns *actions* for the I/O glue (``gateway.inputs.serial_box.BoxLink``) to carry out in

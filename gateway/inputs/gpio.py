@@ -1,9 +1,8 @@
 """GPIO alarm buttons (gpiozero 2) with their own debounce, and the presser's feedback LED.
 
-A button is wired to ground with the internal pull-up (shared/spec/OPERATOR.md
-``[[button]]``). gpiozero delivers edges on other threads (the test's thread with the mock
-factory, lgpio's callback thread on a Pi; shared/FIELD-NOTES.md "gpiozero 2.0"), so each edge
-is stamped on that thread and handed to the event loop with ``call_soon_threadsafe``. All
+A button is wired to ground with the internal pull-up (OPERATOR.md ``[[button]]``). gpiozero
+delivers edges on other threads (the test's thread with the mock factory, lgpio's callback
+thread on a Pi), so each edge is stamped on that thread and handed to the event loop with ``call_soon_threadsafe``. All
 decisions happen in the loop thread, in the sans-I/O ``Debouncer``:
 
 - the leading edge of a press counts at once (no latency added when ``hold_s == 0``);

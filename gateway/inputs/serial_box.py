@@ -1,4 +1,4 @@
-"""The gateway side of one button box on a serial port (shared/spec/SERIAL.md).
+"""The gateway side of one button box on a serial port (SERIAL.md).
 
 ``BoxLink.run`` keeps the port open for ever: it opens it (a device path such as
 ``/dev/ttyAMA0`` or ``/dev/pts/N``, or a pyserial URL such as ``socket://HOST:PORT`` or
@@ -67,7 +67,7 @@ class RS485Options:
 
 
 def apply_rs485(port: serial.Serial, options: RS485Options) -> None:
-    """Switch ``port`` to RS-485 mode (an ioctl; it fails on a pty, FIELD-NOTES "pyserial")."""
+    """Switch ``port`` to RS-485 mode (an ioctl; it fails on a pty)."""
     port.rs485_mode = serial.rs485.RS485Settings(
         rts_level_for_tx=options.rts_level_for_tx,
         rts_level_for_rx=options.rts_level_for_rx,
