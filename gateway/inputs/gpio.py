@@ -2,8 +2,8 @@
 
 A button is wired to ground with the internal pull-up (OPERATOR.md ``[[button]]``). gpiozero
 delivers edges on other threads (the test's thread with the mock factory, lgpio's callback
-thread on a Pi), so each edge is stamped on that thread and handed to the event loop with ``call_soon_threadsafe``. All
-decisions happen in the loop thread, in the sans-I/O ``Debouncer``:
+thread on a Pi), so each edge is stamped on that thread and handed to the event loop with
+``call_soon_threadsafe``. All decisions happen in the loop thread, in the sans-I/O ``Debouncer``:
 
 - the leading edge of a press counts at once (no latency added when ``hold_s == 0``);
 - edges within ``debounce_s`` of the last accepted edge are contact bounce and ignored (MockPin
