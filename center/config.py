@@ -13,11 +13,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, Field, field_validator, model_validator
 
-from gateway.config import (
+from gateway.config import MqttSection, transport_problems
+from gateway.configerrors import Problems, scalar
+from gateway.configtypes import (
     DirPath,
     FilePath,
     Identity,
-    MqttSection,
     NonEmpty,
     Section,
     duplicates,
@@ -25,9 +26,7 @@ from gateway.config import (
     load_model,
     raise_if,
     split_host_port,
-    transport_problems,
 )
-from gateway.configerrors import Problems, scalar
 
 
 class CenterMqttSection(MqttSection):

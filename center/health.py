@@ -13,7 +13,7 @@ from aiohttp import web
 
 from center.service import Center
 from center.store import StoreError
-from gateway.config import split_host_port
+from gateway.configtypes import split_host_port
 
 log = structlog.get_logger("alarmgw.center")
 

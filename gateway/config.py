@@ -12,20 +12,14 @@ file's directory, and referenced key files must exist.
 from __future__ import annotations
 
 import ipaddress
-import tomllib
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
-from urllib.parse import urlsplit
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    ValidationError,
     ValidationInfo,
     field_validator,
     model_validator,
@@ -33,124 +27,33 @@ from pydantic import (
 
 from gateway.configerrors import (
     Problems,
-    collect,
-    dotted,
     scalar,
-    syntax_problem,
 )
-from gateway.configerrors import SectionProblems as _Problems
-from gateway.errors import ConfigError
+from gateway.configtypes import (
+    BcmPin,
+    DirPath,
+    FilePath,
+    Identity,
+    InputName,
+    NonEmpty,
+    PollSeconds,
+    Seconds,
+    Section,
+    Url,
+    check_baud,
+    check_listen,
+    check_prefix,
+    duplicates,
+    entries,
+    given,
+    load_model,
+    raise_if,
+    split_host_port,
+    to_path,
+    validation_context,
+)
 from gateway.monitors.schedule import Schedule, Window, zone
-from gateway.placeholders import placeholder_problems
-from gateway.tomlpos import Loc, Locator
-
-IDENTITY_PATTERN = r"^[a-z0-9][a-z0-9-]{0,62}$"  # PROTOCOL.md "Identities"
-INPUT_NAME_PATTERN = r"^[a-z0-9][a-z0-9_-]{0,31}$"
-STANDARD_BAUDS = (300, 600, 1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200, 230400)
-
-
-def raise_if(problems: Problems) -> None:
-    if problems:
-        raise _Problems(problems)
-
-
-def given(model: BaseModel) -> dict[str, Any]:
-    """The keys set explicitly, like raw TOML: cross-key checks see the same input either
-    way, so a problem found both in the model and in the raw data is reported once."""
-    return {name: getattr(model, name) for name in model.model_fields_set}
-
-
-def _context(info: ValidationInfo) -> Mapping[str, Any]:
-    return info.context if isinstance(info.context, Mapping) else {}
-
-
-# --- field types -----------------------------------------------------------------------
-
-
-def _to_path(value: object, info: ValidationInfo) -> Path:
-    if isinstance(value, Path):
-        path = value
-    elif isinstance(value, str) and value.strip():
-        path = Path(value).expanduser()
-    else:
-        raise ValueError(f"expected a non-empty path string (got {value!r})")
-    base = _context(info).get("base_dir")
-    if isinstance(base, Path) and not path.is_absolute():
-        # Relative to the config file, not the working directory: systemd and tests start
-        # the daemon from anywhere.
-        path = base / path
-    return path
-
-
-def _existing_file(value: Path, info: ValidationInfo) -> Path:
-    if _context(info).get("check_files") and not value.is_file():
-        raise ValueError(f"file not found: {value}")
-    return value
-
-
-def _directory(value: Path, info: ValidationInfo) -> Path:
-    # The daemon creates a missing state directory; an existing non-directory is a mistake.
-    if _context(info).get("check_files") and value.exists() and not value.is_dir():
-        raise ValueError(f"not a directory: {value}")
-    return value
-
-
-def _prefix(value: str) -> str:
-    if not value or "+" in value or "#" in value:
-        raise ValueError("must be non-empty, without MQTT wildcards '+' or '#'")
-    if value.startswith(("/", "$")) or value.endswith("/") or "//" in value or "\0" in value:
-        raise ValueError("must not start with '/' or '$', end with '/' or have empty levels")
-    return value
-
-
-def _baud(value: int) -> int:
-    if value not in STANDARD_BAUDS:
-        raise ValueError(f"{value} is not a standard rate ({', '.join(map(str, STANDARD_BAUDS))})")
-    return value
-
-
-def _url(value: str) -> str:
-    parts = urlsplit(value)
-    if value and (parts.scheme not in ("http", "https") or not parts.netloc):
-        raise ValueError(f"expected an http:// or https:// URL (got {value!r})")
-    return value
-
-
-def split_host_port(value: str) -> tuple[str, int]:
-    """``"127.0.0.1:8787"`` → ``("127.0.0.1", 8787)``; IPv6 in brackets; port 0: any free."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(
-            f"expected host:port with port 0..65535, e.g. 127.0.0.1:8787 (got {value!r})"
-        )
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host or "[" in host:
-        raise ValueError(f"write an IPv6 address in brackets, e.g. [::1]:8787 (got {value!r})")
-    return host, int(port)
-
-
-def _listen(value: str) -> str:
-    split_host_port(value)
-    return value
-
-
-FilePath = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_existing_file)]
-DirPath = Annotated[Path, BeforeValidator(_to_path), AfterValidator(_directory)]
-NonEmpty = Annotated[str, Field(min_length=1)]
-Identity = Annotated[str, Field(pattern=IDENTITY_PATTERN)]
-InputName = Annotated[str, Field(pattern=INPUT_NAME_PATTERN)]
-BcmPin = Annotated[int, Field(ge=0, le=53)]  # the BCM2835 family has GPIO0..GPIO53
-Seconds = Annotated[float, Field(gt=0.0)]
-PollSeconds = Annotated[float, Field(ge=0.1)]  # a floor that keeps a poll loop from spinning
-Url = Annotated[str, AfterValidator(_url)]
-
-
-class Section(BaseModel):
-    # strict: TOML is typed, so "17" for a pin or true for a number is a mistake, not
-    # something to coerce. frozen: settings never change after start.
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
+from gateway.tomlpos import Loc
 
 # --- gateway sections ------------------------------------------------------------------
 
@@ -182,7 +85,7 @@ class MqttSection(Section):
 
     host: NonEmpty = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = 1883
-    prefix: Annotated[str, AfterValidator(_prefix)] = "schoolalarm/v1"
+    prefix: Annotated[str, AfterValidator(check_prefix)] = "schoolalarm/v1"
     keepalive_s: Annotated[int, Field(ge=2, le=65535)] = 10
     protocol: Literal["5", "3.1.1"] = "5"
     tls: bool = False
@@ -265,7 +168,7 @@ class SerialSection(Section):
 
     name: InputName
     port: NonEmpty
-    baud: Annotated[int, AfterValidator(_baud)] = 9600
+    baud: Annotated[int, AfterValidator(check_baud)] = 9600
     heartbeat_s: Seconds = 2.0
     rs485: bool = False
 
@@ -279,7 +182,7 @@ class HeartbeatSection(Section):
 class HttpSection(Section):
     """``[http]``: the local status endpoint, ``host:port`` (``[::1]:port`` for IPv6)."""
 
-    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8787"
+    listen: Annotated[str, AfterValidator(check_listen)] = "127.0.0.1:8787"
 
     @property
     def host(self) -> str:
@@ -443,8 +346,8 @@ class TroubleSection(Section):
 def _dc09_key_file(value: str, info: ValidationInfo) -> str:
     if not value:
         return value
-    path = _to_path(value, info)
-    if _context(info).get("check_files"):
+    path = to_path(value, info)
+    if validation_context(info).get("check_files"):
         try:
             text = path.read_text(encoding="ascii")
         except (OSError, UnicodeDecodeError) as err:
@@ -540,22 +443,6 @@ def _center_keys_problems(d: Mapping[str, Any]) -> Problems:
     return []
 
 
-def duplicates(items: Iterable[tuple[Loc, object]], what: str) -> Problems:
-    first: dict[object, Loc] = {}
-    problems: Problems = []
-    for loc, value in items:
-        if value in first:
-            problems.append((loc, f"{what} {value!r} is already used by {dotted(first[value])}"))
-        else:
-            first[value] = loc
-    return problems
-
-
-def entries(value: object) -> list[tuple[int, Mapping[str, Any]]]:
-    items = value if isinstance(value, list) else []
-    return [(i, entry) for i, entry in enumerate(items) if isinstance(entry, Mapping)]
-
-
 def _unique_problems(data: Mapping[str, Any]) -> Problems:
     """Input names and GPIO pins are unique across sections (raw TOML or a model dump)."""
     names: list[tuple[Loc, object]] = [
@@ -579,60 +466,11 @@ def _unique_problems(data: Mapping[str, Any]) -> Problems:
 
 # --- loading and error reporting -------------------------------------------------------
 
-_M = TypeVar("_M", bound=BaseModel)
-
 
 def load_config(path: str | Path, *, check_files: bool = True) -> GatewayConfig:
     """Read and validate a gateway config. ``check_files``: referenced key files must exist
     (off for tools that only look at the settings)."""
     return load_model(Path(path), GatewayConfig, check_files=check_files, raw=_raw_problems)
-
-
-def load_model(
-    path: Path,
-    model: type[_M],
-    *,
-    check_files: bool,
-    raw: typing.Callable[[Mapping[str, Any]], Problems],
-) -> _M:
-    """Read ``path`` as TOML and validate it as ``model``; ``raw`` repeats the cross-key checks
-    on the raw TOML so that every problem is reported in one run."""
-    shown = str(path)
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as err:
-        raise ConfigError(shown, [f"{shown}: cannot read config: {err.strerror or err}"]) from err
-    except UnicodeDecodeError as err:
-        raise ConfigError(shown, [f"{shown}: not UTF-8 text: {err.reason}"]) from err
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(shown, [syntax_problem(shown, err, text)]) from err
-
-    placeholders = placeholder_problems(data)
-    found: Problems = list(placeholders)
-    if "path" in data:  # filled in by the loader, not a setting
-        found.append((("path",), "unknown key"))
-        del data["path"]
-    context = {"base_dir": path.resolve().parent, "check_files": check_files}
-    try:
-        config = model.model_validate({**data, "path": path.resolve()}, context=context)
-    except ValidationError as err:
-        found += collect(err.errors(include_url=False), model) + raw(data)
-    else:
-        if not found:
-            return config
-    locator = Locator(text)
-    # A placeholder line says "replace this" only, not also what is wrong with the placeholder.
-    marked = {locator.line(loc) for loc, _ in placeholders}
-    located = sorted(
-        {
-            (locator.line(loc), dotted(loc), msg)
-            for loc, msg in found
-            if locator.line(loc) not in marked or (loc, msg) in placeholders
-        }
-    )
-    raise ConfigError(shown, [f"{shown}:{line}: {key}: {msg}" for line, key, msg in located])
 
 
 def _raw_problems(data: Mapping[str, Any]) -> Problems:

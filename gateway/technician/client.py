@@ -12,7 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gateway.config import GatewayConfig, split_host_port
+from gateway.config import GatewayConfig
+from gateway.configtypes import split_host_port
 from gateway.errors import AlarmgwError
 from gateway.technician.health import ADDR_FILE, connect_address
 
