@@ -261,12 +261,15 @@ class Gateway:
         if self.dc09 is not None:
             tasks.append(asyncio.create_task(sup.run("dc09", self.dc09.run), name="dc09"))
         if self.outbox.moved_aside is not None:
+            saved = self.outbox.salvaged
+            counts = f"; {saved.saved} queued events salvaged, {saved.lost} lost" if saved else ""
             self.relay.raise_event(
                 "trouble",
                 {
                     "code": "330",
                     "device": "gateway",
-                    "detail": f"outbox was corrupt; moved aside to {self.outbox.moved_aside.name}",
+                    "detail": f"outbox was corrupt; moved aside to "
+                    f"{self.outbox.moved_aside.name}{counts}",
                 },
             )
         for name, job in self._make_inputs():
