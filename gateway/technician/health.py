@@ -45,6 +45,7 @@ from aiohttp import web
 from gateway.delivery.outbox import Pending
 from gateway.snapshots import GatewaySnapshot, QueueSnapshot, SnapshotSource
 from gateway.technician import metrics, status
+from gateway.technician.http_guard import GuardedConnections
 
 log = structlog.get_logger("alarmgw.health")
 
@@ -52,6 +53,13 @@ ADDR_FILE = "http.addr"  # in state_dir: where the CLI finds a daemon listening 
 MAIN_TIMEOUT_S = 2.0  # the daemon's loop answers in microseconds; 2 s of silence is a stall
 MAX_WAIT_S = 30.0  # longest ?wait= for GET /events/{id}
 PING_TIMEOUT_S = 2.0
+# Connection bounds (gateway/technician/http_guard.py): far below the daemon's descriptor
+# limit, so the alarm path always has descriptors to reconnect with.
+MAX_CONNECTIONS = 64
+BACKLOG = 32
+FIRST_BYTE_S = 5.0  # a connection that sends nothing this long is closed
+MAX_LIFE_S = MAX_WAIT_S + 30.0  # a half-sent request is cut off after this
+KEEPALIVE_S = 5.0  # an idle keep-alive connection between requests
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -140,6 +148,7 @@ class HealthServer:
         self._http: asyncio.AbstractEventLoop | None = None
         self._ack_event: asyncio.Event | None = None
         self._waiters = 0
+        self.connections: GuardedConnections | None = None  # the HTTP thread's, once serving
 
     # -- lifecycle (daemon loop) ---------------------------------------------------
 
@@ -228,17 +237,37 @@ class HealthServer:
         self, stop: asyncio.Event, ready: concurrent.futures.Future[tuple[str, int]]
     ) -> None:
         self._ack_event = asyncio.Event()
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_S,
+            shutdown_timeout=1.0,
+        )
         await runner.setup()
+        handlers = runner.server
+        assert handlers is not None  # set up
+        guard = GuardedConnections(
+            handlers,
+            limit=MAX_CONNECTIONS,
+            first_byte_s=FIRST_BYTE_S,
+            max_life_s=MAX_LIFE_S,
+        )
+        self.connections = guard
+        server: asyncio.Server | None = None
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            await site.start()
-            bound = runner.addresses[0]
+            server = await asyncio.get_running_loop().create_server(
+                guard, self.host or None, self.port, reuse_address=True, backlog=BACKLOG
+            )
+            bound = server.sockets[0].getsockname()
             if not ready.set_running_or_notify_cancel():
                 return  # the daemon stopped while we were binding
             ready.set_result((str(bound[0]), int(bound[1])))
             await stop.wait()
         finally:
+            if server is not None:
+                server.close()
+            guard.close_all()
             await runner.cleanup()
 
     def app(self) -> web.Application:
