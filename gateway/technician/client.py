@@ -14,6 +14,7 @@ from typing import Any
 
 from gateway.config import GatewayConfig, split_host_port
 from gateway.errors import AlarmgwError
+from gateway.technician import token as tok
 from gateway.technician.health import ADDR_FILE, connect_address
 
 
@@ -42,14 +43,30 @@ def daemon_address(cfg: GatewayConfig) -> str:
 class DaemonClient:
     """JSON over HTTP to one daemon endpoint; every failure is a ``DaemonUnavailable``."""
 
-    def __init__(self, address: str, *, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self, address: str, *, timeout_s: float = 5.0, state_dir: Path | None = None
+    ) -> None:
         self.address = address
         self.host, self.port = split_host_port(address)
         self.timeout_s = timeout_s
+        # Where the daemon's token is (gateway/technician/token.py), read per request: the
+        # daemon writes a new one each time it starts.
+        self.state_dir = state_dir
 
     @classmethod
     def for_config(cls, cfg: GatewayConfig, *, timeout_s: float = 5.0) -> DaemonClient:
-        return cls(daemon_address(cfg), timeout_s=timeout_s)
+        state_dir = Path(cfg.gateway.state_dir)
+        return cls(daemon_address(cfg), timeout_s=timeout_s, state_dir=state_dir)
+
+    def _token(self) -> bytes | None:
+        if self.state_dir is None:
+            return None
+        try:
+            return tok.read_token(self.state_dir)
+        except tok.TokenError as err:
+            raise DaemonUnavailable(
+                f"{err} (run as the daemon's user or root; is the daemon running?)"
+            ) from err
 
     def request(
         self, method: str, path: str, body: Any = None, *, timeout_s: float | None = None
@@ -57,6 +74,11 @@ class DaemonClient:
         """(HTTP status, body bytes)."""
         conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout_s or self.timeout_s)
         headers = {"Accept": "application/json"}
+        token = self._token()
+        nonce = tok.new_nonce()
+        if token is not None:
+            headers[tok.NONCE] = nonce
+            headers[tok.AUTH] = tok.request_auth(token, method, path, nonce)
         data = None
         if body is not None:
             data = json.dumps(body).encode()

@@ -13,8 +13,10 @@ and monitoring.
 ``POST /boxes/{name}/ping`` PING a button box on the port the daemon owns
 ==========================  ===========================================================
 
-POSTs are accepted only from a loopback peer and only with ``Content-Type:
-application/json`` (a web page cannot send that cross-site without a preflight).
+POSTs are accepted only from a loopback peer, only with ``Content-Type:
+application/json`` (a web page cannot send that cross-site without a preflight) and only
+authenticated with the local token (gateway/technician/token.py): 401 without. Test alarms
+are rate-limited (429).
 
 Why a thread of its own: a health check that runs on the event loop it is checking cannot
 say that loop is stuck. aiohttp runs here on a second loop in its own thread; ``/healthz``
@@ -45,6 +47,7 @@ from aiohttp import web
 from gateway.delivery.outbox import Pending
 from gateway.snapshots import GatewaySnapshot, QueueSnapshot, SnapshotSource
 from gateway.technician import metrics, status
+from gateway.technician import token as tok
 from gateway.technician.http_guard import GuardedConnections
 
 log = structlog.get_logger("alarmgw.health")
@@ -60,6 +63,12 @@ BACKLOG = 32
 FIRST_BYTE_S = 5.0  # a connection that sends nothing this long is closed
 MAX_LIFE_S = MAX_WAIT_S + 30.0  # a half-sent request is cut off after this
 KEEPALIVE_S = 5.0  # an idle keep-alive connection between requests
+# Test alarms: a bucket of TEST_BURST, refilled one per TEST_EVERY_S; refused while
+# MAX_QUEUED_TESTS are still waiting for the center's ack (tests are never evicted).
+TEST_BURST = 3
+TEST_EVERY_S = 2.0
+MAX_QUEUED_TESTS = 10
+SEEN_NONCES = 4096  # authenticated requests remembered against replay
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -149,6 +158,10 @@ class HealthServer:
         self._ack_event: asyncio.Event | None = None
         self._waiters = 0
         self.connections: GuardedConnections | None = None  # the HTTP thread's, once serving
+        self.token = tok.create_token(state_dir)
+        self._seen: dict[str, None] = {}  # nonces of authenticated requests, oldest first
+        self._tests = float(TEST_BURST)  # the test-alarm bucket
+        self._tests_at = time.monotonic()
 
     # -- lifecycle (daemon loop) ---------------------------------------------------
 
@@ -368,7 +381,34 @@ class HealthServer:
             return web.json_response({"error": "only from this machine (loopback)"}, status=403)
         if request.content_type != JSON:
             return web.json_response({"error": f"Content-Type must be {JSON}"}, status=415)
+        nonce = request.headers.get(tok.NONCE)
+        want = tok.request_auth(self.token, request.method, request.path_qs, nonce or "")
+        if not tok.valid_nonce(nonce) or not tok.same(request.headers.get(tok.AUTH), want):
+            return web.json_response(
+                {"error": f"not authenticated: use the alarmgw CLI (token in {tok.TOKEN_FILE})"},
+                status=401,
+            )
+        assert nonce is not None
+        if nonce in self._seen:
+            return web.json_response({"error": "not authenticated: nonce reused"}, status=401)
+        self._seen[nonce] = None
+        while len(self._seen) > SEEN_NONCES:
+            del self._seen[next(iter(self._seen))]
         return None
+
+    def _take_test(self) -> float:
+        """0 when a test alarm may be raised now (and takes it), else seconds to wait."""
+        now = time.monotonic()
+        self._tests = min(TEST_BURST, self._tests + (now - self._tests_at) / TEST_EVERY_S)
+        self._tests_at = now
+        if self._tests >= 1.0:
+            self._tests -= 1.0
+            return 0.0
+        return (1.0 - self._tests) * TEST_EVERY_S
+
+    def _queued_tests(self) -> int:
+        queue = self._read_queue()
+        return sum(r.pending for r in queue.rows if r.type == "test")
 
     async def _test_alarm(self, request: web.Request) -> web.Response:
         refused = self._refuse(request)
@@ -387,6 +427,19 @@ class HealthServer:
             known = ", ".join(self.inputs) or "none"
             return web.json_response(
                 {"error": f"unknown input {ref!r} (configured: {known})"}, status=400
+            )
+        queued = await asyncio.to_thread(self._queued_tests)
+        if queued >= MAX_QUEUED_TESTS:
+            return web.json_response(
+                {"error": f"{queued} test alarms still wait for the center's ack; try later"},
+                status=429,
+            )
+        wait = self._take_test()
+        if wait:
+            return web.json_response(
+                {"error": f"too many test alarms; try again in {wait:.0f} s"},
+                status=429,
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         try:
             event_id = await self._on_main(lambda: self._raise_test(ref))
