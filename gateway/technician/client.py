@@ -2,7 +2,9 @@
 
 The address comes from the config: ``state_dir/http.addr`` (written by the daemon with the
 port it actually bound, which matters for ``listen = "...:0"``), else ``[http] listen``.
-Nothing answering is the expected "daemon not running" case, reported in one line.
+Nothing answering is the expected "daemon not running" case, reported in one line. Only an
+answer proving the daemon's token (gateway/technician/token.py) is believed: whatever else
+squats the port is reported as not the daemon.
 """
 
 from __future__ import annotations
@@ -24,6 +26,10 @@ class DaemonUnavailable(AlarmgwError):
 
 class DaemonNotRunning(DaemonUnavailable):
     """Nothing listens at the daemon's endpoint: the daemon is not running."""
+
+
+class NotTheDaemon(DaemonUnavailable):
+    """What answers at the daemon's address cannot prove it holds this config's token."""
 
 
 def daemon_address(cfg: GatewayConfig) -> str:
@@ -86,7 +92,16 @@ class DaemonClient:
         try:
             conn.request(method, path, body=data, headers=headers)
             resp = conn.getresponse()
-            return resp.status, resp.read()
+            raw = resp.read()
+            if token is not None and not tok.same(
+                resp.getheader(tok.PROOF), tok.daemon_proof(token, nonce)
+            ):
+                raise NotTheDaemon(
+                    f"something answers at {self.address} but it is not the alarmgw daemon of "
+                    f"this config (no proof of its {tok.TOKEN_FILE}): another process on the "
+                    "[http] port, or a daemon of another state_dir?"
+                )
+            return resp.status, raw
         except ConnectionRefusedError as err:
             raise DaemonNotRunning(
                 f"daemon not running (nothing answers at {self.address})"

@@ -285,6 +285,7 @@ class HealthServer:
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.on_response_prepare.append(self._prove)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
@@ -292,6 +293,14 @@ class HealthServer:
         app.router.add_get("/events/{id}", self._event)
         app.router.add_post("/boxes/{name}/ping", self._ping_box)
         return app
+
+    async def _prove(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer to a request with a nonce proves this daemon holds the token: the
+        CLI trusts nothing else on the port (a squatter cannot answer this)."""
+        nonce = request.headers.get(tok.NONCE)
+        if tok.valid_nonce(nonce):
+            assert nonce is not None
+            response.headers[tok.PROOF] = tok.daemon_proof(self.token, nonce)
 
     # -- crossing to the daemon's loop (HTTP thread) ---------------------------------
 
