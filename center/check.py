@@ -11,11 +11,12 @@ import contextlib
 import ctypes
 import os
 import signal
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.contract.envelope import EVENT_TYPES, Envelope, format_ts, parse, verify
+from gateway.contract.envelope import EVENT_TYPES, Envelope, format_ts, parse, parse_ts, verify
 from gateway.contract.signing import VerifyKey
 from gateway.contract.topics import parse_topic
 from gateway.errors import EnvelopeError
@@ -25,6 +26,22 @@ TOPIC_TYPES = {
     "heartbeat": frozenset({"heartbeat"}),
     "state": frozenset({"state"}),
 }
+# An envelope stamped further ahead of the center's clock than this is refused
+# (``ts-future``), except an alarm: an alarm from a gateway whose clock is wrong is still an
+# alarm, accepted and flagged ``clock: "ahead"``. An envelope older than ``OLD_AFTER_S`` is
+# accepted and flagged ``clock: "old"`` (an alarm queued for days is still an alarm).
+MAX_AHEAD_S = 300.0
+OLD_AFTER_S = 3600.0
+
+
+def clock_flag(ts: str, received: float) -> str | None:
+    """``"ahead"``, ``"old"`` or None for an envelope stamped ``ts`` received at ``received``."""
+    age = received - parse_ts(ts).timestamp()
+    if age < -MAX_AHEAD_S:
+        return "ahead"
+    if age > OLD_AFTER_S:
+        return "old"
+    return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +84,8 @@ class Verdict:
             out["test"] = env.type == "test" or bool(env.body.get("test"))
             out["input"] = env.body.get("input")
             out["device"] = env.body.get("device")
+            if self.received:
+                out["clock"] = clock_flag(env.ts, self.received)
             if env.type in ("alarm", "test"):
                 out["kind"] = env.body.get("kind")
                 out["location"] = env.body.get("location")
@@ -87,11 +106,16 @@ class Verdict:
 
 
 def precheck(
-    prefix: str, keys: Mapping[tuple[str, str], Mapping[str, VerifyKey]], name: str, payload: bytes
+    prefix: str,
+    keys: Mapping[tuple[str, str], Mapping[str, VerifyKey]],
+    name: str,
+    payload: bytes,
+    now: float | None = None,
 ) -> Verdict | Envelope:
-    """The stateless half of the center's decision (pure, so a worker can run it): the
-    envelope if it is well formed, on its own gateway's topic and signed by a key registered
-    for that gateway; else the rejection."""
+    """The stateless half of the center's decision (pure but for the clock, so a worker can
+    run it): the envelope if it is well formed, on its own gateway's topic, signed by a key
+    registered for that gateway and, unless it is an alarm, not stamped more than
+    ``MAX_AHEAD_S`` ahead of ``now``; else the rejection."""
     where = parse_topic(prefix, name)
     if where is None:
         return Verdict("rejected", name, "bad-topic", "not a gateway topic under the prefix")
@@ -106,6 +130,18 @@ def precheck(
         verify(env, gw_keys)
     except EnvelopeError as err:
         return Verdict("rejected", name, err.reason, err.detail, env)
+    if env.type != "alarm":
+        now = time.time() if now is None else now
+        if clock_flag(env.ts, now) == "ahead":
+            ahead = parse_ts(env.ts).timestamp() - now
+            return Verdict(
+                "rejected",
+                name,
+                "ts-future",
+                f"ts {env.ts} is {ahead:.0f} s ahead of the center's clock "
+                f"(at most {MAX_AHEAD_S:.0f} s)",
+                env,
+            )
     return env
 
 

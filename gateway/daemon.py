@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import functools
 import os
+import resource
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -261,12 +262,15 @@ class Gateway:
         if self.dc09 is not None:
             tasks.append(asyncio.create_task(sup.run("dc09", self.dc09.run), name="dc09"))
         if self.outbox.moved_aside is not None:
+            saved = self.outbox.salvaged
+            counts = f"; {saved.saved} queued events salvaged, {saved.lost} lost" if saved else ""
             self.relay.raise_event(
                 "trouble",
                 {
                     "code": "330",
                     "device": "gateway",
-                    "detail": f"outbox was corrupt; moved aside to {self.outbox.moved_aside.name}",
+                    "detail": f"outbox was corrupt; moved aside to "
+                    f"{self.outbox.moved_aside.name}{counts}",
                 },
             )
         for name, job in self._make_inputs():
@@ -316,7 +320,22 @@ class Gateway:
             log.info("gateway stopped")
 
 
+def raise_fd_limit() -> tuple[int, int]:
+    """Raise the soft descriptor limit to the hard one: the local HTTP endpoint takes at most
+    a few dozen, the alarm path must never find them used up. The (soft, hard) in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else max(soft, 65536)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+            soft = want
+        except (ValueError, OSError) as err:
+            log.warning("cannot raise the descriptor limit", soft=soft, hard=hard, error=str(err))
+    return soft, hard
+
+
 async def run_daemon(cfg: GatewayConfig) -> None:
+    raise_fd_limit()
     gateway = Gateway(cfg)
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -11,6 +11,7 @@ from http.client import HTTPConnection
 from pathlib import Path
 from typing import Any
 
+from gateway.technician import token as tok
 from tests.harness import alarmgw_cmd
 from tests.helpers import poll
 
@@ -37,6 +38,13 @@ def request(
         return resp.status, json.loads(raw)
     except ValueError:
         return resp.status, raw
+
+
+def auth(state_dir: Path, method: str, path: str) -> dict[str, str]:
+    """The headers the CLI sends to authenticate one request with the daemon's token."""
+    nonce = tok.new_nonce()
+    key = tok.read_token(state_dir)
+    return {tok.NONCE: nonce, tok.AUTH: tok.request_auth(key, method, path, nonce)}
 
 
 def wait_addr(state_dir: Path, timeout: float = 30.0) -> str:

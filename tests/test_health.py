@@ -27,7 +27,7 @@ from gateway.technician.tools import (
     wrap,
 )
 from tests.harness import Site
-from tests.http_helpers import healthz_is, poll, request, wait_addr
+from tests.http_helpers import auth, healthz_is, poll, request, wait_addr
 
 
 async def _start(site: Site) -> tuple[Gateway, asyncio.Task[None], str]:
@@ -86,6 +86,9 @@ async def test_posts_need_json_and_metrics_parse(site: Site) -> None:
         )
         assert code == 415, body
         code, body = await asyncio.to_thread(request, addr, "POST", "/test-alarm", {})
+        assert code == 401, body  # not authenticated
+        headers = auth(Path(gw.cfg.gateway.state_dir), "POST", "/test-alarm")
+        code, body = await asyncio.to_thread(request, addr, "POST", "/test-alarm", {}, headers)
         assert code == 409  # no inputs configured: nothing to test
         code, body = await asyncio.to_thread(request, addr, "GET", "/events/nope")
         assert (code, body["state"]) == (404, "unknown")

@@ -31,6 +31,7 @@ from pathlib import Path
 import structlog
 
 from gateway.contract.envelope import Envelope
+from gateway.delivery.salvage import Salvage, salvage
 from gateway.errors import OutboxError
 from gateway.private_files import private_file
 
@@ -95,7 +96,9 @@ class Outbox:
     ``max_events`` bounds the queued non-alarm events (trouble/restore): past it the oldest
     are evicted, counted in ``evicted`` and logged by the caller; alarms and tests never are.
     A file that is not a sound SQLite database is moved aside (``moved_aside`` says where)
-    and a fresh one started, so a corrupt outbox can never make the daemon crash-loop."""
+    and a fresh one started, so a corrupt outbox can never make the daemon crash-loop; every
+    row still readable in it is first copied into the fresh one (``salvaged`` says how many
+    were saved and lost)."""
 
     def __init__(
         self, path: str | Path, *, max_events: int = 10_000, dc09_types: Iterable[str] = ()
@@ -107,6 +110,7 @@ class Outbox:
         # Called after every commit of a new row: the DC-09 transmitter's wake-up.
         self.listeners: list[Callable[[], None]] = []
         self.moved_aside: Path | None = None
+        self.salvaged: Salvage | None = None
         self.evicted = 0
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -117,6 +121,7 @@ class Outbox:
                 self._db = self._open()
             except sqlite3.Error as again:
                 raise OutboxError(f"{self.path}: cannot open outbox: {again}") from again
+            self._salvage(self.moved_aside)
         except (sqlite3.Error, OSError) as err:
             raise OutboxError(f"{self.path}: cannot open outbox: {err}") from err
         try:
@@ -174,6 +179,21 @@ class Outbox:
             error=str(err),
         )
         return target
+
+    def _salvage(self, source: Path) -> None:
+        try:
+            self.salvaged = salvage(source, self._db, self.dc09_types)
+        except sqlite3.Error as err:  # the fresh file failed: nothing could be saved
+            self.salvaged = Salvage(0, 0, {})
+            log.critical("outbox salvage failed", path=str(source), error=str(err))
+            return
+        log.critical(
+            "corrupt outbox salvaged",
+            path=str(source),
+            saved=self.salvaged.saved,
+            lost=self.salvaged.lost,
+            by_type=self.salvaged.by_type,
+        )
 
     def close(self) -> None:
         try:

@@ -41,6 +41,51 @@ log = structlog.get_logger("alarmgw.relay")
 
 MAX_INFLIGHT = C.MAX_INFLIGHT
 MAX_UNACKED = C.MAX_UNACKED
+ACK_REFUSAL_LOG_S = 60.0  # at most one "ignored ack" summary line per reason this often
+
+
+class RefusalLog:
+    """Logs refused acks without letting a flood of forgeries flood the log: the first
+    refusal of a reason is logged at once, with its detail; further refusals of that reason
+    within ``interval_s`` are only counted, and logged as one line with the count when the
+    interval is over (at the next refusal after it, or by a timer on the running loop)."""
+
+    def __init__(self, interval_s: float = ACK_REFUSAL_LOG_S) -> None:
+        self.interval_s = interval_s
+        # reason -> [window start, refusals counted since the logged one, last detail]
+        self._windows: dict[str, list[Any]] = {}
+
+    def refused(self, reason: str, detail: str, now: float) -> None:
+        window = self._windows.get(reason)
+        if window is not None and now - window[0] < self.interval_s:
+            window[1] += 1
+            window[2] = detail
+            return
+        if window is not None:
+            self._summarise(reason, window)
+        log.warning("ignored ack", reason=reason, detail=detail)
+        self._windows[reason] = [now, 0, detail]
+        with contextlib.suppress(RuntimeError):  # no running loop: the next refusal flushes
+            loop = asyncio.get_running_loop()
+            loop.call_later(self.interval_s, self.flush)
+
+    def flush(self, now: float | None = None) -> None:
+        """Log the counts of the intervals that are over."""
+        now = time.monotonic() if now is None else now
+        for reason, window in list(self._windows.items()):
+            if now - window[0] >= self.interval_s:
+                del self._windows[reason]
+                self._summarise(reason, window)
+
+    def _summarise(self, reason: str, window: list[Any]) -> None:
+        if window[1]:
+            log.warning(
+                "ignored acks",
+                reason=reason,
+                count=window[1],
+                interval_s=self.interval_s,
+                last_detail=window[2],
+            )
 
 
 def _gateway_trouble(detail: str) -> dict[str, str]:
@@ -113,6 +158,7 @@ class Relay:
         # Told (event id, seconds from commit to ack or None) on the loop thread after each
         # ack, for status and metrics (gateway/technician/health.py). A listener must not block.
         self.ack_listeners: list[Callable[[str, float | None], None]] = []
+        self.refusals = RefusalLog()  # the log lines of ignored acks, counted per interval
 
     @property
     def stats(self) -> dict[str, int]:
@@ -359,7 +405,7 @@ class Relay:
                 )
             elif isinstance(a, ev.AckRefused):
                 # PROTOCOL.md: the gateway ignores an ack it cannot verify.
-                log.warning("ignored ack", reason=a.reason, detail=a.detail)
+                self.refusals.refused(a.reason, a.detail, self._now())
             elif isinstance(a, ev.Note):
                 try:
                     self.outbox.note_attempt(a.id, a.error)

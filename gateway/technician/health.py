@@ -13,8 +13,10 @@ and monitoring.
 ``POST /boxes/{name}/ping`` PING a button box on the port the daemon owns
 ==========================  ===========================================================
 
-POSTs are accepted only from a loopback peer and only with ``Content-Type:
-application/json`` (a web page cannot send that cross-site without a preflight).
+POSTs are accepted only from a loopback peer, only with ``Content-Type:
+application/json`` (a web page cannot send that cross-site without a preflight) and only
+authenticated with the local token (gateway/technician/token.py): 401 without. Test alarms
+are rate-limited (429).
 
 Why a thread of its own: a health check that runs on the event loop it is checking cannot
 say that loop is stuck. aiohttp runs here on a second loop in its own thread; ``/healthz``
@@ -46,6 +48,8 @@ from gateway import retry
 from gateway.delivery.outbox import Pending
 from gateway.snapshots import GatewaySnapshot, QueueSnapshot, SnapshotSource
 from gateway.technician import metrics, status
+from gateway.technician import token as tok
+from gateway.technician.http_guard import GuardedConnections
 
 log = structlog.get_logger("alarmgw.health")
 
@@ -53,6 +57,19 @@ ADDR_FILE = "http.addr"  # in state_dir: where the CLI finds a daemon listening 
 MAIN_TIMEOUT_S = 2.0  # the daemon's loop answers in microseconds; 2 s of silence is a stall
 MAX_WAIT_S = 30.0  # longest ?wait= for GET /events/{id}
 PING_TIMEOUT_S = 2.0
+# Connection bounds (gateway/technician/http_guard.py): far below the daemon's descriptor
+# limit, so the alarm path always has descriptors to reconnect with.
+MAX_CONNECTIONS = 64
+BACKLOG = 32
+FIRST_BYTE_S = 5.0  # a connection that sends nothing this long is closed
+MAX_LIFE_S = MAX_WAIT_S + 30.0  # a half-sent request is cut off after this
+KEEPALIVE_S = 5.0  # an idle keep-alive connection between requests
+# Test alarms: a bucket of TEST_BURST, refilled one per TEST_EVERY_S; refused while
+# MAX_QUEUED_TESTS are still waiting for the center's ack (tests are never evicted).
+TEST_BURST = 3
+TEST_EVERY_S = 2.0
+MAX_QUEUED_TESTS = 10
+SEEN_NONCES = 4096  # authenticated requests remembered against replay
 JSON = "application/json"
 PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -145,6 +162,11 @@ class HealthServer:
         self._http: asyncio.AbstractEventLoop | None = None
         self._ack_event: asyncio.Event | None = None
         self._waiters = 0
+        self.connections: GuardedConnections | None = None  # the HTTP thread's, once serving
+        self.token = tok.create_token(state_dir)
+        self._seen: dict[str, None] = {}  # nonces of authenticated requests, oldest first
+        self._tests = float(TEST_BURST)  # the test-alarm bucket
+        self._tests_at = time.monotonic()
 
     # -- lifecycle (daemon loop) ---------------------------------------------------
 
@@ -225,21 +247,42 @@ class HealthServer:
         self, stop: asyncio.Event, ready: concurrent.futures.Future[tuple[str, int]]
     ) -> None:
         self._ack_event = asyncio.Event()
-        runner = web.AppRunner(self.app(), access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app(),
+            access_log=None,
+            handle_signals=False,
+            keepalive_timeout=KEEPALIVE_S,
+            shutdown_timeout=1.0,
+        )
         await runner.setup()
+        handlers = runner.server
+        assert handlers is not None  # set up
+        guard = GuardedConnections(
+            handlers,
+            limit=MAX_CONNECTIONS,
+            first_byte_s=FIRST_BYTE_S,
+            max_life_s=MAX_LIFE_S,
+        )
+        self.connections = guard
+        server: asyncio.Server | None = None
         try:
-            site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
-            await site.start()
-            bound = runner.addresses[0]
+            server = await asyncio.get_running_loop().create_server(
+                guard, self.host or None, self.port, reuse_address=True, backlog=BACKLOG
+            )
+            bound = server.sockets[0].getsockname()
             if not ready.set_running_or_notify_cancel():
                 return  # the daemon stopped while we were binding
             ready.set_result((str(bound[0]), int(bound[1])))
             await stop.wait()
         finally:
+            if server is not None:
+                server.close()
+            guard.close_all()
             await runner.cleanup()
 
     def app(self) -> web.Application:
         app = web.Application()
+        app.on_response_prepare.append(self._prove)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/status", self._status)
         app.router.add_get("/metrics", self._metrics)
@@ -247,6 +290,14 @@ class HealthServer:
         app.router.add_get("/events/{id}", self._event)
         app.router.add_post("/boxes/{name}/ping", self._ping_box)
         return app
+
+    async def _prove(self, request: web.Request, response: web.StreamResponse) -> None:
+        """Every answer to a request with a nonce proves this daemon holds the token: the
+        CLI trusts nothing else on the port (a squatter cannot answer this)."""
+        nonce = request.headers.get(tok.NONCE)
+        if tok.valid_nonce(nonce):
+            assert nonce is not None
+            response.headers[tok.PROOF] = tok.daemon_proof(self.token, nonce)
 
     # -- crossing to the daemon's loop (HTTP thread) ---------------------------------
 
@@ -336,7 +387,34 @@ class HealthServer:
             return web.json_response({"error": "only from this machine (loopback)"}, status=403)
         if request.content_type != JSON:
             return web.json_response({"error": f"Content-Type must be {JSON}"}, status=415)
+        nonce = request.headers.get(tok.NONCE)
+        want = tok.request_auth(self.token, request.method, request.path_qs, nonce or "")
+        if not tok.valid_nonce(nonce) or not tok.same(request.headers.get(tok.AUTH), want):
+            return web.json_response(
+                {"error": f"not authenticated: use the alarmgw CLI (token in {tok.TOKEN_FILE})"},
+                status=401,
+            )
+        assert nonce is not None
+        if nonce in self._seen:
+            return web.json_response({"error": "not authenticated: nonce reused"}, status=401)
+        self._seen[nonce] = None
+        while len(self._seen) > SEEN_NONCES:
+            del self._seen[next(iter(self._seen))]
         return None
+
+    def _take_test(self) -> float:
+        """0 when a test alarm may be raised now (and takes it), else seconds to wait."""
+        now = time.monotonic()
+        self._tests = min(TEST_BURST, self._tests + (now - self._tests_at) / TEST_EVERY_S)
+        self._tests_at = now
+        if self._tests >= 1.0:
+            self._tests -= 1.0
+            return 0.0
+        return (1.0 - self._tests) * TEST_EVERY_S
+
+    def _queued_tests(self) -> int:
+        queue = self._read_queue()
+        return sum(r.pending for r in queue.rows if r.type == "test")
 
     async def _test_alarm(self, request: web.Request) -> web.Response:
         refused = self._refuse(request)
@@ -355,6 +433,19 @@ class HealthServer:
             known = ", ".join(self.inputs) or "none"
             return web.json_response(
                 {"error": f"unknown input {ref!r} (configured: {known})"}, status=400
+            )
+        queued = await asyncio.to_thread(self._queued_tests)
+        if queued >= MAX_QUEUED_TESTS:
+            return web.json_response(
+                {"error": f"{queued} test alarms still wait for the center's ack; try later"},
+                status=429,
+            )
+        wait = self._take_test()
+        if wait:
+            return web.json_response(
+                {"error": f"too many test alarms; try again in {wait:.0f} s"},
+                status=429,
+                headers={"Retry-After": str(max(1, math.ceil(wait)))},
             )
         try:
             event_id = await self._on_main(lambda: self._raise_test(ref))

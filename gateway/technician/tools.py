@@ -255,26 +255,43 @@ _CORE_KEYS = frozenset(
 )
 
 
+# What a reader of a /status answer trips over when a field is missing or of another type.
+MALFORMED = (KeyError, TypeError, ValueError, AttributeError, IndexError)
+
+
+def _malformed(where: str, err: Exception, as_json: bool, out: TextIO) -> int:
+    what = f"missing {err}" if isinstance(err, KeyError) else str(err)
+    msg = f"the daemon's {where} answer is one this alarmgw cannot read ({what[:80]})"
+    return _unavailable(DaemonUnavailable(msg), as_json, out)
+
+
 def cmd_status(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
     cfg = _load(config)
     try:
-        _, st = DaemonClient.for_config(cfg).json("GET", "/status")
+        client = DaemonClient.for_config(cfg)
+        _, st = client.json("GET", "/status")
     except DaemonUnavailable as err:
         return _unavailable(err, as_json, out)
-    if "gateway" not in st:  # 503 from a stuck daemon: {"ok": false, "problems": [...]}
-        problems = st.get("problems") or ["no status"]
-        if as_json:
-            print(json.dumps({"running": True, **st}), file=out)
-        else:
-            print(fit(f"FAILING: {problems[0]}"), file=out)
-            for p in problems[1:]:
-                print(fit(f"  ! {p}"), file=out)
-        return FAIL
-    code, warnings = status_verdict(st, cfg.alarm.ack_timeout_s)
+    try:
+        if not isinstance(st, dict):
+            raise TypeError(f"a JSON {type(st).__name__}, not an object")
+        if "gateway" not in st:  # 503 from a stuck daemon: {"ok": false, "problems": [...]}
+            problems = [str(p) for p in st.get("problems") or ["no status"]]
+            if as_json:
+                print(json.dumps({"running": True, **st}), file=out)
+            else:
+                print(fit(f"FAILING: {problems[0]}"), file=out)
+                for p in problems[1:]:
+                    print(fit(f"  ! {p}"), file=out)
+            return FAIL
+        code, warnings = status_verdict(st, cfg.alarm.ack_timeout_s)
+        text = "\n".join(format_status(st, cfg.alarm.ack_timeout_s))
+    except MALFORMED as err:
+        return _malformed(f"{client.address}/status", err, as_json, out)
     if as_json:
         print(json.dumps({**st, "verdict": {"exit": code, "warnings": warnings}}), file=out)
     else:
-        print("\n".join(format_status(st, cfg.alarm.ack_timeout_s)), file=out)
+        print(text, file=out)
     return code
 
 
@@ -319,7 +336,7 @@ def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
         code, st = DaemonClient.for_config(cfg).json("GET", "/status")
     except DaemonUnavailable:
         code, st = 0, {}
-    if code == 200 and "queue" in st:
+    if code == 200 and isinstance(st, dict) and "queue" in st:
         q, source = st["queue"], "from the running daemon"
     else:
         # The daemon is down (or stuck): the outbox file still tells the truth.
@@ -329,11 +346,15 @@ def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
             print(f"alarmgw: {err}", file=sys.stderr)
             return FAIL
         source = "from the outbox file; the daemon does not answer"
-    code = queue_verdict(q, cfg.alarm.ack_timeout_s)
+    try:
+        code = queue_verdict(q, cfg.alarm.ack_timeout_s)
+        text = "\n".join(format_queue(q, source))
+    except MALFORMED as err:
+        return _malformed("/status", err, as_json, out)
     if as_json:
         print(json.dumps({**q, "source": source, "exit": code}), file=out)
     else:
-        print("\n".join(format_queue(q, source)), file=out)
+        print(text, file=out)
     return code
 
 
