@@ -62,6 +62,8 @@ class Console:
 
 
 KEY: web.AppKey[Console] = web.AppKey("console", Console)
+WHO: web.RequestKey[Principal | None] = web.RequestKey("who", object)  # type: ignore[arg-type]
+LANG: web.RequestKey[str] = web.RequestKey("lang", str)
 PUBLIC = ("/login", "/static/")
 
 
@@ -87,9 +89,9 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
                 sent = str((await request.post()).get("csrf", ""))
             if sent != who.csrf:
                 return web.json_response({"error": "missing or wrong CSRF token"}, status=403)
-    request["who"] = who
+    request[WHO] = who
     lang = pick(request.cookies.get(LANG_COOKIE), who.lang if who else None)
-    request["lang"] = lang
+    request[LANG] = lang
     if who is None and not request.path.startswith(PUBLIC):
         if _wants_json(request) or request.method != "GET":
             return web.json_response({"error": "sign in or send a bearer token"}, status=401)
@@ -104,14 +106,21 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
     return response
 
 
+def _signed_in(request: web.Request) -> Principal:
+    who = request[WHO]
+    if who is None:
+        raise web.HTTPUnauthorized(text="sign in first")
+    return who
+
+
 def _ctx(request: web.Request, **data: Any) -> dict[str, Any]:
-    lang = request["lang"]
+    lang = request[LANG]
     tr = translations(lang)
     return {
         "_": tr.gettext,
         "lang": lang,
         "langs": LANGS,
-        "who": request["who"],
+        "who": request[WHO],
         "path": request.path,
         "fmt_time": _fmt_time,
         "fmt_age": _fmt_age,
@@ -179,7 +188,7 @@ async def login(request: web.Request) -> web.StreamResponse:
 async def logout(request: web.Request) -> web.StreamResponse:
     con = request.app[KEY]
     con.sessions.close(request.cookies.get(COOKIE))
-    con.store.console_audit_add(request["who"].actor, "logout", "", now=time.time())
+    con.store.console_audit_add(_signed_in(request).actor, "logout", "", now=time.time())
     response = web.HTTPFound("/login")
     response.del_cookie(COOKIE, path="/")
     raise response
@@ -190,7 +199,7 @@ async def set_lang(request: web.Request) -> web.StreamResponse:
     lang = str((await request.post()).get("lang", ""))
     if lang not in LANGS:
         raise web.HTTPBadRequest(text=f"unknown language {lang!r}")
-    who: Principal = request["who"]
+    who = _signed_in(request)
     if who.via == "session":
         who.lang = lang
         con.store.update_console_user(who.name, lang=lang)
@@ -223,7 +232,7 @@ async def alarm(request: web.Request) -> web.StreamResponse:
 async def act(request: web.Request) -> web.StreamResponse:
     """Acknowledge or resolve (form or JSON)."""
     con = request.app[KEY]
-    who: Principal = request["who"]
+    who = _signed_in(request)
     alarm_id, action = request.match_info["id"], request.match_info["action"]
     if not who.can_act:
         return web.json_response({"error": f"role {who.role} may not {action}"}, status=403)
@@ -370,7 +379,7 @@ def build_app(con: Console) -> web.Application:
         app,
         loader=jinja2.FileSystemLoader(HERE / "templates"),
         autoescape=True,
-        undefined=jinja2.StrictUndefined,
+        undefined=jinja2.ChainableUndefined,
     )
     r = app.router
     r.add_get("/login", login_form)
