@@ -146,3 +146,38 @@ async def test_alert_sound_is_a_wav(rig: tuple[TestClient, Console]) -> None:
     await login(client)
     body = await (await client.get("/static/alert.wav")).read()
     assert body[:4] == b"RIFF" and body[8:12] == b"WAVE"
+
+
+async def test_api_matches_its_openapi_document(rig: tuple[TestClient, Console]) -> None:
+    import jsonschema
+    import yaml
+    from openapi_spec_validator import validate
+
+    spec = yaml.safe_load((Path(__file__).parents[2] / "docs" / "console-api.yaml").read_text())
+    validate(spec)
+    client, con = rig
+    env = alarm(10)
+    con.store.admit(env, received=100.0)
+    con.store.admit(heartbeat(11), received=101.0)
+    token, digest = new_token()
+    con.store.add_console_token(digest, "cad", "dispatcher", now=1.0)
+    auth = {"Authorization": f"Bearer {token}"}
+
+    async def check(method: str, path: str, name: str, status: int = 200, **kw: object) -> None:
+        resp = await client.request(method, path, headers=auth, **kw)  # type: ignore[arg-type]
+        assert resp.status == status, await resp.text()
+        schema = {**spec, "$ref": f"#/components/schemas/{name}"}
+        jsonschema.Draft202012Validator(schema).validate(await resp.json())
+
+    await check("GET", "/api/board", "Board")
+    await check("GET", f"/api/alarms/{env.id}", "AlarmDetail")
+    await check("GET", "/api/fleet", "Fleet")
+    await check("POST", f"/api/alarms/{env.id}/ack", "Alarm", json={})
+    await check("POST", f"/api/alarms/{env.id}/ack", "Error", 409, json={})
+    await check("POST", f"/api/alarms/{env.id}/resolve", "Alarm", json={"outcome": "real"})
+    await check("GET", "/api/history?type=alarm", "History")
+    await check("GET", "/api/audit", "Audit")
+    resp = await client.get("/api/board", headers={"Authorization": "Bearer x"})
+    jsonschema.Draft202012Validator({**spec, "$ref": "#/components/schemas/Error"}).validate(
+        await resp.json()
+    )
