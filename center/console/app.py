@@ -47,6 +47,7 @@ class Console:
     secure: bool = False
     idle_s: float = 8 * 3600.0
     hub: Hub = field(default_factory=Hub)
+    since: dict[tuple[str, str], float] = field(default_factory=dict)  # liveness changed at
     sessions: Sessions = field(init=False)
     limiter: LoginLimiter = field(default_factory=LoginLimiter)
 
@@ -268,6 +269,7 @@ async def fleet(request: web.Request) -> web.StreamResponse:
         con.registry,
         con.sites,
         con.live_map(),
+        since=con.since,
         state=request.query.get("state") or None,
         q=request.query.get("q") or None,
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
 from typing import TYPE_CHECKING
 
 import structlog
@@ -46,7 +47,8 @@ def console_for(center: Center, cfg: CenterConfig) -> Console:
         elif v.env.type in FLEET_TYPES:
             con.hub.notify("fleet")
 
-    def moved(_change: GatewayStatus) -> None:
+    def moved(change: GatewayStatus) -> None:
+        con.since[(change.site, change.gw)] = time.time()
         con.hub.notify("fleet")
 
     center.listeners.append(heard)
