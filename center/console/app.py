@@ -361,10 +361,13 @@ async def events(request: web.Request) -> web.StreamResponse:
     q = con.hub.subscribe()
     try:
         async with sse_response(request) as resp:
-            await resp.send("hello", event="hello")
-            while resp.is_connected():
-                kind = await q.get()
-                await resp.send(kind, event=kind)
+            try:
+                await resp.send("hello", event="hello")
+                while resp.is_connected():
+                    kind = await q.get()
+                    await resp.send(kind, event=kind)
+            except ConnectionResetError:
+                pass  # the page went away
         return resp
     finally:
         con.hub.unsubscribe(q)

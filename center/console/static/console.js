@@ -51,8 +51,8 @@
 
   function refresh(target) {
     const box = document.getElementById(target);
-    if (!box) { return; }
-    fetch(box.dataset.fragment, { credentials: "same-origin" }).then(function (r) {
+    if (!box) { return Promise.resolve(); }
+    return fetch(box.dataset.fragment, { credentials: "same-origin" }).then(function (r) {
       if (r.status === 401) { window.location = "/login"; return null; }
       return r.ok ? r.text() : null;
     }).then(function (html) {
@@ -70,10 +70,15 @@
     });
   }
 
-  let pending = null;
+  // One fetch at a time: a notice during a fetch asks for one more after it.
+  let inflight = false, again = false;
   function soon(target) {
-    if (pending) { return; }
-    pending = setTimeout(function () { pending = null; refresh(target); }, 150);
+    if (inflight) { again = true; return; }
+    inflight = true;
+    refresh(target).finally(function () {
+      inflight = false;
+      if (again) { again = false; soon(target); }
+    });
   }
 
   if (page === "board" || page === "fleet") {
