@@ -21,7 +21,18 @@ from aiohttp import web
 from aiohttp_sse import sse_response
 
 from center.console import views
-from center.console.auth import LoginLimiter, Principal, Sessions, token_digest, verify_password
+from center.console.auth import (
+    ROLES,
+    AccountError,
+    LoginLimiter,
+    Principal,
+    Sessions,
+    check_name,
+    check_role,
+    hash_password,
+    token_digest,
+    verify_password,
+)
 from center.console.hub import Hub
 from center.console.i18n import LANGS, pick, translations
 from center.console.sound import alert_wav
@@ -84,6 +95,11 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         who = Principal(token["name"], token["role"], "token")
     else:
         who = con.sessions.get(request.cookies.get(COOKIE))
+        if who is not None:
+            account = con.store.console_user(who.name)
+            if account is None or account["disabled"] or account["role"] != who.role:
+                con.sessions.close_user(who.name)  # disabled or changed: sign in again
+                who = None
         if who is not None and request.method == "POST":
             sent = request.headers.get("X-CSRF-Token")
             if sent is None and request.content_type == "application/x-www-form-urlencoded":
@@ -351,6 +367,46 @@ def _csv_cell(value: Any) -> Any:
     return value
 
 
+def _account_change(con: Console, who: Principal, form: Mapping[str, Any]) -> tuple[str, str]:
+    """Add or disable an account from the form; the action and the audit detail."""
+    name, action = str(form.get("name", "")), str(form.get("action", ""))
+    if action == "add":
+        role = check_role(str(form.get("role", "")))
+        pw_hash = hash_password(str(form.get("password", "")))
+        if not con.store.add_console_user(check_name(name), role, pw_hash, now=time.time()):
+            raise AccountError(f"user {name!r} exists")
+        return action, f"{name} ({role})"
+    if action == "disable":
+        if name == who.name or not con.store.update_console_user(name, disabled=1):
+            raise AccountError(f"cannot disable {name!r}")
+        con.sessions.close_user(name)
+        return action, name
+    raise AccountError(f"unknown action {action!r}")
+
+
+async def users(request: web.Request) -> web.StreamResponse:
+    """Supervisors: the accounts; add one or disable one."""
+    con = request.app[KEY]
+    who = _signed_in(request)
+    if who.role != "supervisor":
+        return web.json_response({"error": "only a supervisor manages accounts"}, status=403)
+    error = None
+    if request.method == "POST":
+        form = await request.post()
+        try:
+            action, detail = _account_change(con, who, form)
+        except AccountError as err:
+            error = str(err)
+        else:
+            con.store.console_audit_add(who.actor, f"user-{action}", detail, now=time.time())
+            raise web.HTTPSeeOther("/users")
+    data = {"users": con.store.console_users(), "roles": ROLES, "error": error}
+    page = _page(request, "users.html", data)
+    if error is not None:
+        page.set_status(400)
+    return page
+
+
 async def audit(request: web.Request) -> web.StreamResponse:
     con = request.app[KEY]
     return _page(request, "audit.html", {"entries": con.store.audit_log(limit=500)})
@@ -401,6 +457,8 @@ def build_app(con: Console) -> web.Application:
         r.add_get(path, fleet)
     for path in ("/history", "/history.json", "/history.csv", "/api/history"):
         r.add_get(path, history)
+    r.add_route("*", "/users", users)
+    r.add_get("/users.json", users)
     for path in ("/audit", "/audit.json", "/api/audit"):
         r.add_get(path, audit)
     r.add_get("/events", events)

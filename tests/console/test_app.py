@@ -181,3 +181,58 @@ async def test_api_matches_its_openapi_document(rig: tuple[TestClient, Console])
     jsonschema.Draft202012Validator({**spec, "$ref": "#/components/schemas/Error"}).validate(
         await resp.json()
     )
+
+
+async def test_supervisor_manages_accounts_and_disabling_ends_sessions(
+    rig: tuple[TestClient, Console],
+) -> None:
+    client, con = rig
+    csrf = await login(client, "boss")
+    resp = await client.post(
+        "/users",
+        data={
+            "csrf": csrf,
+            "action": "add",
+            "name": "zhao",
+            "role": "viewer",
+            "password": "zhao password",
+        },
+    )
+    assert resp.status == 200 and "zhao" in await resp.text()
+    assert (
+        await client.post(
+            "/users",
+            data={
+                "csrf": csrf,
+                "action": "add",
+                "name": "zhao",
+                "role": "viewer",
+                "password": "x" * 9,
+            },
+        )
+    ).status == 400
+    # li is signed in elsewhere; disabling li ends that session at once
+    async with TestClient(TestServer(build_app(con), host="127.0.0.1")) as li:
+        li_csrf = await login(li, "li")
+        assert (await li.get("/users.json")).status == 403  # a dispatcher
+        assert (
+            await client.post("/users", data={"csrf": csrf, "action": "disable", "name": "li"})
+        ).status == 200
+        assert (await li.get("/board.json")).status == 401
+        assert li_csrf
+    actions = {e["action"] for e in con.store.audit_log()}
+    assert {"user-add", "user-disable"} <= actions
+
+
+async def test_unproven_and_mismatch_are_flagged(rig: tuple[TestClient, Console]) -> None:
+    client, con = rig
+    env = alarm(70_000, address="Elsewhere 9")
+    con.store.admit(env, received=100.0)
+    replay = alarm(70_000)  # same seq, another id: kept as unproven
+    assert con.store.admit(replay, received=101.0).unproven
+    await login(client)
+    board = await (await client.get("/board.json")).json()
+    flags = {a["id"]: (a["fresh"], a["mismatch"]) for a in board["alarms"]}
+    assert flags == {env.id: (True, True), replay.id: (False, False)}
+    html = await (await client.get("/")).text()
+    assert html.count("unproven-flag") == 1
