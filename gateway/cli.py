@@ -161,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "action",
         nargs=argparse.REMAINDER,
         metavar="ACTION ...",
-        help="alarms | ack ID --by NAME | resolve ID --outcome O --by NAME | status "
-        "(alarmgw center ACTION --help)",
+        help="alarms | ack ID --by NAME | resolve ID --outcome O --by NAME | status | "
+        "user add|passwd|disable|list | token add|disable (alarmgw center ACTION --help)",
     )
     p.set_defaults(func=_cmd_center)
 

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     for sub, name, helptext in (
         (user, "add", "create an account (password from the terminal or stdin)"),
         (user, "passwd", "set an account's password"),
-        (user, "disable", "disable an account (signed-in sessions end at the next restart)"),
+        (user, "disable", "disable an account (its sessions end at their next request)"),
         (user, "list", "list the accounts"),
         (token, "add", "create a bearer token for an integrator (printed once)"),
         (token, "disable", "disable every token of NAME"),
