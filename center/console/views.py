@@ -61,7 +61,7 @@ def board(
 ) -> dict[str, Any]:
     """Open alarms: unacknowledged first, oldest on top; then acknowledged; tests apart."""
     now = time.time() if now is None else now
-    items = [alarm_item(a, sites, now) for a in store.alarms(open_only=True, limit=5000)]
+    items = [alarm_item(a, sites, now) for a in store.open_alarms(limit=5000)]
     items.sort(key=lambda a: (a["status"] != "new", a["received_at"]))
     return {
         "now": now,

@@ -124,6 +124,23 @@ class ConsoleQueries:
 
     # -- history and fleet ------------------------------------------------------------
 
+    def open_alarms(self, *, limit: int = 5000) -> list[dict[str, Any]]:
+        """Alarms and tests not resolved, oldest first (through the status index)."""
+        with self.transaction():
+            found = list(
+                rows(
+                    self._x(
+                        "SELECT * FROM alarms WHERE status IN ('new', 'acknowledged') "
+                        "ORDER BY received_at LIMIT ?",
+                        (limit,),
+                    )
+                )
+            )
+        for row in found:
+            row["body"] = json.loads(row["body"])
+            row["fresh"] = bool(row["fresh"])
+        return found
+
     def search_alarms(
         self,
         *,

@@ -46,3 +46,12 @@ def test_search_fleet_and_troubles(store: Store) -> None:
         0,
     )
     assert store.troubles() == []
+
+
+def test_open_alarms_oldest_first(store: Store) -> None:
+    assert isinstance(store, ConsoleQueries)
+    first, second = alarm(10), alarm(11)
+    store.admit(second, received=200.0)
+    store.admit(first, received=100.0)
+    assert [a["id"] for a in store.open_alarms()] == [first.id, second.id]
+    assert store.open_alarms()[0]["body"]["code"] == "120"
