@@ -100,7 +100,7 @@ async def _auth(request: web.Request, handler: Handler) -> web.StreamResponse:
             if account is None or account["disabled"] or account["role"] != who.role:
                 con.sessions.close_user(who.name)  # disabled or changed: sign in again
                 who = None
-        if who is not None and request.method == "POST":
+        if who is not None and request.method == "POST" and request.path != "/login":
             sent = request.headers.get("X-CSRF-Token")
             if sent is None and request.content_type == "application/x-www-form-urlencoded":
                 sent = str((await request.post()).get("csrf", ""))

@@ -53,7 +53,7 @@
     const box = document.getElementById(target);
     if (!box) { return Promise.resolve(); }
     return fetch(box.dataset.fragment, { credentials: "same-origin" }).then(function (r) {
-      if (r.status === 401) { window.location = "/login"; return null; }
+      if (r.status === 401 || r.redirected) { window.location = "/login"; return null; }
       return r.ok ? r.text() : null;
     }).then(function (html) {
       if (html === null) { return; }
