@@ -90,6 +90,10 @@
     source.addEventListener("error", function () { if (live) { live.classList.add("down"); } });
     source.addEventListener(page === "board" ? "alarms" : "fleet", function () { soon(target); });
     setInterval(function () { refresh(target); }, 15000);
+    // The alert repeats while an alarm is still unacknowledged.
+    if (page === "board") {
+      setInterval(function () { if (newIds().size) { alert(); } }, 10000);
+    }
     setInterval(tick, 1000);
   }
 })();
