@@ -75,6 +75,7 @@ _V2 = [
         n {serial}, at {real} NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
         detail TEXT NOT NULL)""",
     "CREATE INDEX IF NOT EXISTS alarms_received ON alarms (received_at)",
+    "CREATE INDEX IF NOT EXISTS alarms_gw ON alarms (site, gw, received_at)",
 ]
 
 MIGRATIONS: list[list[str]] = [_V1, _V2]
