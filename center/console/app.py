@@ -242,6 +242,10 @@ async def alarm(request: web.Request) -> web.StreamResponse:
     if found is None:
         raise web.HTTPNotFound(text="no such alarm")
     data = views.detail(con.store, found, con.store.audit(found["id"]), con.sites)
+    if data["gateway"] is not None:
+        data["gateway"]["status"] = (
+            con.live(found["site"], found["gw"]) or data["gateway"]["status"]
+        )
     data["outcomes"] = OUTCOMES
     return _page(request, "alarm.html", data)
 
