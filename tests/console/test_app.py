@@ -236,3 +236,21 @@ async def test_unproven_and_mismatch_are_flagged(rig: tuple[TestClient, Console]
     assert flags == {env.id: (True, True), replay.id: (False, False)}
     html = await (await client.get("/")).text()
     assert html.count("unproven-flag") == 1
+
+
+async def test_session_cookie_is_secure_with_tls(rig: tuple[TestClient, Console]) -> None:
+    _, con = rig
+    con.secure = True
+    async with TestClient(TestServer(build_app(con), host="127.0.0.1")) as client:
+        resp = await client.post(
+            "/login", data={"name": "li", "password": PASSWORD}, allow_redirects=False
+        )
+        assert "Secure" in resp.headers["Set-Cookie"]
+
+
+async def test_login_rate_limited_per_address(rig: tuple[TestClient, Console]) -> None:
+    client, _ = rig
+    for n in range(20):
+        resp = await client.post("/login", data={"name": f"nobody{n}", "password": "x" * 8})
+        assert resp.status == 401
+    assert (await client.post("/login", data={"name": "li", "password": PASSWORD})).status == 429
