@@ -84,6 +84,16 @@ class HealthSection(Section):
     enabled: bool = True
 
 
+class ConsoleSection(Section):
+    """``[console]``: the dispatchers' web console and its JSON API (loopback by default;
+    ``tls_cert``/``tls_key`` serve HTTPS and mark the session cookie Secure)."""
+
+    listen: Annotated[str, AfterValidator(_listen)] = "127.0.0.1:8788"
+    tls_cert: FilePath | None = None
+    tls_key: FilePath | None = None
+    session_idle_s: Annotated[float, Field(ge=60.0)] = 8 * 3600.0
+
+
 class CenterConfig(Section):
     """The whole command-center config file."""
 
@@ -92,6 +102,7 @@ class CenterConfig(Section):
     mqtt_secondary: CenterMqttSection | None = None  # also listen (and ack) on a 2nd broker
     gateways: list[RegistryEntry] = Field(default_factory=list)
     health: HealthSection = Field(default_factory=HealthSection)
+    console: ConsoleSection | None = None  # present: the running service serves it
     path: Path
 
     @property

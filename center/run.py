@@ -126,6 +126,10 @@ async def run_center(config_path: str, *, as_json: bool, out: TextIO = sys.stdou
         from center.health import serve_health  # noqa: PLC0415
 
         tasks.append(asyncio.create_task(serve_health(center, cfg.health.listen), name="health"))
+    if cfg.console is not None:
+        from center.console.serve import serve_console  # noqa: PLC0415
+
+        tasks.append(asyncio.create_task(serve_console(center, cfg), name="console"))
     try:
         await asyncio.gather(*jobs)
     finally:

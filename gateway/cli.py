@@ -40,6 +40,10 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
 
 
 def _cmd_center(args: argparse.Namespace) -> int:
+    if args.action and args.action[0] in ("user", "token"):  # console accounts, API tokens
+        from center.console.cli import main as console_main  # noqa: PLC0415
+
+        return console_main(args.action, config=args.config)
     if args.action:  # alarmgw center alarms|ack|resolve|status ...
         from center.cli import main as center_main  # noqa: PLC0415
 
@@ -157,8 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
         "action",
         nargs=argparse.REMAINDER,
         metavar="ACTION ...",
-        help="alarms | ack ID --by NAME | resolve ID --outcome O --by NAME | status "
-        "(alarmgw center ACTION --help)",
+        help="alarms | ack ID --by NAME | resolve ID --outcome O --by NAME | status | "
+        "user add|passwd|disable|list | token add|disable (alarmgw center ACTION --help)",
     )
     p.set_defaults(func=_cmd_center)
 

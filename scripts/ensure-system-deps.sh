@@ -23,6 +23,9 @@ command -v npm >/dev/null 2>&1 || need+=(nodejs npm)
 # postgresql: the center's shared store; its tests start a throwaway server with the
 # initdb/pg_ctl under /usr/lib/postgresql/<ver>/bin.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || need+=(postgresql)
+# chromium and its driver: the web console's browser tests (selenium, headless).
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 node_deps="$(dirname "$0")/ensure-node-deps.sh"
 [ ${#need[@]} -eq 0 ] && exec "$node_deps"
 echo "installing system packages: ${need[*]}"

@@ -62,7 +62,23 @@ _V1 = [
         PRIMARY KEY (site, gw))""",
 ]
 
-MIGRATIONS: list[list[str]] = [_V1]
+# The web console's accounts, integrators' API tokens (only their SHA-256 is kept) and what
+# people did there besides alarm steps (logins, account changes), append-only by use.
+_V2 = [
+    """CREATE TABLE IF NOT EXISTS console_users (
+        name TEXT PRIMARY KEY, role TEXT NOT NULL, pw_hash TEXT NOT NULL,
+        disabled {int} NOT NULL DEFAULT 0, lang TEXT, created_at {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS console_tokens (
+        digest TEXT PRIMARY KEY, name TEXT NOT NULL, role TEXT NOT NULL,
+        disabled {int} NOT NULL DEFAULT 0, created_at {real} NOT NULL)""",
+    """CREATE TABLE IF NOT EXISTS console_audit (
+        n {serial}, at {real} NOT NULL, actor TEXT NOT NULL, action TEXT NOT NULL,
+        detail TEXT NOT NULL)""",
+    "CREATE INDEX IF NOT EXISTS alarms_received ON alarms (received_at)",
+    "CREATE INDEX IF NOT EXISTS alarms_gw ON alarms (site, gw, received_at)",
+]
+
+MIGRATIONS: list[list[str]] = [_V1, _V2]
 LATEST = len(MIGRATIONS)
 
 # Append-only audit trail, enforced by the database.

@@ -11,6 +11,7 @@ from contextlib import contextmanager
 from typing import Any, ClassVar, NoReturn
 
 from center.store.base import WINDOW, Admission, OutboxItem, SchemaTooNew, StoreError, rows
+from center.store.consoledata import ConsoleQueries
 from center.store.schema import LATEST, statements
 from gateway.contract.envelope import Envelope
 
@@ -24,7 +25,7 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
-class SqlStore(ABC):
+class SqlStore(ConsoleQueries, ABC):
     """Everything but the connection (see the module docstring)."""
 
     dialect = "sql"

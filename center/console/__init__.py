@@ -1,0 +1,1 @@
+"""The dispatchers' web console, served by the running center (``[console] listen``)."""
