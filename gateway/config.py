@@ -104,7 +104,7 @@ class MqttSection(Section):
         return self
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     if host.lower().rstrip(".") == "localhost":
         return True
     try:
@@ -123,7 +123,7 @@ def transport_problems(d: Mapping[str, Any]) -> Problems:
         missing = "key_file" if d.get("key_file") is None else "cert_file"
         found.append(((missing,), "cert_file and key_file go together (mTLS)"))
     plain_ok = d.get("allow_plaintext", False) is not False
-    if tls is False and not plain_ok and isinstance(host, str) and not _is_loopback(host):
+    if tls is False and not plain_ok and isinstance(host, str) and not is_loopback(host):
         # PROTOCOL.md "Transport": plain TCP only on loopback or when the
         # operator says so in config.
         where = ("tls",) if "tls" in d else ("host",)

@@ -15,7 +15,7 @@ from aiohttp import web
 from center.check import Verdict
 from center.console.app import Console, build_app
 from center.liveness import GatewayStatus
-from gateway.config import split_host_port
+from gateway.configtypes import split_host_port
 
 if TYPE_CHECKING:
     from center.config import CenterConfig

@@ -455,9 +455,9 @@ def _peer_not_after(sock: ssl.SSLSocket) -> datetime | None:
 def _certs(ctx: Context) -> list[Check]:
     m = ctx.cfg.mqtt
     if not m.tls:
-        from gateway.config import _is_loopback  # noqa: PLC0415
+        from gateway.config import is_loopback  # noqa: PLC0415
 
-        if _is_loopback(m.host):
+        if is_loopback(m.host):
             return [PASS("certs", "TLS off: broker on loopback, no certificates to check")]
         return [WARN("certs", f"TLS off to {m.host}: traffic is readable", "set tls = true")]
     out = []
