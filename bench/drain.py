@@ -292,19 +292,20 @@ def floor_burst(port: int, n: int, size: int, broker_pid: int) -> tuple[float, d
     return rate, cpu
 
 
-def write_center_config(root: Path, port: int) -> Path:
+def write_center_config(root: Path, port: int, protocol: str = "5") -> Path:
     write_keypair(root / "keys", "center", force=True)
     cfg = root / "center.toml"
     cfg.write_text(
         f'[center]\nkey_file = "keys/center.key"\nstate_dir = "state-center"\n\n'
-        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nprefix = "{PREFIX}"\n\n'
+        f'[mqtt]\nhost = "127.0.0.1"\nport = {port}\nprefix = "{PREFIX}"\n'
+        f'protocol = "{protocol}"\n\n'
         f'[[gateways]]\nid = "{GW}"\nsite = "{SITE}"\npublic_keys = ["keys/gateway.pub"]\n'
     )
     return cfg
 
 
 async def drain(
-    root: Path, port: int, n: int, broker_pid: int
+    root: Path, port: int, n: int, broker_pid: int, protocol: str = "5"
 ) -> tuple[float, int, dict[str, float]]:
     """Queue n alarms, start the relay, time until the center acked them all. ``root`` is
     this round's own directory (its outbox, seq file and center state start empty)."""
@@ -345,7 +346,7 @@ async def drain(
         resend_max_s=60.0,
     )
     up = Uplink(
-        MqttSettings("127.0.0.1", port, 30, "drain-gw"),
+        MqttSettings("127.0.0.1", port, 30, "drain-gw", protocol=protocol),
         subscriptions=[topic(PREFIX, SITE, GW, "ack")],
         on_message=relay.on_message,
         prepare=relay.prepare_session,
@@ -478,6 +479,12 @@ def main() -> int:
     parser.add_argument("--queue", type=int, default=1_000_000)
     parser.add_argument("--enqueue-sample", type=int, default=20_000)
     parser.add_argument("--rounds", type=int, default=3, help="drains, each between floors")
+    parser.add_argument(
+        "--protocol",
+        choices=("5", "3.1.1"),
+        default="5",
+        help="MQTT version of the gateway and the center (the floor stays MQTT 5)",
+    )
     args = parser.parse_args()
     # SIGTERM (e.g. from `timeout`) unwinds like Ctrl-C, so the broker we started is stopped.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
@@ -504,13 +511,15 @@ def main() -> int:
             for i in range(args.rounds):
                 rdir = root / f"round-{i + 1}"
                 write_keypair(rdir / "keys", "gateway")
-                write_center_config(rdir, broker.port)
+                write_center_config(rdir, broker.port, args.protocol)
                 print(
                     f"drain {i + 1}/{args.rounds}: {args.drain} queued alarms to the center, "
                     "with acks; then the floor again ...",
                     flush=True,
                 )
-                rate, sent, cpu, threads = asyncio.run(drain(rdir, broker.port, args.drain, bpid))
+                rate, sent, cpu, threads = asyncio.run(
+                    drain(rdir, broker.port, args.drain, bpid, args.protocol)
+                )
                 floors.append(floor_burst(broker.port, args.drain, size, bpid))
                 floor = (floors[i][0] + floors[i + 1][0]) / 2
                 rounds.append(
@@ -534,6 +543,7 @@ def main() -> int:
     rate, floor = mid.drain_per_s, mid.floor_per_s
     result = {
         "drain_events": args.drain,
+        "protocol": args.protocol,
         "drain_per_s": rate,
         "floor_burst_per_s": floor,
         "drain_ratio": mid.ratio,
