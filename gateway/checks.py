@@ -230,6 +230,21 @@ def camera(reasons: Collection[str], detail: str, *, polled: bool, facts: str = 
     return ok("camera", facts or "recording")
 
 
+GPIO_FIX = (
+    "check the [[button]] pin (BCM number), that nothing else holds it (gpioinfo), "
+    "and the GPIO driver (alarmgw diag)"
+)
+
+
+def gpio_button(name: str, pin: int, *, started: bool, problem: str | None, fix: str) -> Verdict:
+    """A GPIO button whose pins cannot be claimed cannot raise an alarm: that fails."""
+    if problem is not None:
+        return failing("button", problem, fix or GPIO_FIX)
+    if not started:
+        return warning("button", f"{name}: GPIO{pin} not claimed yet", "wait, or see the journal")
+    return ok("button", f"{name}: GPIO{pin} claimed")
+
+
 def serial_link(
     name: str,
     *,

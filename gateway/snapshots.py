@@ -124,6 +124,7 @@ class GpioInput:
     short_presses: int
     led: str | None
     alarms: int
+    verdict: Verdict | None = None  # None before its pins were first tried
 
 
 @dataclass(frozen=True, slots=True)

@@ -117,6 +117,7 @@ def _input(i: InputSnapshot, monitors: MonitorsSnapshot | None) -> dict[str, Any
             "short_presses": i.short_presses,
             "led": i.led,
             "alarms": i.alarms,
+            **({} if i.verdict is None else {"verdict": verdict_json(i.verdict)}),
         }
     return {
         "ref": i.ref,

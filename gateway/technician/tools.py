@@ -141,6 +141,8 @@ def _judged_trouble(trouble: dict[str, Any], judged: set[str]) -> bool:
     """True for an open trouble a verdict already reports: the bollard's, the camera's, the
     self-checks' and a box's silence (350); a box's tamper or power trouble is not."""
     device = trouble.get("device")
+    if device == "button":  # 380: each dead button's verdict says which and why
+        return any(name.startswith("gpio:") for name in judged)
     if device in judged and str(device).startswith("serial:"):
         return trouble.get("code") == "350"
     return device in judged
