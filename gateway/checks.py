@@ -196,6 +196,49 @@ def outbox_writable(path: Path) -> Verdict:
     return ok("outbox", f"{path}: writable")
 
 
+# --- center key ---------------------------------------------------------------------------
+
+CENTER_KEY_FIX = "install the center's current public key and list it in [mqtt] center_keys"
+
+
+def center_key(
+    refused: Iterable[tuple[str, int, int, str | None]], trusted: Collection[str]
+) -> Verdict:
+    """The center's acks, from those ignored per ``(reason, count, since_ack, last_kid)``:
+    acks refused for their key or signature since the last one that verified fail (every
+    alarm stays unacknowledged: a wrong or rotated center key); acks for another gateway
+    warn; refusals followed by a good ack are history."""
+    trust = ", ".join(sorted(trusted)) or "no key"
+    total = 0
+    for reason, count, since_ack, kid in refused:
+        total += count
+        if not since_ack:
+            continue
+        if reason == "unknown-kid":
+            return failing(
+                "center-key",
+                f"{since_ack} ack(s) refused: the center signs with kid {kid}; "
+                f"this gateway trusts {trust}",
+                CENTER_KEY_FIX,
+            )
+        if reason == "bad-signature":
+            return failing(
+                "center-key",
+                f"{since_ack} ack(s) refused: signatures of kid {kid} do not verify with "
+                "the key trusted under that kid",
+                "replace that center key file with the center's current public key",
+            )
+        if reason == "wrong-target":
+            return warning(
+                "center-key",
+                f"{since_ack} ack(s) for another gateway ignored",
+                "check [gateway] site and id against the center's registration",
+            )
+        return warning("center-key", f"{since_ack} ack(s) ignored ({reason})", "see alarmgw diag")
+    earlier = f"; {total} ignored before the last good ack" if total else ""
+    return ok("center-key", f"acks verify (trusted: {trust}){earlier}")
+
+
 # --- devices --------------------------------------------------------------------------------
 
 BOLLARD_FAILING = frozenset({"fault", "stuck", "unreachable", "gpio"})

@@ -63,6 +63,16 @@ class DeliveryCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedAcks:
+    """Acks the gateway ignored for one reason (``unknown-kid``, ``bad-signature``, ...)."""
+
+    reason: str
+    count: int
+    since_ack: int  # refused since the last ack that verified
+    last_kid: str | None  # the kid the last of them named
+
+
+@dataclass(frozen=True, slots=True)
 class DeliverySnapshot:
     """The relay's figures held in memory (no outbox read)."""
 
@@ -75,6 +85,8 @@ class DeliverySnapshot:
     raised: tuple[Raised, ...]
     last_alarm: LastAlarm | None
     pump_age_s: float | None  # since the outbox pump last went round
+    refused_acks: tuple[RefusedAcks, ...] = ()
+    center_kids: tuple[str, ...] = ()  # the center keys trusted for acks
 
 
 @dataclass(frozen=True, slots=True)

@@ -178,6 +178,14 @@ def families(
             "alarmgw_acks_rejected_total", "counter", "Acks ignored (bad signature, wrong target)."
         ).add(c.acks_rejected)
     )
+    refused = Family(
+        "alarmgw_acks_refused_total",
+        "counter",
+        "Acks ignored, by reason (unknown-kid, bad-signature: a wrong or rotated center key).",
+    )
+    for r in d.refused_acks:
+        refused.add(r.count, {"reason": r.reason})
+    fams.append(refused)
     fams.append(
         histogram_family(
             "alarmgw_ack_latency_seconds",

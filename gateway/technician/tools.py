@@ -127,7 +127,7 @@ def _verdicts(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(name, verdict) of every check the daemon judged: serial links, the bollard, the
     camera and the self-checks (device ``gateway``)."""
     out = [(i["ref"], i["verdict"]) for i in st["inputs"] if isinstance(i.get("verdict"), dict)]
-    for name in ("bollard", "camera"):
+    for name in ("bollard", "camera", "acks"):
         section = st.get(name)
         if isinstance(section, dict) and isinstance(section.get("verdict"), dict):
             out.append((name, section["verdict"]))
@@ -296,6 +296,27 @@ def queue_verdict(q: dict[str, Any], ack_timeout_s: float) -> int:
     return WARN if q["pending"] or q.get("memory_only") else OK
 
 
+def refused_acks(st: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``center-key`` verdict of a ``/status`` document when the center's acks are being
+    refused (a wrong or rotated center key), else None."""
+    acks = st.get("acks")
+    verdict = acks.get("verdict") if isinstance(acks, dict) else None
+    if isinstance(verdict, dict) and verdict.get("level") in ("warning", "failing"):
+        return verdict
+    return None
+
+
+def blame_refused_acks(q: dict[str, Any], st: dict[str, Any]) -> None:
+    """Name refused acks as the LAST ERROR of queued rows that have none of their own."""
+    verdict = refused_acks(st)
+    if verdict is None:
+        return
+    for row in q.get("by_type", {}).values():
+        if isinstance(row, dict) and not row.get("last_error"):
+            row["last_error"] = "the center's acks are refused (see below)"
+    q["acks_refused"] = f"{verdict['found']} -> {verdict['fix']}"
+
+
 def format_queue(q: dict[str, Any], source: str) -> list[str]:
     lines = [f"Queue ({source})"]
     if not q["pending"]:
@@ -312,6 +333,9 @@ def format_queue(q: dict[str, Any], source: str) -> list[str]:
         lines.append(f"{'total':<8} {q['pending']:>7}  {ago(q['oldest_age_s'])}")
     if q.get("memory_only"):
         lines.append(f"! {q['memory_only']} more only in memory: the outbox cannot be written")
+    if q.get("acks_refused"):
+        lines += wrap(f"! {q['acks_refused']}", 2)
+        return lines
     return [fit(line) for line in lines]
 
 
@@ -323,6 +347,7 @@ def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
         code, st = 0, {}
     if code == 200 and "queue" in st:
         q, source = st["queue"], "from the running daemon"
+        blame_refused_acks(q, st)
     else:
         # The daemon is down (or stuck): the outbox file still tells the truth.
         try:
@@ -337,6 +362,14 @@ def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
     else:
         print("\n".join(format_queue(q, source)), file=out)
     return code
+
+
+def _refused_now(client: DaemonClient) -> dict[str, Any] | None:
+    try:
+        code, st = client.json("GET", "/status")
+    except DaemonUnavailable:
+        return None
+    return refused_acks(st) if code == 200 else None
 
 
 # --- test-alarm ---------------------------------------------------------------------------
@@ -436,6 +469,15 @@ def cmd_test_alarm(
             print(fit(f"round trip {trip} (gateway to center and back), {here}"), file=out)
     else:
         _progress(out, f"NO ACK within {timeout_s:.0f} s", final=True)
+        refused = _refused_now(client) if path == "mqtt" else None
+        if refused is not None:
+            print(
+                "\n".join(
+                    wrap(f"The center answered, but its ack was refused: {refused['found']}", 2)
+                ),
+                file=out,
+            )
+            print("\n".join(wrap(f"  -> {refused['fix']}", 5)), file=out)
         print(fit(f"The test stays queued and is re-sent until {who} acks it."), file=out)
         print(fit("Look at: alarmgw status; alarmgw queue; alarmgw diag"), file=out)
     return OK if acked else FAIL
