@@ -181,6 +181,7 @@ class CameraSnapshot:
     below_policy: int | None = None  # channels holding fewer than required_days
     worst_channel: str | None = None  # the channel with the least retention
     disks_failed: int | None = None  # when the recorder reports its disks
+    polled: bool = True  # False until the recorder was asked once: its state is unknown
 
     @property
     def ok(self) -> bool:

@@ -93,6 +93,7 @@ def camera_snapshot(camera: CameraMonitor, reporter: TroubleReporter) -> CameraS
         below_policy=seen.get("below_policy"),
         worst_channel=seen.get("worst_channel"),
         disks_failed=seen.get("disks_failed"),
+        polled=camera.polls > 0,
     )
 
 
