@@ -14,8 +14,9 @@ import ctypes.util
 import os
 import shutil
 import stat
+import subprocess
 import sys
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,12 +97,60 @@ def kernel_clock_synced() -> bool | None:
     return rc != TIME_ERROR and not tx.status & STA_UNSYNC
 
 
+TIMESYNC_DIR = Path("/run/systemd/timesync")
+CHRONY_LEAP_FIELD = 13  # ``chronyc -c tracking``: the 14th CSV field is the leap status
+
+
+def chrony_synced(chronyc: str | None, *, timeout_s: float = 2.0) -> bool | None:
+    """chronyd's view (``chronyc -c tracking``: leap status ``Normal`` when synchronised);
+    None without chronyc or when chronyd does not answer."""
+    if chronyc is None:
+        return None
+    try:
+        done = subprocess.run(
+            [chronyc, "-c", "tracking"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = done.stdout.strip().split(",")
+    if done.returncode != 0 or len(fields) <= CHRONY_LEAP_FIELD:
+        return None
+    return fields[CHRONY_LEAP_FIELD].strip() == "Normal"
+
+
+def clock_synced(
+    *,
+    timesync_dir: Path = TIMESYNC_DIR,
+    chronyc: str | None = None,
+    adjtimex: Callable[[], bool | None] = kernel_clock_synced,
+) -> bool | None:
+    """Whether the system clock is synchronised, from a source the daemon's sandbox allows
+    (``ProtectClock=yes`` makes adjtimex fail): systemd-timesyncd's ``synchronized`` flag
+    file, chronyd through ``chronyc`` (found on PATH unless given), then the kernel. None
+    when none of them can tell."""
+    if (timesync_dir / "synchronized").exists():
+        return True
+    chrony = chrony_synced(chronyc if chronyc is not None else shutil.which("chronyc"))
+    if chrony is not None:
+        return chrony
+    kernel = adjtimex()
+    if kernel is not None:
+        return kernel
+    if timesync_dir.is_dir():  # timesyncd runs and has not synchronised since boot
+        return False
+    return None
+
+
 def clock(synced: bool | None, *, enabled: bool = True) -> Verdict:
     """The system clock (``[selfcheck] clock`` turns the check off)."""
     if not enabled:
         return ok("clock", "not checked ([selfcheck] clock = false)")
     if synced is None:
-        return warning("clock", "unknown: the kernel cannot be asked", NTP_FIX)
+        return warning("clock", "unknown: neither timesyncd, chrony nor the kernel told", NTP_FIX)
     if not synced:
         return failing("clock", "system clock NOT synchronised (NTP)", NTP_FIX)
     return ok("clock", "synchronised")

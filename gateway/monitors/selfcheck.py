@@ -76,7 +76,7 @@ class SelfCheck:
         cert_warn_days: int = 30,
         cert_files: Sequence[Path] = (),
         key_files: Sequence[Path] = (),
-        clock_probe: Callable[[], bool | None] = kernel_clock_synced,
+        clock_probe: Callable[[], bool | None] = checks.clock_synced,
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         wall: Callable[[], float] = time.time,
     ) -> None:
