@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import OutboxError
@@ -23,15 +25,38 @@ QUEUE_WARN_S = 60.0  # an event unacknowledged for this long is worth a technici
 EVENT_TYPES = ("alarm", "test", "trouble", "restore")
 
 
-def fit(line: str, width: int = WIDTH) -> str:
-    """``line`` cut to ``width`` columns (with ``...`` when cut)."""
+def columns() -> int:
+    """The terminal's width (``COLUMNS``, else the terminal's, else 80), at least 40: a phone
+    over SSH has about 50 columns."""
+    return max(40, shutil.get_terminal_size((WIDTH, 24)).columns)
+
+
+def local_time(ts: str | float, tz: str = "") -> str:
+    """An RFC 3339 time or a Unix time as ``YYYY-MM-DD HH:MM:SS TZ`` in the site's time zone
+    (``tz``, an IANA name), else in this machine's local time; ``ts`` as is if unreadable."""
+    try:
+        when = (
+            datetime.fromtimestamp(ts, UTC)
+            if isinstance(ts, int | float)
+            else datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        )
+        local = when.astimezone(ZoneInfo(tz)) if tz else when.astimezone()
+    except (ValueError, OverflowError, OSError, ZoneInfoNotFoundError):
+        return str(ts)
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def fit(line: str, width: int | None = None) -> str:
+    """``line`` cut to ``width`` columns (default: the terminal's; ``...`` when cut)."""
+    width = width or columns()
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
-def wrap(line: str, indent: int, width: int = WIDTH) -> list[str]:
+def wrap(line: str, indent: int, width: int | None = None) -> list[str]:
     """``line`` folded to ``width`` columns, continuations indented by ``indent``. Breaks
     at the last space past the label columns (the first ``indent``); a longer word (a
     path) is cut where the line ends, so no line holds nothing but its label."""
+    width = width or columns()
     out: list[str] = []
     while len(line) > width:
         cut = line.rfind(" ", indent + 1, width + 1)
@@ -194,8 +219,10 @@ def _input_line(i: dict[str, Any]) -> str:
     return f"  {i['ref']:<20} {i['state']:<7} {what}"
 
 
-def format_status(st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S) -> list[str]:
-    """The human summary of a ``/status`` snapshot, one fact per line."""
+def format_status(
+    st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S, tz: str = ""
+) -> list[str]:
+    """The human summary of a ``/status`` snapshot, one fact per line; times in ``tz``."""
     gw, up, q = st["gateway"], st["uplink"], st["queue"]
     code, warnings = status_verdict(st, ack_timeout_s)
     lines = [f"alarmgw {gw['version']}  {gw['site']}/{gw['id']}  up {ago(gw['uptime_s'])}"]
@@ -222,12 +249,20 @@ def format_status(st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S) -> li
     if q.get("memory_only"):
         lines.append(f"  ! {q['memory_only']} event(s) only in memory (outbox not writable)")
     last = st.get("last_alarm")
+    unacked = q.get("by_type", {}).get("alarm")
+    if unacked and (not last or last.get("type") != "alarm" or last.get("acked_at")):
+        # A later test (or an acked alarm) must not hide a real alarm still waiting.
+        lines.append(
+            f"Last alarm  ! {unacked['pending']} real alarm(s) NOT acked yet, "
+            f"oldest {ago(unacked['oldest_age_s'])} ago"
+        )
     if last:
         acked = "not acked yet"
         if last.get("acked_at"):
             ms = last.get("ack_ms")
             acked = f"acked in {ms:.0f} ms" if ms is not None else "acked"
-        lines.append(f"Last alarm  {last.get('type', 'alarm')} {last['ts']} {last['input']}")
+        when = local_time(last["ts"], tz)
+        lines.append(f"Last alarm  {last.get('type', 'alarm')} {when} {last['input']}")
         lines.append(f"            {acked}, id {last['id']}")
     else:
         lines.append("Last alarm  none since start")
@@ -236,7 +271,8 @@ def format_status(st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S) -> li
     for name, section in _sections(st):
         lines.append(f"{name.capitalize():<11} {section_summary(section)}")
     lines.append(f"Key         kid {gw['kid']}, pid {gw['pid']}, config {gw['config']}")
-    return [part for line in lines for part in wrap(line, 12)]
+    width = columns()
+    return [part for line in lines for part in wrap(line, 12, width)]
 
 
 _CORE_KEYS = frozenset(
@@ -276,7 +312,8 @@ def cmd_status(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
     if as_json:
         print(json.dumps({**st, "verdict": {"exit": code, "warnings": warnings}}), file=out)
     else:
-        print("\n".join(format_status(st, cfg.alarm.ack_timeout_s)), file=out)
+        tz = cfg.bollard.timezone if cfg.bollard is not None else ""
+        print("\n".join(format_status(st, cfg.alarm.ack_timeout_s, tz)), file=out)
     return code
 
 
@@ -333,10 +370,10 @@ def format_queue(q: dict[str, Any], source: str) -> list[str]:
         lines.append(f"{'total':<8} {q['pending']:>7}  {ago(q['oldest_age_s'])}")
     if q.get("memory_only"):
         lines.append(f"! {q['memory_only']} more only in memory: the outbox cannot be written")
+    out = [fit(line) for line in lines]
     if q.get("acks_refused"):
-        lines += wrap(f"! {q['acks_refused']}", 2)
-        return lines
-    return [fit(line) for line in lines]
+        out += wrap(f"! {q['acks_refused']}", 2)
+    return out
 
 
 def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -460,8 +497,8 @@ def cmd_test_alarm(
     elif acked:
         gw_ms = info.get("ack_ms")
         trip = f"{gw_ms:.0f} ms" if gw_ms is not None else "?"
-        when = datetime.fromtimestamp(info["acked_at"], UTC).strftime("%H:%M:%S")
-        _progress(out, f"ACKED by {who} at {when} UTC", final=True)
+        tz = cfg.bollard.timezone if cfg.bollard is not None else ""
+        _progress(out, f"ACKED by {who} at {local_time(info['acked_at'], tz)}", final=True)
         here = f"{rtt_ms:.0f} ms here"
         if path == "dc09":
             print(fit(f"round trip {here} (raise, DC-09 frame, the receiver's ACK)"), file=out)
