@@ -56,3 +56,22 @@ def test_chrony_not_answering_falls_back_to_adjtimex(tmp_path: Path) -> None:
     broken = fake_chronyc(tmp_path, "Normal", rc=1)
     assert checks.clock_synced(timesync_dir=absent, chronyc=broken, adjtimex=lambda: False) is False
     assert checks.clock_synced(timesync_dir=absent, chronyc=broken, adjtimex=no_adjtimex) is None
+
+
+def test_selfcheck_snapshot_before_the_first_round_does_not_probe(tmp_path: Path) -> None:
+    from gateway.monitors.reporter import TroubleReporter
+    from gateway.monitors.selfcheck import SelfCheck
+
+    probed: list[int] = []
+
+    def probe() -> bool:
+        probed.append(1)
+        return True
+
+    sc = SelfCheck(TroubleReporter(_Sink()), state_dir=tmp_path, clock_probe=probe)
+    assert sc.snapshot().clock_synced is None and not probed
+
+
+class _Sink:
+    def raise_event(self, kind: str, body: object, ts: str | None = None) -> str:
+        return "id"

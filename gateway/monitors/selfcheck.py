@@ -120,10 +120,11 @@ class SelfCheck:
         return Findings(free, synced, tuple(verdicts))
 
     def snapshot(self) -> SelfCheckSnapshot:
-        """The last round's findings; before the first round, the clock and the disk now."""
+        """The last round's findings; before the first round, the disk now and the clock
+        unknown (its probe may run ``chronyc``: not on the event loop)."""
         if self.last is not None:
             return self.last.snapshot()
-        return SelfCheckSnapshot(self.clock_synced(), self.disk_free_bytes(), ())
+        return SelfCheckSnapshot(None, self.disk_free_bytes(), ())
 
     def apply(self, findings: Findings) -> None:
         """Report each code's condition from one round of findings."""
