@@ -195,6 +195,7 @@ class SelfCheckSnapshot:
     clock_synced: bool | None
     free_bytes: int | None
     verdicts: tuple[Verdict, ...]
+    cert_days: tuple[tuple[str, float], ...] = ()  # (file, days until it expires)
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,9 +55,10 @@ class Findings:
     free_bytes: int | None
     clock_synced: bool | None
     verdicts: tuple[Verdict, ...]
+    cert_days: tuple[tuple[str, float], ...] = ()
 
     def snapshot(self) -> SelfCheckSnapshot:
-        return SelfCheckSnapshot(self.clock_synced, self.free_bytes, self.verdicts)
+        return SelfCheckSnapshot(self.clock_synced, self.free_bytes, self.verdicts, self.cert_days)
 
 
 class SelfCheck:
@@ -117,7 +118,14 @@ class SelfCheck:
             for p in self.cert_files
         ]
         verdicts += [checks.key_mode(p) for p in self.key_files]
-        return Findings(free, synced, tuple(verdicts))
+        days: list[tuple[str, float]] = []
+        for p in self.cert_files:
+            try:
+                left = checks.certificate_expiry(p) - now
+            except (OSError, ValueError):
+                continue  # its verdict above says why
+            days.append((str(p), round(left.total_seconds() / 86400, 1)))
+        return Findings(free, synced, tuple(verdicts), tuple(days))
 
     def snapshot(self) -> SelfCheckSnapshot:
         """The last round's findings; before the first round, the disk now and the clock
