@@ -23,6 +23,7 @@ from gateway.snapshots import SupervisorSnapshot
 from gateway.technician.status import _input
 from gateway.technician.tools import status_verdict
 from tests.gpio_helpers import FakeSink, wait_until
+from tests.harness import Site
 
 PIN = 17
 FAST = retry.RESTART.limited(first_s=0.01, cap_s=0.02)
@@ -98,3 +99,24 @@ def _status_doc(inp: dict[str, Any]) -> dict[str, Any]:
         "inputs": [inp],
         "uplink": {"connected": True},
     }
+
+
+@pytest.mark.slow
+async def test_daemon_with_an_unclaimable_pin_tells_the_center(site: Site) -> None:
+    # No pin factory can drive GPIO17 here: gpiozero's own choice on a machine without one.
+    from tests.test_site_supervision import event, expect
+
+    site.buttons = [{"name": "gate-main", "pin": PIN}]
+    site.write_configs()
+    center = site.start_center()
+    gateway = site.start_gateway({"GPIOZERO_PIN_FACTORY": "no-such-factory"})
+    got = await expect(center, event("trouble", "button", "380", "GPIO17"))
+    assert "gate-main" in got["detail"]
+
+    def is_dead(e: Any) -> bool:
+        return isinstance(e, dict) and e.get("event") == "button cannot raise alarms"
+
+    await asyncio.to_thread(gateway.wait_for, is_dead)
+    dead = gateway.matching(is_dead)
+    restarts = gateway.matching(lambda e: e.get("event") == "loop restarted")
+    assert len(dead) == 1 and not restarts
