@@ -151,10 +151,13 @@ def heartbeat_summary(body: Mapping[str, Any]) -> str:
     if "camera" in body:
         cam = body["camera"]
         days = cam.get("retention_days", "?")
-        parts.append(
-            f"camera {'ok' if cam.get('ok') else 'NOT ok'} "
-            f"({'recording' if cam.get('recording') else 'not recording'}, {days} days)"
-        )
+        if cam.get("ok") is None:  # the gateway has not asked its recorder yet
+            parts.append("camera unknown (not polled yet)")
+        else:
+            parts.append(
+                f"camera {'ok' if cam.get('ok') else 'NOT ok'} "
+                f"({'recording' if cam.get('recording') else 'not recording'}, {days} days)"
+            )
     clock = body.get("clock", {}).get("synced")
     parts.append("clock synced" if clock else "clock NOT synced")
     free = body.get("disk", {}).get("free_bytes")

@@ -14,8 +14,9 @@ import ctypes.util
 import os
 import shutil
 import stat
+import subprocess
 import sys
-from collections.abc import Collection, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -96,12 +97,60 @@ def kernel_clock_synced() -> bool | None:
     return rc != TIME_ERROR and not tx.status & STA_UNSYNC
 
 
+TIMESYNC_DIR = Path("/run/systemd/timesync")
+CHRONY_LEAP_FIELD = 13  # ``chronyc -c tracking``: the 14th CSV field is the leap status
+
+
+def chrony_synced(chronyc: str | None, *, timeout_s: float = 2.0) -> bool | None:
+    """chronyd's view (``chronyc -c tracking``: leap status ``Normal`` when synchronised);
+    None without chronyc or when chronyd does not answer."""
+    if chronyc is None:
+        return None
+    try:
+        done = subprocess.run(
+            [chronyc, "-c", "tracking"],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = done.stdout.strip().split(",")
+    if done.returncode != 0 or len(fields) <= CHRONY_LEAP_FIELD:
+        return None
+    return fields[CHRONY_LEAP_FIELD].strip() == "Normal"
+
+
+def clock_synced(
+    *,
+    timesync_dir: Path = TIMESYNC_DIR,
+    chronyc: str | None = None,
+    adjtimex: Callable[[], bool | None] = kernel_clock_synced,
+) -> bool | None:
+    """Whether the system clock is synchronised, from a source the daemon's sandbox allows
+    (``ProtectClock=yes`` makes adjtimex fail): systemd-timesyncd's ``synchronized`` flag
+    file, chronyd through ``chronyc`` (found on PATH unless given), then the kernel. None
+    when none of them can tell."""
+    if (timesync_dir / "synchronized").exists():
+        return True
+    chrony = chrony_synced(chronyc if chronyc is not None else shutil.which("chronyc"))
+    if chrony is not None:
+        return chrony
+    kernel = adjtimex()
+    if kernel is not None:
+        return kernel
+    if timesync_dir.is_dir():  # timesyncd runs and has not synchronised since boot
+        return False
+    return None
+
+
 def clock(synced: bool | None, *, enabled: bool = True) -> Verdict:
     """The system clock (``[selfcheck] clock`` turns the check off)."""
     if not enabled:
         return ok("clock", "not checked ([selfcheck] clock = false)")
     if synced is None:
-        return warning("clock", "unknown: the kernel cannot be asked", NTP_FIX)
+        return warning("clock", "unknown: neither timesyncd, chrony nor the kernel told", NTP_FIX)
     if not synced:
         return failing("clock", "system clock NOT synchronised (NTP)", NTP_FIX)
     return ok("clock", "synchronised")
@@ -196,6 +245,49 @@ def outbox_writable(path: Path) -> Verdict:
     return ok("outbox", f"{path}: writable")
 
 
+# --- center key ---------------------------------------------------------------------------
+
+CENTER_KEY_FIX = "install the center's current public key and list it in [mqtt] center_keys"
+
+
+def center_key(
+    refused: Iterable[tuple[str, int, int, str | None]], trusted: Collection[str]
+) -> Verdict:
+    """The center's acks, from those ignored per ``(reason, count, since_ack, last_kid)``:
+    acks refused for their key or signature since the last one that verified fail (every
+    alarm stays unacknowledged: a wrong or rotated center key); acks for another gateway
+    warn; refusals followed by a good ack are history."""
+    trust = ", ".join(sorted(trusted)) or "no key"
+    total = 0
+    for reason, count, since_ack, kid in refused:
+        total += count
+        if not since_ack:
+            continue
+        if reason == "unknown-kid":
+            return failing(
+                "center-key",
+                f"{since_ack} ack(s) refused: the center signs with kid {kid}; "
+                f"this gateway trusts {trust}",
+                CENTER_KEY_FIX,
+            )
+        if reason == "bad-signature":
+            return failing(
+                "center-key",
+                f"{since_ack} ack(s) refused: signatures of kid {kid} do not verify with "
+                "the key trusted under that kid",
+                "replace that center key file with the center's current public key",
+            )
+        if reason == "wrong-target":
+            return warning(
+                "center-key",
+                f"{since_ack} ack(s) for another gateway ignored",
+                "check [gateway] site and id against the center's registration",
+            )
+        return warning("center-key", f"{since_ack} ack(s) ignored ({reason})", "see alarmgw diag")
+    earlier = f"; {total} ignored before the last good ack" if total else ""
+    return ok("center-key", f"acks verify (trusted: {trust}){earlier}")
+
+
 # --- devices --------------------------------------------------------------------------------
 
 BOLLARD_FAILING = frozenset({"fault", "stuck", "unreachable", "gpio"})
@@ -228,6 +320,21 @@ def camera(reasons: Collection[str], detail: str, *, polled: bool, facts: str = 
     if not polled:
         return warning("camera", "recorder not asked yet", "wait for the first poll")
     return ok("camera", facts or "recording")
+
+
+GPIO_FIX = (
+    "check the [[button]] pin (BCM number), that nothing else holds it (gpioinfo), "
+    "and the GPIO driver (alarmgw diag)"
+)
+
+
+def gpio_button(name: str, pin: int, *, started: bool, problem: str | None, fix: str) -> Verdict:
+    """A GPIO button whose pins cannot be claimed cannot raise an alarm: that fails."""
+    if problem is not None:
+        return failing("button", problem, fix or GPIO_FIX)
+    if not started:
+        return warning("button", f"{name}: GPIO{pin} not claimed yet", "wait, or see the journal")
+    return ok("button", f"{name}: GPIO{pin} claimed")
 
 
 def serial_link(

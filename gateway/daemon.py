@@ -187,6 +187,7 @@ class Gateway:
             route=lambda: relay.route("heartbeat"),
             boxes=self.boxes,
             core=self.snapshots.core,
+            buttons=self.buttons,
         )
         self.snapshots.monitors = monitors.snapshot
         return monitors

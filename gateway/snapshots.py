@@ -63,6 +63,16 @@ class DeliveryCounters:
 
 
 @dataclass(frozen=True, slots=True)
+class RefusedAcks:
+    """Acks the gateway ignored for one reason (``unknown-kid``, ``bad-signature``, ...)."""
+
+    reason: str
+    count: int
+    since_ack: int  # refused since the last ack that verified
+    last_kid: str | None  # the kid the last of them named
+
+
+@dataclass(frozen=True, slots=True)
 class DeliverySnapshot:
     """The relay's figures held in memory (no outbox read)."""
 
@@ -75,6 +85,8 @@ class DeliverySnapshot:
     raised: tuple[Raised, ...]
     last_alarm: LastAlarm | None
     pump_age_s: float | None  # since the outbox pump last went round
+    refused_acks: tuple[RefusedAcks, ...] = ()
+    center_kids: tuple[str, ...] = ()  # the center keys trusted for acks
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +136,7 @@ class GpioInput:
     short_presses: int
     led: str | None
     alarms: int
+    verdict: Verdict | None = None  # None before its pins were first tried
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,6 +181,7 @@ class CameraSnapshot:
     below_policy: int | None = None  # channels holding fewer than required_days
     worst_channel: str | None = None  # the channel with the least retention
     disks_failed: int | None = None  # when the recorder reports its disks
+    polled: bool = True  # False until the recorder was asked once: its state is unknown
 
     @property
     def ok(self) -> bool:
@@ -181,6 +195,7 @@ class SelfCheckSnapshot:
     clock_synced: bool | None
     free_bytes: int | None
     verdicts: tuple[Verdict, ...]
+    cert_days: tuple[tuple[str, float], ...] = ()  # (file, days until it expires)
 
 
 @dataclass(frozen=True, slots=True)

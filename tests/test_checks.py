@@ -114,7 +114,7 @@ def test_clock(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, synced: bool | None, enabled: bool, want: str
 ) -> None:
     cfg = config(tmp_path, selfcheck={"clock": enabled})
-    monkeypatch.setattr(checks, "kernel_clock_synced", lambda: synced)
+    monkeypatch.setattr(checks, "clock_synced", lambda: synced)
     agree(three_ways(cfg, diag._clock, selfcheck(cfg, clock_probe=lambda: synced)), want)
 
 

@@ -63,6 +63,7 @@ STATUS_KEYS = {
     "camera",
     "supervision",
     "selfcheck",
+    "acks",
 }
 
 

@@ -59,6 +59,7 @@ async def rig(
     ack_timeout_s: float = 15.0,
     gw_user: str | None = None,
     protocol: str = "5",
+    backoff_max_s: float | None = 1.0,  # None: the gateway's own reconnect policy
 ) -> AsyncIterator[Rig]:
     gw_key, c_key = SigningKey.generate(), SigningKey.generate()
     reg = Registry()
@@ -93,7 +94,13 @@ async def rig(
     )
     g_up = Uplink(
         MqttSettings(
-            "127.0.0.1", port, 5, "gw", protocol=protocol, username=gw_user, backoff_max_s=1.0
+            "127.0.0.1",
+            port,
+            5,
+            "gw",
+            protocol=protocol,
+            username=gw_user,
+            backoff_max_s=backoff_max_s,
         ),
         subscriptions=[topic(PREFIX, SITE, GW, "ack")],
         on_message=relay.on_message,

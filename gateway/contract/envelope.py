@@ -457,8 +457,11 @@ def _check_heartbeat(body: Mapping[str, Any]) -> None:
             raise EnvelopeError("malformed", "body.bollard.since must be an RFC 3339 time")
     if "camera" in body:
         camera = _need(body, "camera", dict)
-        _flag(camera, "recording")
-        _flag(camera, "ok")
+        for key in ("recording", "ok"):  # null: not known yet (the recorder not asked yet)
+            if camera.get(key) is not None:
+                _flag(camera, key)
+            elif key not in camera:
+                raise EnvelopeError("malformed", f"body.camera.{key} must be present")
         if "retention_days" in camera and _finite(camera, "retention_days") < 0:
             raise EnvelopeError("malformed", "body.camera.retention_days must be >= 0")
         if "required_days" in camera and _count(camera, "required_days") < 1:

@@ -24,7 +24,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from enum import StrEnum
 
-from gateway.contract.envelope import parse_and_verify
+from gateway.contract.envelope import parse, verify
 from gateway.contract.signing import VerifyKey
 from gateway.contract.topics import topic
 from gateway.delivery.events import (
@@ -206,6 +206,10 @@ class DeliveryCore:
         self.sent_by_path: Counter[str] = Counter()
         self.publish_refused = 0
         self.acks_refused: Counter[str] = Counter()  # ignored acks by reason
+        # Per reason: the kid the last refused envelope named, and how many were refused
+        # since the last ack that verified (a rotated center key shows here, not in counts).
+        self.acks_refused_kid: dict[str, str] = {}
+        self.acks_refused_since_ack: Counter[str] = Counter()
 
     # -- queries ----------------------------------------------------------------------
 
@@ -407,12 +411,17 @@ class DeliveryCore:
         if name != self.ack_topic:
             return []
         try:
-            env = parse_and_verify(payload, self._center_keys)
+            env = parse(payload)
         except EnvelopeError as err:
             return [self._refuse(err.reason, err.detail)]
+        try:
+            verify(env, self._center_keys)
+        except EnvelopeError as err:
+            return [self._refuse(err.reason, err.detail, kid=env.kid)]
         if (env.site, env.gw) != (self.site, self.gw):
-            return [self._refuse("wrong-target", f"{env.type} for {env.site}/{env.gw}")]
+            return [self._refuse("wrong-target", f"{env.type} for {env.site}/{env.gw}", env.kid)]
         if env.type == "ack":
+            self.acks_refused_since_ack.clear()
             return self._acked([str(i) for i in env.body["ids"]], now)
         if env.type == "dispatch":
             return self._dispatched([str(i) for i in env.body["ids"]], env.body["status"])
@@ -532,8 +541,16 @@ class DeliveryCore:
             e.payload = b""  # the outbox has it: a re-send reads it from there
         return out
 
-    def _refuse(self, reason: str, detail: str) -> AckRefused:
+    @property
+    def center_kids(self) -> tuple[str, ...]:
+        """The center keys trusted for acks."""
+        return tuple(sorted(self._center_keys))
+
+    def _refuse(self, reason: str, detail: str, kid: str = "") -> AckRefused:
         self.acks_refused[reason] += 1
+        self.acks_refused_since_ack[reason] += 1
+        if kid:
+            self.acks_refused_kid[reason] = kid
         return AckRefused(reason, detail)
 
     def _acked(self, ids: list[str], now: float) -> list[Action]:

@@ -181,6 +181,21 @@ class Relay:
         """Ignored acks by reason (``unknown-kid``, ``bad-signature``, ``wrong-target``...)."""
         return self.core.acks_refused
 
+    @property
+    def acks_refused_kid(self) -> Mapping[str, str]:
+        """The kid named by the last ignored ack, by reason."""
+        return self.core.acks_refused_kid
+
+    @property
+    def acks_refused_since_ack(self) -> Mapping[str, int]:
+        """Ignored acks by reason since the last ack that verified."""
+        return self.core.acks_refused_since_ack
+
+    @property
+    def center_kids(self) -> tuple[str, ...]:
+        """The center keys this gateway trusts."""
+        return self.core.center_kids
+
     def attach(
         self,
         uplink: Transport,

@@ -15,6 +15,7 @@ from gateway.snapshots import (
     QueueRow,
     QueueSnapshot,
     Raised,
+    RefusedAcks,
 )
 
 if TYPE_CHECKING:
@@ -54,6 +55,14 @@ class RelayLike(Protocol):
     @property
     def last_alarm(self) -> Mapping[str, Any] | None: ...
     def memory_only_count(self) -> int: ...
+    @property
+    def acks_rejected_by(self) -> Mapping[str, int]: ...
+    @property
+    def acks_refused_since_ack(self) -> Mapping[str, int]: ...
+    @property
+    def acks_refused_kid(self) -> Mapping[str, str]: ...
+    @property
+    def center_kids(self) -> tuple[str, ...]: ...
 
 
 class OutboxLike(Protocol):
@@ -112,6 +121,17 @@ def delivery_snapshot(
             acked_at=last.get("acked_at"),
         ),
         pump_age_s=_age(at, relay.pump_tick),
+        refused_acks=tuple(
+            RefusedAcks(
+                reason=str(reason),
+                count=int(n),
+                since_ack=int(relay.acks_refused_since_ack.get(reason, 0)),
+                last_kid=relay.acks_refused_kid.get(reason),
+            )
+            for reason, n in sorted(relay.acks_rejected_by.items())
+            if n
+        ),
+        center_kids=tuple(relay.center_kids),
     )
 
 

@@ -34,7 +34,9 @@ from typing import Any, ClassVar, get_args
 
 import structlog
 from gpiozero import LED, Button
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_never
 
+from gateway import retry
 from gateway.config import ButtonSection
 from gateway.errors import AlarmgwError
 from gateway.feedback import AlarmSink, Feedback, LedMode
@@ -195,7 +197,11 @@ class GpioButtonInput:
 
     ``factory`` is a gpiozero pin factory (default: gpiozero's configured one, e.g. from
     ``GPIOZERO_PIN_FACTORY``); ``clock`` stamps edges and must be monotonic (injectable for
-    tests; the loop's timers only decide when to look at it again)."""
+    tests; the loop's timers only decide when to look at it again).
+
+    While its pins cannot be claimed the button cannot raise an alarm: ``run()`` keeps
+    trying with ``claim_policy``'s growing waits, ``problem`` says why, and every
+    ``on_problem`` callback is told each change (the problem, or None once claimed)."""
 
     def __init__(
         self,
@@ -204,6 +210,7 @@ class GpioButtonInput:
         *,
         factory: Any = None,
         clock: Callable[[], float] = time.monotonic,
+        claim_policy: retry.Policy = retry.RESTART,
     ) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -216,6 +223,11 @@ class GpioButtonInput:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._timer: asyncio.TimerHandle | None = None
         self.feedback: LedFeedback | None = None
+        self.claim_policy = claim_policy
+        self.problem: str | None = None
+        self.problem_fix = ""  # what a technician should do about ``problem``
+        self.on_problem: list[Callable[[str | None], None]] = []
+        self._announced = False
 
     @property
     def presses(self) -> int:
@@ -293,12 +305,47 @@ class GpioButtonInput:
             self.feedback = None
 
     async def run(self) -> None:
-        """Start on the running loop and serve until cancelled; the pins are released then."""
-        self.start(asyncio.get_running_loop())
+        """Start on the running loop and serve until cancelled; the pins are released then.
+        A pin that cannot be claimed is tried again, quietly, until it can."""
+        loop = asyncio.get_running_loop()
+        attempts = AsyncRetrying(
+            wait=self.claim_policy.wait(),
+            stop=stop_never,
+            retry=retry_if_exception_type(GpioPinError),
+            reraise=True,
+        )
+        async for attempt in attempts:
+            with attempt:
+                try:
+                    self.start(loop)
+                except GpioPinError as err:
+                    log.debug("button claim failed", button=self.name, error=str(err))
+                    self._set_problem(str(err))
+                    raise
+        self._set_problem(None)
         try:
             await asyncio.Event().wait()
         finally:
             self.close()
+
+    def _set_problem(self, problem: str | None) -> None:
+        """Record and announce a change of the button's problem: one log line per change."""
+        if self._announced and problem == self.problem:
+            return
+        self._announced = True  # the first outcome is always announced
+        was, self.problem = self.problem, problem
+        self.problem_fix = ""
+        if problem is not None:
+            driver = pin_factory_problem()
+            self.problem_fix = driver[1] if driver is not None else ""
+            log.error("button cannot raise alarms", button=self.name, problem=problem)
+        elif was is not None:
+            log.info("button works again", button=self.name, pin=self.cfg.pin)
+        for callback in list(self.on_problem):
+            try:
+                callback(problem)
+            except Exception:  # a listener must never stop the button from being claimed
+                log.exception("gpio_problem_listener_failed", button=self.name)
 
     def _claim(self, key: str, pin: int, make: Callable[[Any], Any]) -> Any:
         try:

@@ -45,6 +45,10 @@ class ButtonLike(Protocol):
     def short_presses(self) -> int: ...
     @property
     def feedback(self) -> LedLike | None: ...
+    @property
+    def problem(self) -> str | None: ...
+    @property
+    def problem_fix(self) -> str: ...
 
 
 class BoxLike(Protocol):
@@ -78,12 +82,13 @@ Raised = Mapping[tuple[str, str], int]
 
 
 def gpio_input(b: ButtonLike, raised: Raised, supervisor: SupervisorSnapshot) -> GpioInput:
-    """A button: ok once its pins are claimed; trouble when claiming them failed (its loop
-    was restarted); unknown until then."""
+    """A button: ok once its pins are claimed; trouble while they cannot be claimed (or its
+    loop was restarted), with a failing verdict; unknown until then."""
     started = bool(b.started)
     state: InputState = "ok" if started else "unknown"
-    if not started and supervisor.restarts(b.input_ref):
+    if not started and (b.problem is not None or supervisor.restarts(b.input_ref)):
         state = "trouble"
+    tried = started or b.problem is not None
     return GpioInput(
         ref=b.input_ref,
         name=b.name,
@@ -97,6 +102,11 @@ def gpio_input(b: ButtonLike, raised: Raised, supervisor: SupervisorSnapshot) ->
         short_presses=int(b.short_presses),
         led=b.feedback.mode if b.feedback is not None else None,
         alarms=int(raised.get((b.input_ref, "alarm"), 0)),
+        verdict=checks.gpio_button(
+            b.name, b.cfg.pin, started=started, problem=b.problem, fix=b.problem_fix
+        )
+        if tried
+        else None,
     )
 
 

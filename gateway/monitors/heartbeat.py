@@ -74,6 +74,8 @@ def heartbeat_body(
         }
         camera.update({k: v for k, v in per_channel.items() if v is not None})
         body["camera"] = {**camera, "ok": c.ok}
+        if not c.polled:  # not asked yet: unknown, not "not ok" (null in the schema)
+            body["camera"] = {"recording": None, "required_days": c.required_days, "ok": None}
     return body
 
 

@@ -55,9 +55,10 @@ class Findings:
     free_bytes: int | None
     clock_synced: bool | None
     verdicts: tuple[Verdict, ...]
+    cert_days: tuple[tuple[str, float], ...] = ()
 
     def snapshot(self) -> SelfCheckSnapshot:
-        return SelfCheckSnapshot(self.clock_synced, self.free_bytes, self.verdicts)
+        return SelfCheckSnapshot(self.clock_synced, self.free_bytes, self.verdicts, self.cert_days)
 
 
 class SelfCheck:
@@ -76,7 +77,7 @@ class SelfCheck:
         cert_warn_days: int = 30,
         cert_files: Sequence[Path] = (),
         key_files: Sequence[Path] = (),
-        clock_probe: Callable[[], bool | None] = kernel_clock_synced,
+        clock_probe: Callable[[], bool | None] = checks.clock_synced,
         disk_free: Callable[[Path], int] = lambda p: shutil.disk_usage(p).free,
         wall: Callable[[], float] = time.time,
     ) -> None:
@@ -117,13 +118,21 @@ class SelfCheck:
             for p in self.cert_files
         ]
         verdicts += [checks.key_mode(p) for p in self.key_files]
-        return Findings(free, synced, tuple(verdicts))
+        days: list[tuple[str, float]] = []
+        for p in self.cert_files:
+            try:
+                left = checks.certificate_expiry(p) - now
+            except (OSError, ValueError):
+                continue  # its verdict above says why
+            days.append((str(p), round(left.total_seconds() / 86400, 1)))
+        return Findings(free, synced, tuple(verdicts), tuple(days))
 
     def snapshot(self) -> SelfCheckSnapshot:
-        """The last round's findings; before the first round, the clock and the disk now."""
+        """The last round's findings; before the first round, the disk now and the clock
+        unknown (its probe may run ``chronyc``: not on the event loop)."""
         if self.last is not None:
             return self.last.snapshot()
-        return SelfCheckSnapshot(self.clock_synced(), self.disk_free_bytes(), ())
+        return SelfCheckSnapshot(None, self.disk_free_bytes(), ())
 
     def apply(self, findings: Findings) -> None:
         """Report each code's condition from one round of findings."""

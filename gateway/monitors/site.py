@@ -22,6 +22,7 @@ from gateway.delivery.transport import Transport
 from gateway.delivery.uplink import Uplink
 from gateway.monitors.bollard import BollardMonitor
 from gateway.monitors.boxlink import BoxSupervisor, SupervisedLink
+from gateway.monitors.buttons import ButtonSupervisor, SupervisedButton
 from gateway.monitors.heartbeat import Heartbeat, heartbeat_body
 from gateway.monitors.reporter import EventSink, TroubleReporter
 from gateway.monitors.selfcheck import SelfCheck
@@ -92,6 +93,7 @@ def camera_snapshot(camera: CameraMonitor, reporter: TroubleReporter) -> CameraS
         below_policy=seen.get("below_policy"),
         worst_channel=seen.get("worst_channel"),
         disks_failed=seen.get("disks_failed"),
+        polled=camera.polls > 0,
     )
 
 
@@ -116,6 +118,7 @@ class SiteMonitors:
         route: Callable[[], Transport | None],
         boxes: Sequence[SupervisedLink],
         core: Core,
+        buttons: Sequence[SupervisedButton] = (),
     ) -> None:
         self._core = core
         state_dir = Path(cfg.gateway.state_dir)
@@ -129,6 +132,7 @@ class SiteMonitors:
 
             self.camera = CameraMonitor(cfg.camera, self.reporter)
         self.boxes = [BoxSupervisor(link, self.reporter) for link in boxes]
+        self.buttons = ButtonSupervisor(buttons, self.reporter)
         mqtt = cfg.mqtt
         self.selfcheck = SelfCheck(
             self.reporter,
@@ -151,6 +155,7 @@ class SiteMonitors:
             route=route,  # the secondary after failover
         )
         self.devices = ["gateway", *(b.device for b in self.boxes)]
+        self.devices += ["button"] if buttons else []
         self.devices += ["bollard"] if self.bollard else []
         self.devices += ["camera"] if self.camera else []
         self.reporter.forget_unmonitored(self.devices)

@@ -18,6 +18,7 @@ from gateway.snapshots import (
     GatewaySnapshot,
     GpioInput,
     LinkSnapshot,
+    MonitorsSnapshot,
     QueueSnapshot,
     SerialInput,
     input_state,
@@ -178,6 +179,14 @@ def families(
             "alarmgw_acks_rejected_total", "counter", "Acks ignored (bad signature, wrong target)."
         ).add(c.acks_rejected)
     )
+    refused = Family(
+        "alarmgw_acks_refused_total",
+        "counter",
+        "Acks ignored, by reason (unknown-kid, bad-signature: a wrong or rotated center key).",
+    )
+    for r in d.refused_acks:
+        refused.add(r.count, {"reason": r.reason})
+    fams.append(refused)
     fams.append(
         histogram_family(
             "alarmgw_ack_latency_seconds",
@@ -200,6 +209,71 @@ def families(
     for i in snap.inputs:
         up.add(1 if input_state(i, snap.monitors) == "ok" else 0, {"input": i.ref})
     fams.append(up)
+    if snap.monitors is not None:
+        fams += site_families(snap.monitors)
+    return fams
+
+
+BOLLARD_STATES = ("up", "down", "moving", "fault", "unknown")
+
+
+def site_families(m: MonitorsSnapshot) -> list[Family]:
+    """The site as the monitors see it: bollard, recorder, open troubles, clock, disk and
+    certificates. A figure not known yet (a recorder not asked) is left out, not zero."""
+    fams: list[Family] = []
+    if m.bollard is not None:
+        state = Family("alarmgw_bollard_state", "gauge", "1 for the bollard's current state.")
+        for name in BOLLARD_STATES:
+            state.add(1 if m.bollard.state == name else 0, {"state": name})
+        fams.append(state)
+    c = m.camera
+    if c is not None and c.polled:
+        fams.append(
+            Family("alarmgw_camera_recording", "gauge", "1 when the recorder records.").add(
+                1 if c.recording else 0
+            )
+        )
+        if c.retention_days is not None:
+            fams.append(
+                Family(
+                    "alarmgw_camera_retention_days",
+                    "gauge",
+                    "Days of video the recorder holds (its worst channel's).",
+                ).add(c.retention_days)
+            )
+    if c is not None:
+        fams.append(
+            Family(
+                "alarmgw_camera_required_days", "gauge", "Days of video the policy requires."
+            ).add(c.required_days)
+        )
+    troubles = Family("alarmgw_troubles_open", "gauge", "Open troubles by code and device.")
+    counts: dict[tuple[str, str], int] = {}
+    for t in m.troubles:
+        counts[(t.code, t.device)] = counts.get((t.code, t.device), 0) + 1
+    for (code, device), n in sorted(counts.items()):
+        troubles.add(n, {"code": code, "device": device})
+    fams.append(troubles)
+    s = m.selfcheck
+    if s.clock_synced is not None:
+        fams.append(
+            Family("alarmgw_clock_synced", "gauge", "1 when the system clock is synchronised.").add(
+                1 if s.clock_synced else 0
+            )
+        )
+    if s.free_bytes is not None:
+        fams.append(
+            Family(
+                "alarmgw_disk_free_bytes", "gauge", "Free bytes on the state directory's disk."
+            ).add(s.free_bytes)
+        )
+    if s.cert_days:
+        days = Family(
+            "alarmgw_certificate_days_left", "gauge", "Days until each TLS certificate expires."
+        )
+        for path, left in s.cert_days:
+            days.add(left, {"file": path})
+        fams.append(days)
     return fams
 
 

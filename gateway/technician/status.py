@@ -29,6 +29,7 @@ from gateway.errors import OutboxError
 from gateway.snapshots import (
     BollardSnapshot,
     CameraSnapshot,
+    DeliverySnapshot,
     GatewaySnapshot,
     GpioInput,
     InputSnapshot,
@@ -117,6 +118,7 @@ def _input(i: InputSnapshot, monitors: MonitorsSnapshot | None) -> dict[str, Any
             "short_presses": i.short_presses,
             "led": i.led,
             "alarms": i.alarms,
+            **({} if i.verdict is None else {"verdict": verdict_json(i.verdict)}),
         }
     return {
         "ref": i.ref,
@@ -219,6 +221,23 @@ def _selfcheck(m: MonitorsSnapshot) -> dict[str, Any]:
     }
 
 
+def _acks(d: DeliverySnapshot) -> dict[str, Any]:
+    """The center's acks: those ignored by reason and the ``center-key`` verdict."""
+    v = checks.center_key(
+        [(r.reason, r.count, r.since_ack, r.last_kid) for r in d.refused_acks], d.center_kids
+    )
+    return {
+        "status": v.found if v.ok else f"TROUBLE: {v.found}",
+        "ok": v.ok,
+        "trusted": list(d.center_kids),
+        "refused": {
+            r.reason: {"count": r.count, "since_ack": r.since_ack, "last_kid": r.last_kid}
+            for r in d.refused_acks
+        },
+        "verdict": verdict_json(v),
+    }
+
+
 def to_json(
     snap: GatewaySnapshot,
     *,
@@ -271,6 +290,7 @@ def to_json(
         "bollard": _bollard(m.bollard if m else None, m is not None),
         "camera": _camera(m.camera if m else None, m is not None),
     }
+    status["acks"] = _acks(d)
     if m is not None:
         status["supervision"] = _supervision(m)
         status["selfcheck"] = _selfcheck(m)

@@ -6,11 +6,13 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import OutboxError
@@ -23,15 +25,38 @@ QUEUE_WARN_S = 60.0  # an event unacknowledged for this long is worth a technici
 EVENT_TYPES = ("alarm", "test", "trouble", "restore")
 
 
-def fit(line: str, width: int = WIDTH) -> str:
-    """``line`` cut to ``width`` columns (with ``...`` when cut)."""
+def columns() -> int:
+    """The terminal's width (``COLUMNS``, else the terminal's, else 80), at least 40: a phone
+    over SSH has about 50 columns."""
+    return max(40, shutil.get_terminal_size((WIDTH, 24)).columns)
+
+
+def local_time(ts: str | float, tz: str = "") -> str:
+    """An RFC 3339 time or a Unix time as ``YYYY-MM-DD HH:MM:SS TZ`` in the site's time zone
+    (``tz``, an IANA name), else in this machine's local time; ``ts`` as is if unreadable."""
+    try:
+        when = (
+            datetime.fromtimestamp(ts, UTC)
+            if isinstance(ts, int | float)
+            else datetime.fromisoformat(ts.replace("Z", "+00:00"))
+        )
+        local = when.astimezone(ZoneInfo(tz)) if tz else when.astimezone()
+    except (ValueError, OverflowError, OSError, ZoneInfoNotFoundError):
+        return str(ts)
+    return local.strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def fit(line: str, width: int | None = None) -> str:
+    """``line`` cut to ``width`` columns (default: the terminal's; ``...`` when cut)."""
+    width = width or columns()
     return line if len(line) <= width else line[: width - 3] + "..."
 
 
-def wrap(line: str, indent: int, width: int = WIDTH) -> list[str]:
+def wrap(line: str, indent: int, width: int | None = None) -> list[str]:
     """``line`` folded to ``width`` columns, continuations indented by ``indent``. Breaks
     at the last space past the label columns (the first ``indent``); a longer word (a
     path) is cut where the line ends, so no line holds nothing but its label."""
+    width = width or columns()
     out: list[str] = []
     while len(line) > width:
         cut = line.rfind(" ", indent + 1, width + 1)
@@ -127,7 +152,7 @@ def _verdicts(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(name, verdict) of every check the daemon judged: serial links, the bollard, the
     camera and the self-checks (device ``gateway``)."""
     out = [(i["ref"], i["verdict"]) for i in st["inputs"] if isinstance(i.get("verdict"), dict)]
-    for name in ("bollard", "camera"):
+    for name in ("bollard", "camera", "acks"):
         section = st.get(name)
         if isinstance(section, dict) and isinstance(section.get("verdict"), dict):
             out.append((name, section["verdict"]))
@@ -141,6 +166,8 @@ def _judged_trouble(trouble: dict[str, Any], judged: set[str]) -> bool:
     """True for an open trouble a verdict already reports: the bollard's, the camera's, the
     self-checks' and a box's silence (350); a box's tamper or power trouble is not."""
     device = trouble.get("device")
+    if device == "button":  # 380: each dead button's verdict says which and why
+        return any(name.startswith("gpio:") for name in judged)
     if device in judged and str(device).startswith("serial:"):
         return trouble.get("code") == "350"
     return device in judged
@@ -192,8 +219,10 @@ def _input_line(i: dict[str, Any]) -> str:
     return f"  {i['ref']:<20} {i['state']:<7} {what}"
 
 
-def format_status(st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S) -> list[str]:
-    """The human summary of a ``/status`` snapshot, one fact per line."""
+def format_status(
+    st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S, tz: str = ""
+) -> list[str]:
+    """The human summary of a ``/status`` snapshot, one fact per line; times in ``tz``."""
     gw, up, q = st["gateway"], st["uplink"], st["queue"]
     code, warnings = status_verdict(st, ack_timeout_s)
     lines = [f"alarmgw {gw['version']}  {gw['site']}/{gw['id']}  up {ago(gw['uptime_s'])}"]
@@ -220,12 +249,20 @@ def format_status(st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S) -> li
     if q.get("memory_only"):
         lines.append(f"  ! {q['memory_only']} event(s) only in memory (outbox not writable)")
     last = st.get("last_alarm")
+    unacked = q.get("by_type", {}).get("alarm")
+    if unacked and (not last or last.get("type") != "alarm" or last.get("acked_at")):
+        # A later test (or an acked alarm) must not hide a real alarm still waiting.
+        lines.append(
+            f"Last alarm  ! {unacked['pending']} real alarm(s) NOT acked yet, "
+            f"oldest {ago(unacked['oldest_age_s'])} ago"
+        )
     if last:
         acked = "not acked yet"
         if last.get("acked_at"):
             ms = last.get("ack_ms")
             acked = f"acked in {ms:.0f} ms" if ms is not None else "acked"
-        lines.append(f"Last alarm  {last.get('type', 'alarm')} {last['ts']} {last['input']}")
+        when = local_time(last["ts"], tz)
+        lines.append(f"Last alarm  {last.get('type', 'alarm')} {when} {last['input']}")
         lines.append(f"            {acked}, id {last['id']}")
     else:
         lines.append("Last alarm  none since start")
@@ -234,7 +271,8 @@ def format_status(st: dict[str, Any], ack_timeout_s: float = QUEUE_WARN_S) -> li
     for name, section in _sections(st):
         lines.append(f"{name.capitalize():<11} {section_summary(section)}")
     lines.append(f"Key         kid {gw['kid']}, pid {gw['pid']}, config {gw['config']}")
-    return [part for line in lines for part in wrap(line, 12)]
+    width = columns()
+    return [part for line in lines for part in wrap(line, 12, width)]
 
 
 _CORE_KEYS = frozenset(
@@ -285,7 +323,8 @@ def cmd_status(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
                     print(fit(f"  ! {p}"), file=out)
             return FAIL
         code, warnings = status_verdict(st, cfg.alarm.ack_timeout_s)
-        text = "\n".join(format_status(st, cfg.alarm.ack_timeout_s))
+        tz = cfg.bollard.timezone if cfg.bollard is not None else ""
+        text = "\n".join(format_status(st, cfg.alarm.ack_timeout_s, tz))
     except MALFORMED as err:
         return _malformed(f"{client.address}/status", err, as_json, out)
     if as_json:
@@ -311,6 +350,27 @@ def queue_verdict(q: dict[str, Any], ack_timeout_s: float) -> int:
     return WARN if q["pending"] or q.get("memory_only") else OK
 
 
+def refused_acks(st: dict[str, Any]) -> dict[str, Any] | None:
+    """The ``center-key`` verdict of a ``/status`` document when the center's acks are being
+    refused (a wrong or rotated center key), else None."""
+    acks = st.get("acks")
+    verdict = acks.get("verdict") if isinstance(acks, dict) else None
+    if isinstance(verdict, dict) and verdict.get("level") in ("warning", "failing"):
+        return verdict
+    return None
+
+
+def blame_refused_acks(q: dict[str, Any], st: dict[str, Any]) -> None:
+    """Name refused acks as the LAST ERROR of queued rows that have none of their own."""
+    verdict = refused_acks(st)
+    if verdict is None:
+        return
+    for row in q.get("by_type", {}).values():
+        if isinstance(row, dict) and not row.get("last_error"):
+            row["last_error"] = "the center's acks are refused (see below)"
+    q["acks_refused"] = f"{verdict['found']} -> {verdict['fix']}"
+
+
 def format_queue(q: dict[str, Any], source: str) -> list[str]:
     lines = [f"Queue ({source})"]
     if not q["pending"]:
@@ -327,7 +387,10 @@ def format_queue(q: dict[str, Any], source: str) -> list[str]:
         lines.append(f"{'total':<8} {q['pending']:>7}  {ago(q['oldest_age_s'])}")
     if q.get("memory_only"):
         lines.append(f"! {q['memory_only']} more only in memory: the outbox cannot be written")
-    return [fit(line) for line in lines]
+    out = [fit(line) for line in lines]
+    if q.get("acks_refused"):
+        out += wrap(f"! {q['acks_refused']}", 2)
+    return out
 
 
 def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -338,6 +401,7 @@ def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
         code, st = 0, {}
     if code == 200 and isinstance(st, dict) and "queue" in st:
         q, source = st["queue"], "from the running daemon"
+        blame_refused_acks(q, st)
     else:
         # The daemon is down (or stuck): the outbox file still tells the truth.
         try:
@@ -356,6 +420,14 @@ def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
     else:
         print(text, file=out)
     return code
+
+
+def _refused_now(client: DaemonClient) -> dict[str, Any] | None:
+    try:
+        code, st = client.json("GET", "/status")
+    except DaemonUnavailable:
+        return None
+    return refused_acks(st) if code == 200 else None
 
 
 # --- test-alarm ---------------------------------------------------------------------------
@@ -446,8 +518,8 @@ def cmd_test_alarm(
     elif acked:
         gw_ms = info.get("ack_ms")
         trip = f"{gw_ms:.0f} ms" if gw_ms is not None else "?"
-        when = datetime.fromtimestamp(info["acked_at"], UTC).strftime("%H:%M:%S")
-        _progress(out, f"ACKED by {who} at {when} UTC", final=True)
+        tz = cfg.bollard.timezone if cfg.bollard is not None else ""
+        _progress(out, f"ACKED by {who} at {local_time(info['acked_at'], tz)}", final=True)
         here = f"{rtt_ms:.0f} ms here"
         if path == "dc09":
             print(fit(f"round trip {here} (raise, DC-09 frame, the receiver's ACK)"), file=out)
@@ -455,6 +527,15 @@ def cmd_test_alarm(
             print(fit(f"round trip {trip} (gateway to center and back), {here}"), file=out)
     else:
         _progress(out, f"NO ACK within {timeout_s:.0f} s", final=True)
+        refused = _refused_now(client) if path == "mqtt" else None
+        if refused is not None:
+            print(
+                "\n".join(
+                    wrap(f"The center answered, but its ack was refused: {refused['found']}", 2)
+                ),
+                file=out,
+            )
+            print("\n".join(wrap(f"  -> {refused['fix']}", 5)), file=out)
         print(fit(f"The test stays queued and is re-sent until {who} acks it."), file=out)
         print(fit("Look at: alarmgw status; alarmgw queue; alarmgw diag"), file=out)
     return OK if acked else FAIL
