@@ -1,9 +1,9 @@
-"""The MQTT session to the command center's broker (shared/spec/PROTOCOL.md "Transport").
+"""The MQTT session to the command center's broker (PROTOCOL.md "Transport").
 
 paho-mqtt 2 (``CallbackAPIVersion.VERSION2``) driven from the asyncio loop, the way aiomqtt
 does it: the client's socket is registered with ``add_reader``/``add_writer`` and
 ``loop_misc`` runs once a second, so every paho callback runs on the event-loop thread and
-there is no hidden network thread that an exception could silently kill (FIELD-NOTES: an
+there is no hidden network thread that an exception could silently kill (an
 exception in a ``loop_start`` callback kills that thread while ``is_connected()`` stays True).
 Only the blocking TCP/TLS connect runs in a worker thread.
 
@@ -36,8 +36,8 @@ from gateway.errors import AlarmgwError
 
 log = structlog.get_logger("alarmgw.uplink")
 
-# MQTT 5 reason codes >= 0x80 are failures; 16 "no matching subscribers" is a success
-# (FIELD-NOTES), 135 "not authorized" is how an ACL refusal shows up.
+# MQTT 5 reason codes >= 0x80 are failures; 16 "no matching subscribers" is a success,
+# 135 "not authorized" is how an ACL refusal shows up.
 
 
 class PublishRefused(AlarmgwError):
@@ -307,7 +307,7 @@ class Uplink:
             client.username_pw_set(s.username, s.password)
         if s.tls:
             client.tls_set_context(tls_context(s))
-        # Our outbox owns flow control; keep paho's window at Mosquitto's default (FIELD-NOTES).
+        # Our outbox owns flow control; keep paho's window at Mosquitto's default.
         client.max_inflight_messages_set(20)
         client.on_connect = self._cb(self._handle_connect)
         client.on_subscribe = self._cb(self._handle_subscribe)
@@ -365,7 +365,7 @@ class Uplink:
     async def _misc_loop(self) -> None:
         # paho's keepalive lives in loop_misc: it sends PINGREQ once nothing went in or out
         # for keepalive_s. paho alone notices a dead link only a further keepalive_s later (2x);
-        # a blackholed broker (no RST) must be noticed within 1.5x (issue 5), so we also watch
+        # a blackholed broker (no RST) must be noticed within 1.5x, so we also watch
         # for silence ourselves: a live broker answers PINGREQ within a round trip.
         assert self._loop is not None
         tick = min(1.0, self.settings.keepalive_s / 8)
