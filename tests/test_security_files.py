@@ -109,6 +109,11 @@ def test_the_center_state_dir_is_0700_and_loose_ones_warn(tmp_path: Path) -> Non
 
     logs = open_center()
     assert mode(state_dir) == 0o700
+    # The store holds every alarm's body and the anti-replay state: 0600 with its WAL.
+    for name in ("center.sqlite", "center.sqlite-wal"):
+        if (state_dir / name).exists():
+            assert mode(state_dir / name) == 0o600, name
+    assert (state_dir / "center.sqlite").exists()
     warnings = ("key file permissions", "loose file permissions")
     assert [e for e in logs if e["event"] in warnings] == []
 

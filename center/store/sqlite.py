@@ -11,6 +11,7 @@ from center.store.base import StoreError
 from center.store.schema import DIALECTS
 from center.store.sql import SqlStore
 from gateway.contract.envelope import Envelope
+from gateway.private_files import private_file
 
 
 class SqliteStore(SqlStore):
@@ -23,7 +24,8 @@ class SqliteStore(SqlStore):
         super().__init__()
         self.path = path
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            private_file(path, "center store")  # 0600, and so its -wal and -shm files
             self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")

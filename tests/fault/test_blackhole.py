@@ -66,7 +66,13 @@ async def test_blackholed_link_for_60_s(site: Site) -> None:
             await asyncio.sleep(max(0.0, BLACKHOLE_S - (loop.time() - cut_at)))
             assert len(center.matching(lambda e: e.get("type") == "alarm")) == 1
             proxy.heal()
-            await wait_accepted(center, 3, 90)
+            try:
+                await wait_accepted(center, 3, 90)
+            except TimeoutError:
+                recent = "\n".join(map(str, gateway.lines[-40:]))
+                raise AssertionError(
+                    f"not delivered after the heal; gateway log:\n{recent}"
+                ) from None
             await box.wait_led("solid", 30)
         print(json.dumps({"noticed_after_s": round(noticed_s, 2), "limit_s": KEEPALIVE_S * 1.5}))
         # keepalive x 1.5, plus the 0.5 s housekeeping tick and scheduling slack on a shared
