@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gateway.contract.envelope import VERSION, canonical, format_ts, uuid7
+from gateway.contract.envelope import build
 from gateway.contract.signing import SigningKey
 
 DISPATCH_STATUSES = frozenset({"acknowledged", "resolved"})
@@ -36,19 +36,10 @@ def sign(
     ts: str | None = None,
     id: str | None = None,
 ) -> Outbound:
-    fields: dict[str, Any] = {
-        "v": VERSION,
-        "id": id or uuid7(),
-        "type": type,
-        "site": site,
-        "gw": gw,
-        "seq": seq,
-        "ts": ts or format_ts(),
-        "kid": key.kid,
-        "body": dict(body),
-    }
-    sig = key.sign(canonical(fields))
-    return Outbound(fields["id"], type, seq, canonical({**fields, "sig": sig}))
+    """The envelope signed by ``gateway.contract.envelope.build`` (which checks every field
+    first), as the id and payload the center publishes."""
+    env = build(type=type, site=site, gw=gw, seq=seq, body=body, key=key, ts=ts, id=id)
+    return Outbound(env.id, type, seq, env.to_bytes())
 
 
 def dispatch_body(ids: Sequence[str], status: str) -> dict[str, Any]:
