@@ -5,6 +5,7 @@ fleet's latest heartbeats and liveness (schema version 2)."""
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from typing import Any
@@ -12,14 +13,16 @@ from typing import Any
 from center.store.base import rows
 
 
-class ConsoleQueries:
+class ConsoleQueries(ABC):
     """Mixed into ``SqlStore``, which supplies ``_x`` and ``transaction``."""
 
+    @abstractmethod
     def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
-        raise NotImplementedError
+        """Run one statement in the current transaction."""
 
+    @abstractmethod
     def transaction(self) -> AbstractContextManager[None]:
-        raise NotImplementedError
+        """A transaction (or the batch already open)."""
 
     # -- accounts ---------------------------------------------------------------------
 
