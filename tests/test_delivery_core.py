@@ -147,6 +147,39 @@ def test_alarms_then_tests_then_troubles_oldest_first() -> None:
     assert [p.id for p in sent] == [alarm_old.id, alarm_new.id, test.id, trouble.id]
 
 
+def test_a_resend_never_overtakes_an_alarm_that_waited_as_long() -> None:
+    c = clock(resend_initial_s=2.0)
+    alarm, test = row("alarm", 1, created=1.0), row("test", 2, created=2.0)
+    c.core.committed(alarm, c.now)
+    c.core.committed(test, c.now)
+    sent = of(Publish, c.tick())
+    assert [p.id for p in sent] == [alarm.id, test.id]
+    c.puback(sent[1:])  # the broker took the test first; the alarm's PUBACK is slower
+    c.now += 0.3
+    c.puback(sent[:1])
+    # Nobody received them (the center came back after the gateway). The test's re-send
+    # comes due first, and the alarm goes with it, ahead of it.
+    again: list[Publish] = []
+    while not again:
+        again = of(Publish, c.tick(0.05))
+    assert [p.id for p in again] == [alarm.id, test.id]
+
+
+def test_resends_come_due_in_the_order_the_events_went_out() -> None:
+    c = clock(resend_initial_s=2.0)
+    rows = [row("trouble", i, created=float(i)) for i in range(1, 13)]
+    for r in rows:
+        c.core.committed(r, c.now)
+    sent = of(Publish, c.tick())
+    for p in sent:  # one PUBACK after the other, in send order
+        c.now += 0.001
+        c.puback([p])
+    resent: list[str] = []
+    while len(resent) < len(rows):
+        resent.extend(p.id for p in of(Publish, c.tick(0.01)))
+    assert resent == [r.id for r in rows]
+
+
 def test_a_press_goes_out_at_once_and_blinks_once_durable() -> None:
     c = clock()
     r = row()

@@ -122,6 +122,7 @@ class _Entry:
         "id",
         "input",
         "key",
+        "last_sent_at",
         "next_due",
         "overdue_at",
         "path",
@@ -146,6 +147,7 @@ class _Entry:
         self.registered_at = now
         self.attempts = 0
         self.first_sent_at: float | None = None
+        self.last_sent_at = 0.0
         self.next_due = 0.0
         self.overdue_at: float | None = None
         self.path = ""
@@ -187,6 +189,7 @@ class DeliveryCore:
         self.max_inflight = max_inflight
         self.max_unacked = max_unacked
         self._entries: dict[str, _Entry] = {}
+        self._alarms: set[str] = set()  # the alarms among them: few, and they go first
         self._inflight: set[str] = set()
         # Send queues with lazy deletion (an entry whose stage or due time no longer matches
         # is skipped): never-sent entries in send order, re-sends by due time.
@@ -278,7 +281,7 @@ class DeliveryCore:
         e = _Entry(row, now, durable=durable)
         e.input = input_ref
         e.presser = presser
-        self._entries[e.id] = e
+        self._add(e)
         led = self._move(e, Trigger.COMMIT if durable else Trigger.HOLD)
         out: list[Action] = []
         if presser and led is not None:
@@ -323,7 +326,7 @@ class DeliveryCore:
             if parked is not None or row.id in self._entries:
                 continue
             e = _Entry(row, now, durable=True, key=key)
-            self._entries[e.id] = e
+            self._add(e)
             self._move(e, Trigger.COMMIT)
             heapq.heappush(self._fresh, (e.key, e.id))
         if len(rows) < need.limit:
@@ -479,9 +482,15 @@ class DeliveryCore:
         e.next_due = due
         heapq.heappush(self._retry, (due, e.id))
 
+    def _add(self, e: _Entry) -> None:
+        self._entries[e.id] = e
+        if e.type == "alarm":
+            self._alarms.add(e.id)
+
     def _drop(self, e: _Entry) -> None:
         self._entries.pop(e.id, None)
         self._parked.pop(e.id, None)
+        self._alarms.discard(e.id)
 
     def _due(self, now: float, free: int) -> list[_Entry]:
         """Up to ``free`` entries to send now: re-sends whose backoff ran out, then never-sent
@@ -493,6 +502,7 @@ class DeliveryCore:
             if e is None or e.stage is not Stage.WAITING or e.next_due != due or e.resigning:
                 continue  # stale: acknowledged, in flight, or rescheduled
             out[event_id] = e  # once, if it was scheduled twice for the same time
+        self._alarms_first(out, now)
         while self._fresh and len(out) < free:
             key, event_id = self._fresh[0]
             e = self._entries.get(event_id)
@@ -508,6 +518,19 @@ class DeliveryCore:
             self._retry = [(e.next_due, i) for i, e in self._entries.items() if e.attempts]
             heapq.heapify(self._retry)
         return batch
+
+    def _alarms_first(self, out: dict[str, _Entry], now: float) -> None:
+        """A re-send never overtakes an alarm that has waited for its ack at least as long
+        (PROTOCOL.md "Order": alarms before everything else): such alarms join the batch,
+        which is sent in send order. Without this, two re-send timers (a lost burst, a
+        center that came back after the gateway) could let a test reach the center first."""
+        since = min((e.last_sent_at for e in out.values() if e.type != "alarm"), default=None)
+        if since is None:
+            return
+        for event_id in self._alarms:
+            e = self._entries[event_id]
+            if e.stage is Stage.WAITING and not e.resigning and e.last_sent_at <= since:
+                out[event_id] = e  # its own heap item goes stale once it is sent
 
     def _aging(self, batch: list[_Entry], *, seq_next: int, seq_sent: int) -> list[_Entry]:
         """Entries about to leave the center's anti-replay window (PROTOCOL.md: a gateway
@@ -533,6 +556,7 @@ class DeliveryCore:
         e.as_is = False
         if e.first_sent_at is None:
             e.first_sent_at = now
+        e.last_sent_at = now
         self._inflight.add(e.id)
         self.sent += 1
         self.sent_by_path[path] += 1

@@ -2,7 +2,8 @@
 
 PROTOCOL.md: without an ack the gateway re-sends the same envelope with backoff. The wait
 doubles from ``resend_initial_s`` up to ``resend_max_s``, jittered so a fleet does not
-re-send in step. It never starts below how long the center takes to ack right now: the
+re-send in step: by one factor drawn per gateway, so that events sent in order come due
+again in the same order. It never starts below how long the center takes to ack right now: the
 smoothed ack time of first attempts plus 4 x its variation (RFC 6298, with Karn's rule:
 re-sent events are not measured). So a center that is merely slow (a deep drain with
 thousands waiting) is not sent the whole window a second time.
@@ -21,6 +22,7 @@ class ResendTimer:
         self.max_s = max_s
         self.srtt: float | None = None  # smoothed ack time of first attempts, seconds
         self.rttvar = 0.0  # its smoothed variation
+        self.jitter = 0.8 + 0.4 * random.random()
 
     def sample(self, rtt: float) -> None:
         """An event acknowledged ``rtt`` seconds after its first and only attempt."""
@@ -36,4 +38,4 @@ class ResendTimer:
         if self.srtt is not None:
             base = max(base, self.srtt + 4 * self.rttvar)
         delay = min(base * 2.0 ** max(attempts - 1, 0), self.max_s)
-        return delay * (0.8 + 0.4 * random.random())
+        return delay * self.jitter
