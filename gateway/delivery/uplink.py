@@ -160,6 +160,7 @@ class Uplink:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread = 0
         self._writer_on = False  # a writer callback is registered for the current socket
+        self._in_callback = 0  # inside a paho callback: no paho I/O from here (see publish)
         self._client: mqtt.Client | None = None
         self._pending: dict[int, tuple[asyncio.Future[int], str]] = {}
         self._connected = asyncio.Event()
@@ -209,7 +210,10 @@ class Uplink:
         # paho defers the write to our writer callback (one loop turn later); on the alarm
         # path that turn can be slow (LED threads, logging), so push the bytes out now. A
         # burst (the outbox pump) passes flush=False and leaves one write for the loop turn.
-        if flush and client.want_write():
+        # Never from inside a paho callback (the birth in on_connect, an answer in
+        # on_message): paho holds a non-reentrant lock there, and a write that fails makes
+        # it call on_disconnect under that same lock, which would hang the loop for good.
+        if flush and not self._in_callback and client.want_write():
             self._write(client)
         fut.add_done_callback(functools.partial(self._forget, info.mid))
         return fut
@@ -401,10 +405,13 @@ class Uplink:
         return wrapper
 
     def _safe(self, fn: Callable[..., None], args: tuple[Any, ...]) -> None:
+        self._in_callback += 1
         try:
             fn(*args)
         except Exception:
             log.exception("mqtt callback failed", callback=fn.__name__)
+        finally:
+            self._in_callback -= 1
 
     def _socket_open(self, client: mqtt.Client, _ud: Any, sock: Any) -> None:
         if client is not self._client or self._loop is None:
