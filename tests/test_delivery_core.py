@@ -17,13 +17,7 @@ from hypothesis import strategies as st
 
 from gateway.contract.envelope import build, parse
 from gateway.contract.signing import SigningKey
-from gateway.delivery.core import (
-    PRIMARY,
-    SECONDARY,
-    DeliveryCore,
-    ProtocolViolation,
-    Stage,
-)
+from gateway.delivery.core import PRIMARY, SECONDARY, DeliveryCore
 from gateway.delivery.events import (
     AckRefused,
     Action,
@@ -36,6 +30,7 @@ from gateway.delivery.events import (
     Resign,
     Row,
 )
+from gateway.delivery.lifecycle import ProtocolViolation, Stage
 from gateway.delivery.memory import MemoryCenter, MemoryTransport
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.relay import Identity, Relay

@@ -13,8 +13,8 @@ current time ``now`` (monotonic seconds), and carries out the actions it returns
 
     Publish  Feedback  Release  Resign  Forget  Overdue  AckRefused  Note  Resync
 
-An event's lifecycle is ``TRANSITIONS`` below; ``Stage`` and ``Trigger`` name its states
-and edges (PROTOCOL.md "Delivery semantics").
+An event's lifecycle is ``TRANSITIONS`` in gateway/delivery/lifecycle.py; ``Stage`` and
+``Trigger`` name its states and edges (PROTOCOL.md "Delivery semantics").
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Mapping, Sequence
-from enum import StrEnum
 
 from gateway.contract.envelope import parse, verify
 from gateway.contract.signing import VerifyKey
@@ -46,6 +45,13 @@ from gateway.delivery.events import (
     Row,
     send_order,
 )
+from gateway.delivery.lifecycle import (
+    TRANSITIONS,
+    Entry,
+    ProtocolViolation,
+    Stage,
+    Trigger,
+)
 from gateway.delivery.outbox import PRIORITY
 from gateway.delivery.resend import ResendTimer
 from gateway.errors import EnvelopeError
@@ -60,102 +66,6 @@ SEQ_WINDOW = 65_536  # PROTOCOL.md: the center's anti-replay window per signer
 SEQ_MARGIN = 4_096  # re-sign this far before an event would leave that window
 MAX_WATCHED = 256  # acknowledged alarms whose presser still follows the center's dispatch
 PRIMARY, SECONDARY = "primary", "secondary"
-
-
-class Stage(StrEnum):  # str-valued: the transition lookups hash in C
-    NEW = "new"
-    QUEUED = "queued"  # held, never sent (or sent before a restart)
-    INFLIGHT = "inflight"  # a publish attempt is under way
-    WAITING = "waiting"  # sent; waits for the center's ack, re-sent when its backoff runs out
-    ACKED = "acked"  # the center's signed ack named it: forgotten
-    GONE = "gone"  # no longer in the outbox (evicted telemetry): forgotten
-
-
-class Trigger(StrEnum):
-    COMMIT = "commit"  # durable in the outbox
-    HOLD = "hold"  # could not be committed: held in memory and sent from there
-    PUBLISH = "publish"
-    PUBACK = "puback"  # the broker took it: the attempt ends, the event does not
-    REFUSED = "refused"  # the broker refused it, or the publish failed
-    NO_SESSION = "no-session"  # the session was lost before a PUBACK
-    LINK_UP = "link-up"  # a new session: what waits for an ack is due again now
-    OVERDUE = "overdue"  # no ack within ack_timeout_s
-    RESIGN = "resign"  # a fresh seq and signature, same id, ts and body
-    ACK = "ack"
-    MISSING = "missing"  # its outbox row is gone
-
-
-_LIVE = (Stage.QUEUED, Stage.INFLIGHT, Stage.WAITING)
-
-# (stage, trigger) -> (next stage, LED mode shown to the presser, if any)
-TRANSITIONS: dict[tuple[Stage, Trigger], tuple[Stage, LedMode | None]] = {
-    (Stage.NEW, Trigger.COMMIT): (Stage.QUEUED, "blink"),  # "registered" means durable
-    (Stage.NEW, Trigger.HOLD): (Stage.QUEUED, None),
-    (Stage.QUEUED, Trigger.PUBLISH): (Stage.INFLIGHT, None),
-    (Stage.WAITING, Trigger.PUBLISH): (Stage.INFLIGHT, None),
-    (Stage.INFLIGHT, Trigger.PUBACK): (Stage.WAITING, None),
-    (Stage.INFLIGHT, Trigger.REFUSED): (Stage.WAITING, None),
-    (Stage.INFLIGHT, Trigger.NO_SESSION): (Stage.WAITING, None),
-    (Stage.INFLIGHT, Trigger.MISSING): (Stage.GONE, None),
-    (Stage.WAITING, Trigger.LINK_UP): (Stage.WAITING, None),
-    (Stage.QUEUED, Trigger.RESIGN): (Stage.QUEUED, None),
-    (Stage.WAITING, Trigger.RESIGN): (Stage.WAITING, None),
-    **{(s, Trigger.OVERDUE): (s, "fast") for s in _LIVE},
-    **{(s, Trigger.ACK): (Stage.ACKED, "solid") for s in _LIVE},
-}
-
-
-class ProtocolViolation(RuntimeError):
-    """The driver fed an event that the lifecycle does not allow (a bug, not bad input)."""
-
-
-class _Entry:
-    """One queued event during this run."""
-
-    __slots__ = (
-        "as_is",
-        "attempts",
-        "created",
-        "dispatch",
-        "durable",
-        "first_sent_at",
-        "id",
-        "input",
-        "key",
-        "last_sent_at",
-        "next_due",
-        "overdue_at",
-        "path",
-        "payload",
-        "presser",
-        "registered_at",
-        "resigning",
-        "seq",
-        "stage",
-        "type",
-    )
-
-    def __init__(self, row: Row, now: float, *, durable: bool, key: OrderKey | None = None) -> None:
-        self.id = row.id
-        self.type = row.type
-        self.seq = row.seq
-        self.payload = row.payload
-        self.created = row.created
-        self.key = send_order(row.type, row.created, row.seq) if key is None else key
-        self.durable = durable
-        self.stage = Stage.NEW
-        self.registered_at = now
-        self.attempts = 0
-        self.first_sent_at: float | None = None
-        self.last_sent_at = 0.0
-        self.next_due = 0.0
-        self.overdue_at: float | None = None
-        self.path = ""
-        self.input = ""
-        self.presser = False  # someone waits for LED feedback on it
-        self.resigning = False  # a Resign for it is out
-        self.as_is = False  # re-signing it failed: send these bytes once more
-        self.dispatch: LedMode | None = None  # what the center's dispatch has shown so far
 
 
 class DeliveryCore:
@@ -188,7 +98,7 @@ class DeliveryCore:
         self.failover_after_s = failover_after_s
         self.max_inflight = max_inflight
         self.max_unacked = max_unacked
-        self._entries: dict[str, _Entry] = {}
+        self._entries: dict[str, Entry] = {}
         self._alarms: set[str] = set()  # the alarms among them: few, and they go first
         self._inflight: set[str] = set()
         # Send queues with lazy deletion (an entry whose stage or due time no longer matches
@@ -198,7 +108,7 @@ class DeliveryCore:
         self._overdue: list[tuple[float, str]] = []
         # Committed live but after rows not yet loaded from the outbox: they wait for the
         # loading to pass them, so the backlog keeps its order.
-        self._parked: dict[str, _Entry] = {}
+        self._parked: dict[str, Entry] = {}
         self._frontier: OrderKey | None = None  # send-order key of the last row loaded
         self._exhausted = False  # every outbox row after the frontier is held here
         self._paths: dict[str, bool] = {}  # attached broker paths: up or down
@@ -278,7 +188,7 @@ class DeliveryCore:
         waits for LED feedback on it, and for ``fast`` if no ack comes in time."""
         if row.id in self._entries:
             return self.repeat(row.id, now) if presser else []
-        e = _Entry(row, now, durable=durable)
+        e = Entry(row, now, durable=durable)
         e.input = input_ref
         e.presser = presser
         self._add(e)
@@ -325,7 +235,7 @@ class DeliveryCore:
                 heapq.heappush(self._fresh, (parked.key, parked.id))
             if parked is not None or row.id in self._entries:
                 continue
-            e = _Entry(row, now, durable=True, key=key)
+            e = Entry(row, now, durable=True, key=key)
             self._add(e)
             self._move(e, Trigger.COMMIT)
             heapq.heappush(self._fresh, (e.key, e.id))
@@ -468,34 +378,34 @@ class DeliveryCore:
 
     # -- internals --------------------------------------------------------------------
 
-    def _move(self, e: _Entry, trigger: Trigger) -> LedMode | None:
+    def _move(self, e: Entry, trigger: Trigger) -> LedMode | None:
         try:
             e.stage, led = TRANSITIONS[(e.stage, trigger)]
         except KeyError:
             raise ProtocolViolation(f"{e.id}: {trigger.value} while {e.stage.value}") from None
         return led
 
-    def _behind_frontier(self, e: _Entry) -> bool:
+    def _behind_frontier(self, e: Entry) -> bool:
         return self._frontier is not None and e.key <= self._frontier
 
-    def _schedule(self, e: _Entry, due: float) -> None:
+    def _schedule(self, e: Entry, due: float) -> None:
         e.next_due = due
         heapq.heappush(self._retry, (due, e.id))
 
-    def _add(self, e: _Entry) -> None:
+    def _add(self, e: Entry) -> None:
         self._entries[e.id] = e
         if e.type == "alarm":
             self._alarms.add(e.id)
 
-    def _drop(self, e: _Entry) -> None:
+    def _drop(self, e: Entry) -> None:
         self._entries.pop(e.id, None)
         self._parked.pop(e.id, None)
         self._alarms.discard(e.id)
 
-    def _due(self, now: float, free: int) -> list[_Entry]:
+    def _due(self, now: float, free: int) -> list[Entry]:
         """Up to ``free`` entries to send now: re-sends whose backoff ran out, then never-sent
         ones in send order; the whole batch in send order."""
-        out: dict[str, _Entry] = {}
+        out: dict[str, Entry] = {}
         while self._retry and self._retry[0][0] <= now and len(out) < free:
             due, event_id = heapq.heappop(self._retry)
             e = self._entries.get(event_id)
@@ -519,7 +429,7 @@ class DeliveryCore:
             heapq.heapify(self._retry)
         return batch
 
-    def _alarms_first(self, out: dict[str, _Entry], now: float) -> None:
+    def _alarms_first(self, out: dict[str, Entry], now: float) -> None:
         """A re-send never overtakes an alarm that has waited for its ack at least as long
         (PROTOCOL.md "Order": alarms before everything else): such alarms join the batch,
         which is sent in send order. Without this, two re-send timers (a lost burst, a
@@ -532,7 +442,7 @@ class DeliveryCore:
             if e.stage is Stage.WAITING and not e.resigning and e.last_sent_at <= since:
                 out[event_id] = e  # its own heap item goes stale once it is sent
 
-    def _aging(self, batch: list[_Entry], *, seq_next: int, seq_sent: int) -> list[_Entry]:
+    def _aging(self, batch: list[Entry], *, seq_next: int, seq_sent: int) -> list[Entry]:
         """Entries about to leave the center's anti-replay window (PROTOCOL.md: a gateway
         never lets its backlog span more than 65,536 seqs). The window slides with the
         highest seq the center has seen from us, at most ``seq_sent``: a backlog drained in
@@ -549,7 +459,7 @@ class DeliveryCore:
                 out.append(e)
         return out
 
-    def _publish(self, e: _Entry, path: str, now: float, *, flush: bool = False) -> Publish:
+    def _publish(self, e: Entry, path: str, now: float, *, flush: bool = False) -> Publish:
         self._move(e, Trigger.PUBLISH)
         e.attempts += 1
         e.path = path
