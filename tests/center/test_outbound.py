@@ -11,7 +11,7 @@ from center.outbound import dispatch_body, resync_body, sign
 from gateway.contract.envelope import canonical
 from gateway.contract.signing import SigningKey
 
-VECTORS = Path(__file__).parent / "data" / "center_vectors.json"  # from the contract
+VECTORS = Path(__file__).parents[1] / "data" / "envelopes.json"  # the contract's vectors
 
 
 def _vectors() -> dict:
