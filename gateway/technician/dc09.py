@@ -16,15 +16,14 @@ CHECK = "dc09"
 # A clock this far from the receiver's is worth fixing, although frames are re-stamped with
 # the receiver's time after its NAK.
 OFFSET_WARN_S = 10.0
-DIAG = "alarmgw diag"
 # What to do, by why the last attempt failed.
 FIXES = {
     "connect": "is the receiver up and listening? check [dc09] host and port (and "
-    f"secondary_host) and the firewall; {DIAG}",
+    "secondary_host) and the firewall",
     "timeout": "the receiver takes the frame but does not answer: check [dc09] transport, "
-    f"account and key_file with its operator; {DIAG}",
+    "account and key_file with its operator",
     "closed": "the receiver closed the connection: check [dc09] account and key_file with "
-    f"its operator; {DIAG}",
+    "its operator",
     "nak": "the receiver refuses our frames even stamped with its own time: check [dc09] "
     "key_file and account with its operator",
     "duh": "the receiver does not understand our frames: check [dc09] account, receiver, "
@@ -49,7 +48,7 @@ def verdict(snap: Dc09Snapshot) -> checks.Verdict:
     if snap.state == "down":
         failing_for = snap.failing_for_s or 0.0
         found = f"{where} not acknowledging for {_ago(failing_for)}: {snap.last_error}"
-        fix = FIXES.get(snap.error_kind or "", DIAG)
+        fix = FIXES.get(snap.error_kind or "", "alarmgw diag")
         due = failing_for >= snap.trouble_after_s or snap.trouble_open
         if due or snap.error_kind == "duh":
             return checks.failing(CHECK, found, fix)
@@ -105,10 +104,10 @@ def status_lines(sec: Mapping[str, Any], ago: Callable[[float | None], str]) -> 
     )
     how = f"{str(sec['transport']).upper()}, {'AES' if sec['encrypted'] else 'plain'}"
     head = f"DC-09       {state} {sec['receiver']} ({how})"
-    if sec["state"] == "down" and sec.get("failing_for_s") is not None:
-        head += f" for {ago(sec['failing_for_s'])}"
     acked = sec.get("last_ack_age_s")
     facts = f"last ACK {ago(acked)} ago" if acked is not None else "no ACK yet"
+    if sec["state"] == "down" and sec.get("failing_for_s") is not None:
+        facts = f"down for {ago(sec['failing_for_s'])}, {facts}"
     owed = sec.get("owed")
     if owed:
         facts += f", {owed} owed, oldest {ago(sec.get('oldest_owed_age_s'))}"

@@ -1,9 +1,9 @@
 """``alarmgw diag``'s DC-09 checks: for each configured receiver, connect (TCP), send one
 ``NULL`` (a link test; it raises nothing at the receiver) and wait for its ``ACK``, then
 tell the clock offset (from the receiver's time in a ``NAK``, or in an encrypted ``ACK``;
-a plain ``ACK`` carries none). With the daemon running, its own view of the path (the
-``/status`` verdict) is added when it is not ok. A receiver takes more than one connection
-per account, so probing beside the running daemon is safe.
+a plain ``ACK`` carries none). With the daemon running and the probes passing, the daemon's
+own view of the path (its ``/status`` verdict) is added when it is not ok. A receiver takes
+more than one connection per account, so probing beside the running daemon is safe.
 """
 
 from __future__ import annotations
@@ -116,22 +116,22 @@ def dc09_checks(
     daemon's ``/status``, if any; ``clock``: the wall clock the NULL is stamped with."""
     if cfg.dc09 is None:
         return []
-    out: list[Check] = []
-    daemon = (status or {}).get("dc09")
-    if isinstance(daemon, dict):
-        seen = judged_json(NAME, daemon.get("verdict"), " (the daemon's)")
-        if seen is not None and seen.status != "PASS":
-            out.append(seen)
     try:
         settings = settings_from_config(cfg.dc09, [])
     except AlarmgwError as err:
         if isinstance(err.__cause__, PermissionError):
-            return [*out, WARN(NAME, f"{err}: cannot read as this user", "run diag as root")]
-        fix = "the key file holds 32, 48 or 64 hex digits (AES-128/192/256)"
-        return [*out, FAIL(NAME, str(err), fix)]
+            return [WARN(NAME, f"{err}: cannot read as this user", "run diag as root")]
+        return [FAIL(NAME, str(err), "the key file holds 32, 48 or 64 hex digits")]
+    out: list[Check] = []
     roles = ("primary", "secondary")
     for (host, port), role in zip(settings.receivers, roles, strict=False):
         out += asyncio.run(probe(settings, host, port, role, clock))
+    daemon = (status or {}).get("dc09")
+    if isinstance(daemon, dict) and all(c.status != "FAIL" for c in out):
+        # The probes pass, yet the daemon may see more (a DUH, a NAK, a long outage).
+        seen = judged_json(NAME, daemon.get("verdict"), " (the daemon's)")
+        if seen is not None and seen.status != "PASS":
+            out.append(seen)
     return out
 
 
@@ -147,7 +147,7 @@ async def probe(
             await link.open(host, port)
     except (OSError, TimeoutError) as err:
         link.close()
-        why = "timed out" if isinstance(err, TimeoutError) else err.strerror or str(err)
+        why = "timed out" if isinstance(err, TimeoutError) else _why(err)
         return [FAIL(NAME, f"{where}: cannot connect: {why}", FIXES["connect"])]
     out: list[Check] = []
     if s.transport == "tcp":
@@ -177,8 +177,7 @@ async def _null(
         hint = " (a receiver drops a frame it cannot decrypt)" if s.key is not None else ""
         return [FAIL(NAME, f"{where}: NULL ({mode}): {err}{hint}", FIXES[err.kind])]
     except OSError as err:
-        fix = FIXES["closed"]
-        return [FAIL(NAME, f"{where}: NULL ({mode}): {err.strerror or err}", fix)]
+        return [FAIL(NAME, f"{where}: NULL ({mode}): {_why(err)}", FIXES["closed"])]
     ms = (time.monotonic() - started) * 1000
     if answer.kind == "NAK":
         found = f"{where}: NULL ({mode}) refused (NAK) even stamped with the receiver's time"
@@ -187,6 +186,11 @@ async def _null(
         return [FAIL(NAME, f"{where}: NULL ({mode}) not understood (DUH)", FIXES["duh"])]
     out = [PASS(NAME, f"{where}: NULL ({mode}) acknowledged ({answer.kind}) in {ms:.0f} ms")]
     return [*out, _offset(where, answer, offset, clock)]
+
+
+def _why(err: OSError) -> str:
+    """The OS's words (asyncio wraps a refused connection in longer text)."""
+    return os.strerror(err.errno) if err.errno else str(err)
 
 
 def _frame(s: Dc09Settings, seq: int, when: float) -> bytes:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -382,7 +383,8 @@ class Dc09Transmitter:
             raise Unanswered(f"cannot connect to {host}:{port}: timed out", "connect") from None
         except OSError as err:
             self._switch_receiver()
-            reason = f"cannot connect to {host}:{port}: {err.strerror or err}"
+            why = os.strerror(err.errno) if err.errno else str(err)  # not asyncio's wording
+            reason = f"cannot connect to {host}:{port}: {why}"
             raise Unanswered(reason, "connect") from None
         return self._link
 
