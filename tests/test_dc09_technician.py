@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -337,3 +338,24 @@ async def test_queue_shows_per_event_which_paths_owe_an_ack(
         assert tools.queue_verdict(late, 60.0) == tools.FAIL
     finally:
         relay.outbox.close()
+
+
+def test_an_outbox_from_before_the_paths_were_tracked(tmp_path: Path) -> None:
+    db = tmp_path / "outbox.sqlite"
+    with sqlite3.connect(db) as conn:
+        conn.execute(
+            "CREATE TABLE outbox (id TEXT PRIMARY KEY, type TEXT, prio INTEGER, seq INTEGER, "
+            "payload BLOB, created REAL, attempts INTEGER, last_error TEXT)"
+        )
+        conn.execute("INSERT INTO outbox VALUES ('e1', 'alarm', 0, 1, x'00', 100.0, 2, 'x')")
+    with readonly_outbox(db) as conn:
+        o = read_owed(conn, now=130.0, dc09=True)
+        center = read_queue(conn, now=130.0)
+    assert o["by_path"] == {
+        "mqtt": {"pending": 1, "oldest_age_s": 30.0},
+        "dc09": {"pending": 0, "oldest_age_s": None},
+    }
+    assert [(e["id"], e["owed_by"], e["failed_attempts"]) for e in o["events"]] == [
+        ("e1", ["mqtt"], 2)
+    ]
+    assert [(r.type, r.pending, r.last_error) for r in center.rows] == [("alarm", 1, "x")]

@@ -20,8 +20,8 @@ OFFSET_WARN_S = 10.0
 FIXES = {
     "connect": "is the receiver up and listening? check [dc09] host and port (and "
     "secondary_host) and the firewall",
-    "timeout": "the receiver takes the frame but does not answer: check [dc09] transport, "
-    "account and key_file with its operator",
+    "timeout": "no answer: is the receiver up (over UDP a receiver that is down is silent)? "
+    "check [dc09] host, port, transport, account and key_file with its operator",
     "closed": "the receiver closed the connection: check [dc09] account and key_file with "
     "its operator",
     "nak": "the receiver refuses our frames even stamped with its own time: check [dc09] "
