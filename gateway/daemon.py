@@ -164,6 +164,7 @@ class Gateway:
             pending=self.outbox.get,
             boxes=self.boxes,
             owes_dc09=self.outbox.owes_dc09 if self.dc09 is not None else None,
+            dc09=self.dc09.snapshot if self.dc09 is not None else None,
         )
         self.relay.ack_listeners.append(self.health.acks.record)
         if self.dc09 is not None:

@@ -29,7 +29,7 @@ from gateway.config import GatewayConfig, load_config
 from gateway.errors import AlarmgwError, ConfigError
 from gateway.technician.client import DaemonClient, DaemonNotRunning, DaemonUnavailable
 from gateway.technician.status import integrity_check, queue_summary, readonly_outbox
-from gateway.technician.tools import ago, wrap
+from gateway.technician.tools import ago, escape, wrap
 
 Status = Literal["PASS", "WARN", "FAIL"]
 SEVERITY: dict[str, int] = {"PASS": 0, "WARN": 1, "FAIL": 2}
@@ -108,6 +108,7 @@ def run_checks(config: str) -> list[Check]:
         ("serial", _serial),
         ("broker", _broker),
         ("certs", _certs),
+        ("dc09", _dc09),
         ("clock", _clock),
         ("disk", _disk),
         ("urls", _urls),
@@ -129,9 +130,9 @@ def exit_code(checks: Iterable[Check]) -> int:
 def format_check(c: Check) -> list[str]:
     """``STATUS name  found`` and, for a WARN/FAIL, an indented ``-> action`` line."""
     indent = NAME_WIDTH + 7
-    lines = wrap(f"{c.status}  {c.name:<{NAME_WIDTH}} {c.found}", indent)
+    lines = wrap(escape(f"{c.status}  {c.name:<{NAME_WIDTH}} {c.found}"), indent)
     if c.action and c.status != "PASS":
-        lines += wrap(f"{'':<{indent - 3}}-> {c.action}", indent)
+        lines += wrap(escape(f"{'':<{indent - 3}}-> {c.action}"), indent)
     return lines
 
 
@@ -476,6 +477,12 @@ def _certs(ctx: Context) -> list[Check]:
         v = checks.certificate("broker's cert", ctx.peer_not_after, now=now, warn_days=warn_days)
         out.append(judged(v))
     return out
+
+
+def _dc09(ctx: Context) -> list[Check]:
+    from gateway.technician.dc09_probe import dc09_checks  # noqa: PLC0415 - only with [dc09]
+
+    return dc09_checks(ctx.cfg, ctx.status)
 
 
 # --- the machine --------------------------------------------------------------------------

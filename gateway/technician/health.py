@@ -4,8 +4,9 @@ and monitoring.
 ==========================  ===========================================================
 ``GET /healthz``            200 ``{"ok": true}`` while the alarm path is alive; 503 with
                             ``"problems"`` (uplink down or stuck, outbox not writable, ...)
-``GET /status``             JSON: inputs, uplink, queue, last alarm, versions, uptime,
-                            bollard, camera, open troubles, self-checks
+``GET /status``             JSON: inputs, uplink, queue (and who owes each queued event
+                            an ack), last alarm, versions, uptime, bollard, camera, open
+                            troubles, self-checks, the DC-09 path (with ``[dc09]``)
 ``GET /metrics``            Prometheus text format
 ``POST /test-alarm``        raise a ``test`` (code 601) through the real path → its id
 ``GET /events/{id}``        ``pending``/``acked``/``unknown``; ``?wait=S`` waits for the ack
@@ -38,6 +39,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -45,8 +47,10 @@ import structlog
 from aiohttp import web
 
 from gateway import retry
+from gateway.delivery.dc09.snapshot import Dc09Snapshot
 from gateway.delivery.outbox import Pending
 from gateway.snapshots import GatewaySnapshot, QueueSnapshot, SnapshotSource
+from gateway.technician import dc09 as dc09_view
 from gateway.technician import metrics, status
 from gateway.technician import token as tok
 from gateway.technician.http_guard import GuardedConnections
@@ -102,6 +106,18 @@ def _bind_event(err: BaseException | None) -> str:
     return "http endpoint cannot listen" if isinstance(err, OSError) else "http endpoint failed"
 
 
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """What ``/status`` and ``/metrics`` render: the gateway's and the DC-09 path's
+    snapshots, the queue and who owes what (read from the outbox file), the health."""
+
+    snap: GatewaySnapshot
+    dc09: Dc09Snapshot | None
+    queue: QueueSnapshot
+    owed: dict[str, Any]
+    problems: list[str]
+
+
 class BoxPing(Protocol):
     """What ``POST /boxes/{name}/ping`` needs of ``gateway.inputs.serial_box.BoxLink``."""
 
@@ -140,6 +156,7 @@ class HealthServer:
         pending: Callable[[str], Pending | None],
         boxes: Sequence[BoxPing] = (),
         owes_dc09: Callable[[str], bool] | None = None,
+        dc09: Callable[[], Dc09Snapshot] | None = None,
     ) -> None:
         self.source = source
         self.listen, self.host, self.port = listen, host, port
@@ -157,6 +174,8 @@ class HealthServer:
         # the transmitter's ack listener.
         self._owes_dc09 = owes_dc09
         self.dc09_acks: dict[str, float] = {}
+        # The DC-09 transmitter's snapshot (daemon's loop), for status and metrics.
+        self._dc09 = dc09
         self.address: str | None = None
         self._main: asyncio.AbstractEventLoop | None = None
         self._http: asyncio.AbstractEventLoop | None = None
@@ -345,16 +364,25 @@ class HealthServer:
             {"ok": not problems, "problems": problems}, status=503 if problems else 200
         )
 
-    async def _snapshot(self) -> tuple[GatewaySnapshot, QueueSnapshot, list[str]]:
+    async def _snapshot(self) -> Reading:
         """A snapshot taken on the daemon's loop, the queue read from the outbox file here,
         the health judged here."""
-        snap = await self._on_main(self.source.snapshot)
-        queue = await asyncio.to_thread(self._read_queue)
-        return snap, queue, self._problems()
+        dc09 = self._dc09
+        snap, dc09_snap = await self._on_main(
+            lambda: (self.source.snapshot(), dc09() if dc09 is not None else None)
+        )
+        queue, owed = await asyncio.to_thread(self._read_outbox)
+        return Reading(snap, dc09_snap, queue, owed, self._problems())
 
     def _read_queue(self) -> QueueSnapshot:
         with status.readonly_outbox(self.outbox) as conn:
             return status.read_queue(conn)
+
+    def _read_outbox(self) -> tuple[QueueSnapshot, dict[str, Any]]:
+        """The center's queue by type, and who owes an ack for what (``read_owed``)."""
+        with status.readonly_outbox(self.outbox) as conn:
+            owed = status.read_owed(conn, dc09=self._dc09 is not None)
+            return status.read_queue(conn), owed
 
     def _not_responding(self) -> web.Response:
         problems = self._problems()
@@ -363,21 +391,26 @@ class HealthServer:
 
     async def _status(self, _request: web.Request) -> web.Response:
         try:
-            snap, queue, problems = await self._snapshot()
+            r = await self._snapshot()
         except TimeoutError:
             return self._not_responding()
-        return web.json_response(
-            status.to_json(snap, queue=queue, problems=problems, acks=self.acks)
+        doc = status.to_json(
+            r.snap, queue=r.queue, problems=r.problems, acks=self.acks, owed=r.owed
         )
+        if r.dc09 is not None:
+            doc["dc09"] = dc09_view.section(r.dc09, r.owed["by_path"].get("dc09"))
+        return web.json_response(doc)
 
     async def _metrics(self, _request: web.Request) -> web.Response:
         try:
-            snap, queue, problems = await self._snapshot()
+            r = await self._snapshot()
         except TimeoutError:
             return self._not_responding()
         fams = metrics.families(
-            snap, queue, healthy=not problems, ack_latency=self.acks.histogram()
+            r.snap, r.queue, healthy=not r.problems, ack_latency=self.acks.histogram()
         )
+        if r.dc09 is not None:
+            fams += dc09_view.families(r.dc09, r.owed["by_path"].get("dc09"))
         text = metrics.render(fams)
         return web.Response(body=text.encode(), headers={"Content-Type": PROMETHEUS})
 

@@ -46,6 +46,7 @@ from gateway.technician.metrics import Histogram
 # (or that task) is stuck, and with it the MQTT keepalive and every alarm.
 STALL_S = 5.0
 RECENT_ACKS = 512  # ack times kept for GET /events/{id}
+EVENTS_LISTED = 20  # queued events listed one by one (oldest first) by /status and queue
 VERSIONED = ("paho-mqtt", "aiohttp", "pyserial", "gpiozero", "cryptography", "pydantic")
 
 
@@ -244,8 +245,10 @@ def to_json(
     queue: QueueSnapshot | None = None,
     problems: list[str] | None = None,
     acks: AckLog | None = None,
+    owed: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The ``/status`` document of one snapshot (``queue``: read from the outbox file)."""
+    """The ``/status`` document of one snapshot (``queue``: read from the outbox file;
+    ``owed``: ``read_owed`` of it)."""
     p, d, m = snap.process, snap.delivery, snap.monitors
     last: dict[str, Any] | None = None
     if d.last_alarm is not None:
@@ -276,7 +279,7 @@ def to_json(
             loop.name: {"restarts": loop.restarts, "last_failure": loop.last_failure}
             for loop in snap.supervisor.loops
         },
-        "queue": {**queue_json(q), "memory_only": d.memory_only},
+        "queue": {**queue_json(q), **(owed or {}), "memory_only": d.memory_only},
         "last_alarm": last,
         "counters": {
             "alarms_raised": d.counters.alarms_raised,
@@ -360,18 +363,31 @@ def readonly_outbox(path: Path) -> Iterator[sqlite3.Connection]:
                     os.chown(p, owner.st_uid, owner.st_gid)
 
 
+def _owed_by(conn: sqlite3.Connection) -> tuple[str, str]:
+    """SQL expressions, per row: owed to the center (MQTT), owed to the DC-09 receiver. An
+    outbox written before the paths were tracked has neither column: every row is owed to
+    the center only."""
+    cols = {str(r[1]) for r in conn.execute("PRAGMA table_info(outbox)")}
+    mqtt = "mqtt_done = 0" if "mqtt_done" in cols else "1"
+    dc09 = "dc09 = 1" if "dc09" in cols else "0"
+    return mqtt, dc09
+
+
 def read_queue(conn: sqlite3.Connection, now: float | None = None) -> QueueSnapshot:
-    """Per type: pending, oldest age, failed attempts (most of any one event: the outbox
-    counts failed publishes) and the newest last error."""
+    """Per type, of the events waiting for the center's ack: pending, oldest age, failed
+    attempts (most of any one event: the outbox counts failed publishes) and the newest
+    last error. Events only the DC-09 receiver still owes an ack are in ``read_owed``."""
     at = time.time() if now is None else now
+    mqtt, _ = _owed_by(conn)
     rows = []
     found = conn.execute(
-        "SELECT type, COUNT(*), MIN(created), MAX(attempts) FROM outbox GROUP BY type"
+        f"SELECT type, COUNT(*), MIN(created), MAX(attempts) FROM outbox WHERE {mqtt} "  # noqa: S608 - fixed expressions
+        "GROUP BY type"
     ).fetchall()
     for kind, n, oldest, attempts in found:
         err = conn.execute(
-            "SELECT last_error FROM outbox WHERE type = ? AND last_error IS NOT NULL "
-            "ORDER BY created DESC LIMIT 1",
+            f"SELECT last_error FROM outbox WHERE type = ? AND {mqtt} "  # noqa: S608 - fixed expressions
+            "AND last_error IS NOT NULL ORDER BY created DESC LIMIT 1",
             (kind,),
         ).fetchone()
         rows.append(
@@ -386,11 +402,55 @@ def read_queue(conn: sqlite3.Connection, now: float | None = None) -> QueueSnaps
     return QueueSnapshot(rows=tuple(rows))
 
 
-def queue_summary(conn: sqlite3.Connection, now: float | None = None) -> dict[str, Any]:
-    """``{"pending": total, "oldest_age_s": ..., "by_type": {...}}`` of the outbox file."""
+def read_owed(
+    conn: sqlite3.Connection,
+    now: float | None = None,
+    *,
+    dc09: bool = False,
+    limit: int = EVENTS_LISTED,
+) -> dict[str, Any]:
+    """Which paths still owe an ack: per path (``mqtt``, the center; ``dc09``, the receiver,
+    only when ``dc09``) how many events and the oldest's age, and the oldest ``limit``
+    queued events one by one with the paths that owe them (``events_more``: the rest)."""
+    at = time.time() if now is None else now
+    mqtt, owes_dc09 = _owed_by(conn)
+    paths = {"mqtt": mqtt, **({"dc09": owes_dc09} if dc09 else {})}
+    by_path: dict[str, Any] = {}
+    for name, cond in paths.items():
+        n, oldest = conn.execute(
+            f"SELECT COUNT(*), MIN(created) FROM outbox WHERE {cond}"  # noqa: S608 - fixed expressions
+        ).fetchone()
+        age = None if oldest is None else round(max(0.0, at - float(oldest)), 1)
+        by_path[name] = {"pending": int(n), "oldest_age_s": age}
+    owed = " OR ".join(f"({c})" for c in paths.values())
+    found = conn.execute(
+        f"SELECT id, type, created, attempts, last_error, {mqtt}, {owes_dc09} FROM outbox "  # noqa: S608 - fixed expressions
+        f"WHERE {owed} ORDER BY created, seq LIMIT ?",
+        (limit,),
+    ).fetchall()
+    events = [
+        {
+            "id": str(event_id),
+            "type": str(kind),
+            "age_s": round(max(0.0, at - float(created)), 1),
+            "owed_by": [p for p, owes in (("mqtt", to_mqtt), ("dc09", to_dc09 and dc09)) if owes],
+            "failed_attempts": int(attempts),
+            "last_error": last_error,
+        }
+        for event_id, kind, created, attempts, last_error, to_mqtt, to_dc09 in found
+    ]
+    (total,) = conn.execute(f"SELECT COUNT(*) FROM outbox WHERE {owed}").fetchone()  # noqa: S608 - fixed expressions
+    return {"by_path": by_path, "events": events, "events_more": max(0, int(total) - len(events))}
+
+
+def queue_summary(
+    conn: sqlite3.Connection, now: float | None = None, *, dc09: bool = False
+) -> dict[str, Any]:
+    """``{"pending": total, "oldest_age_s": ..., "by_type": {...}}`` of the outbox file, and
+    who owes what (``read_owed``)."""
     out = queue_json(read_queue(conn, now))
     del out["memory_only"]
-    return out
+    return {**out, **read_owed(conn, now, dc09=dc09)}
 
 
 def integrity_check(conn: sqlite3.Connection) -> list[str]:

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import sys
 import time
@@ -16,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from gateway.config import GatewayConfig, load_config
 from gateway.errors import OutboxError
+from gateway.technician import dc09 as dc09_view
 from gateway.technician.client import DaemonClient, DaemonUnavailable
 from gateway.technician.status import queue_summary, readonly_outbox
 
@@ -23,6 +25,21 @@ WIDTH = 80
 OK, WARN, FAIL = 0, 1, 2
 QUEUE_WARN_S = 60.0  # an event unacknowledged for this long is worth a technician's look
 EVENT_TYPES = ("alarm", "test", "trouble", "restore")
+EVENTS_SHOWN = 10  # queued events listed one by one by ``alarmgw queue`` (--json: more)
+PATH_NAMES = {"mqtt": "center", "dc09": "DC-09"}
+# C0, DEL, C1, and the Unicode line/paragraph separators and bidirectional controls.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+
+def escape(line: str) -> str:
+    """``line`` with every control character shown as ``\\xNN`` / ``\\uNNNN``: what a daemon
+    or a receiver says cannot move the cursor, clear the screen or forge a line."""
+    return _CONTROL.sub(_escape_one, line)
+
+
+def _escape_one(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def columns() -> int:
@@ -152,7 +169,7 @@ def _verdicts(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(name, verdict) of every check the daemon judged: serial links, the bollard, the
     camera and the self-checks (device ``gateway``)."""
     out = [(i["ref"], i["verdict"]) for i in st["inputs"] if isinstance(i.get("verdict"), dict)]
-    for name in ("bollard", "camera", "acks"):
+    for name in ("bollard", "camera", "acks", "dc09"):
         section = st.get(name)
         if isinstance(section, dict) and isinstance(section.get("verdict"), dict):
             out.append((name, section["verdict"]))
@@ -241,6 +258,8 @@ def format_status(
     if second:
         state2 = "connected" if second["connected"] else "down"
         lines.append(f"Secondary   {state2} {second['broker']}")
+    if isinstance(st.get("dc09"), dict):
+        lines += dc09_view.status_lines(st["dc09"], ago)
     if q["pending"]:
         parts = [f"{row['pending']} {kind}" for kind, row in sorted(q["by_type"].items())]
         lines.append(f"Queue       {', '.join(parts)} pending, oldest {ago(q['oldest_age_s'])}")
@@ -272,7 +291,7 @@ def format_status(
         lines.append(f"{name.capitalize():<11} {section_summary(section)}")
     lines.append(f"Key         kid {gw['kid']}, pid {gw['pid']}, config {gw['config']}")
     width = columns()
-    return [part for line in lines for part in wrap(line, 12, width)]
+    return [part for line in lines for part in wrap(escape(line), 12, width)]
 
 
 _CORE_KEYS = frozenset(
@@ -289,6 +308,7 @@ _CORE_KEYS = frozenset(
         "counters",
         "raised",
         "ack_latency",
+        "dc09",
     }
 )
 
@@ -339,15 +359,25 @@ def cmd_status(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
 
 def _queue_from_file(cfg: GatewayConfig) -> dict[str, Any]:
     with readonly_outbox(Path(cfg.gateway.state_dir) / "outbox.sqlite") as conn:
-        return queue_summary(conn)
+        return queue_summary(conn, dc09=cfg.dc09 is not None)
+
+
+def _owed_to_dc09(q: dict[str, Any]) -> int:
+    dc09 = q.get("by_path", {}).get("dc09")
+    return int(dc09["pending"]) if isinstance(dc09, dict) else 0
 
 
 def queue_verdict(q: dict[str, Any], ack_timeout_s: float) -> int:
-    """2: an alarm has waited longer than the presser's ack timeout; 1: anything queued."""
+    """2: an alarm has waited longer than the presser's ack timeout for the center's ack or
+    the DC-09 receiver's; 1: anything queued."""
     alarm = q["by_type"].get("alarm")
     if alarm and alarm["oldest_age_s"] > ack_timeout_s:
         return FAIL
-    return WARN if q["pending"] or q.get("memory_only") else OK
+    for event in q.get("events") or []:
+        late = event["type"] == "alarm" and event["age_s"] > ack_timeout_s
+        if late and "dc09" in event["owed_by"]:
+            return FAIL
+    return WARN if q["pending"] or q.get("memory_only") or _owed_to_dc09(q) else OK
 
 
 def refused_acks(st: dict[str, Any]) -> dict[str, Any] | None:
@@ -387,10 +417,33 @@ def format_queue(q: dict[str, Any], source: str) -> list[str]:
         lines.append(f"{'total':<8} {q['pending']:>7}  {ago(q['oldest_age_s'])}")
     if q.get("memory_only"):
         lines.append(f"! {q['memory_only']} more only in memory: the outbox cannot be written")
-    out = [fit(line) for line in lines]
+    dc09 = q.get("by_path", {}).get("dc09")
+    if isinstance(dc09, dict) and dc09["pending"]:
+        n, oldest = dc09["pending"], ago(dc09["oldest_age_s"])
+        lines.append(f"DC-09: {n} wait for the receiver's ACK, oldest {oldest}")
+    elif isinstance(dc09, dict):
+        lines.append("DC-09: nothing waits for the receiver's ACK")
+    lines += _owed_lines(q)
+    out = [fit(escape(line)) for line in lines]
     if q.get("acks_refused"):
-        out += wrap(f"! {q['acks_refused']}", 2)
+        out += wrap(escape(f"! {q['acks_refused']}"), 2)
     return out
+
+
+def _owed_lines(q: dict[str, Any]) -> list[str]:
+    """Each queued event (oldest first): type, age, who still owes its ack, its id."""
+    events = q.get("events") or []
+    if not events:
+        return []
+    lines = ["Waiting, oldest first (ack still owed by):"]
+    for e in events[:EVENTS_SHOWN]:
+        owed = ", ".join(PATH_NAMES.get(p, str(p)) for p in e["owed_by"])
+        lines.append(f"  {e['type']:<7} {ago(e['age_s']):<7} {owed}")
+        lines.append(f"    id {e['id']}")
+    more = len(events) - EVENTS_SHOWN + int(q.get("events_more") or 0)
+    if more > 0:
+        lines.append(f"  ... and {more} more")
+    return lines
 
 
 def cmd_queue(config: str, *, as_json: bool, out: TextIO = sys.stdout) -> int:
@@ -434,6 +487,7 @@ def _refused_now(client: DaemonClient) -> dict[str, Any] | None:
 
 
 def _progress(out: TextIO, text: str, *, final: bool = False) -> None:
+    text = escape(text)
     if out.isatty():
         out.write("\r" + fit(text).ljust(WIDTH - 1) + ("\n" if final else ""))
     else:
@@ -471,9 +525,9 @@ def cmd_test_alarm(
     event_id, ref = raised["id"], raised["input"]
     talk = not as_json
     if talk:
-        print(fit(f"TEST alarm (code 601, never dispatched) from {ref}"), file=out)
+        print(fit(escape(f"TEST alarm (code 601, never dispatched) from {ref}")), file=out)
         print(
-            fit(f"registered {event_id}; waiting up to {timeout_s:.0f} s for {who}'s ack"),
+            fit(escape(f"registered {event_id}; waiting up to {timeout_s:.0f} s for {who}'s ack")),
             file=out,
         )
     info: dict[str, Any] = {"state": "pending"}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping
@@ -39,6 +40,7 @@ from gateway.delivery.dc09.frame import (
     parse_answer,
     parse_key,
 )
+from gateway.delivery.dc09.snapshot import Dc09Snapshot, FailureKind, PathState
 from gateway.delivery.outbox import Outbox, Pending
 from gateway.errors import AlarmgwError, OutboxError
 
@@ -56,7 +58,12 @@ class EventSink(Protocol):
 
 
 class Unanswered(Exception):
-    """An attempt that got no usable answer (the reason is the message)."""
+    """An attempt that got no usable answer (the reason is the message, ``kind`` its
+    class)."""
+
+    def __init__(self, reason: str, kind: FailureKind = "closed") -> None:
+        super().__init__(reason)
+        self.kind: FailureKind = kind
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,7 +192,48 @@ class Dc09Transmitter:
         self.stats: Counter[str] = Counter()
         # Called with (event id, wall-clock time) when the receiver acknowledges an event.
         self.ack_listeners: list[Callable[[str, float], None]] = []
-        self.last_ack: float | None = None  # loop time
+        self.last_ack: float | None = None  # loop time (a NULL is due supervision_s after it)
+        # For status and metrics: the state of the last attempt, the loop time of the last
+        # real ACK, and why the last failed attempt failed.
+        self.state: PathState = "starting"
+        self.acked_at: float | None = None
+        self.last_error: str | None = None
+        self.error_kind: FailureKind | None = None
+
+    # -- for status and metrics ------------------------------------------------------
+
+    def snapshot(self) -> Dc09Snapshot:
+        """The path's state now (on the event loop: plain attribute reads)."""
+        s = self.settings
+        now = asyncio.get_running_loop().time()
+
+        def age(then: float | None) -> float | None:
+            return None if then is None else round(max(0.0, now - then), 3)
+
+        host, port = s.receivers[self._target]
+        return Dc09Snapshot(
+            receivers=tuple(f"{h}:{p}" for h, p in s.receivers),
+            target=f"{host}:{port}",
+            transport=s.transport,
+            encrypted=s.key is not None,
+            account=s.header.account,
+            state=self.state,
+            connected=self._link is not None,
+            last_ack_age_s=age(self.acked_at),
+            failing_for_s=age(self._failing_since),
+            last_error=self.last_error,
+            error_kind=self.error_kind,
+            offset_s=round(self.offset_s, 3),
+            frames_sent=self.stats["frames_sent"],
+            acks=self.stats["acks"],
+            naks=self.stats["naks"],
+            duhs=self.stats["duhs"],
+            failures=self.stats["failures"],
+            resyncs=self.stats["resyncs"],
+            trouble_open=self.trouble_open,
+            supervision_s=s.supervision_s,
+            trouble_after_s=s.trouble_after_s,
+        )
 
     # -- the loop ---------------------------------------------------------------------
 
@@ -256,7 +304,7 @@ class Dc09Transmitter:
         try:
             self._judge(await self._answer(row, seq))
         except Unanswered as err:
-            self._failed(what, str(err))
+            self._failed(what, str(err), err.kind)
             raise
         self._acked(row, what)
 
@@ -274,7 +322,8 @@ class Dc09Transmitter:
         if answer.kind == "NAK":
             raise Unanswered(
                 "receiver refused the frame (NAK) with our clock re-synchronised: "
-                "wrong key or account?"
+                "wrong key or account?",
+                "nak",
             )
         if answer.kind == "DUH":
             log.error(
@@ -283,7 +332,7 @@ class Dc09Transmitter:
             )
             if not self.trouble_open:
                 self._tell("trouble", "DC-09 receiver answers DUH: configuration problem")
-            raise Unanswered("receiver answered DUH (configuration problem)")
+            raise Unanswered("receiver answered DUH (configuration problem)", "duh")
 
     async def _exchange(self, frame: bytes, seq: int) -> Answer:
         """Send one frame and wait for its answer (an ACK/DUH for another sequence number is
@@ -302,11 +351,16 @@ class Dc09Transmitter:
                         log.warning("unreadable DC-09 answer ignored", error=str(err))
                         continue
                     if answer.kind == "NAK" or answer.seq == seq:
+                        if answer.kind in ("NAK", "DUH"):
+                            self.stats[answer.kind.lower() + "s"] += 1
                         return answer
         except TimeoutError:
             self._drop_link()
-            raise Unanswered(f"no answer within {s.answer_timeout_s:g} s") from None
-        except (OSError, Unanswered) as err:
+            raise Unanswered(f"no answer within {s.answer_timeout_s:g} s", "timeout") from None
+        except Unanswered:
+            self._drop_link()
+            raise
+        except OSError as err:
             self._drop_link()
             raise Unanswered(str(err) or type(err).__name__) from None
 
@@ -326,10 +380,12 @@ class Dc09Transmitter:
                     self._link = _TcpLink(reader, writer)
         except TimeoutError:
             self._switch_receiver()
-            raise Unanswered(f"cannot connect to {host}:{port}: timed out") from None
+            raise Unanswered(f"cannot connect to {host}:{port}: timed out", "connect") from None
         except OSError as err:
             self._switch_receiver()
-            raise Unanswered(f"cannot connect to {host}:{port}: {err.strerror or err}") from None
+            why = os.strerror(err.errno) if err.errno else str(err)  # not asyncio's wording
+            reason = f"cannot connect to {host}:{port}: {why}"
+            raise Unanswered(reason, "connect") from None
         return self._link
 
     def _drop_link(self) -> None:
@@ -358,8 +414,9 @@ class Dc09Transmitter:
 
     def _acked(self, row: Pending | None, what: str) -> None:
         loop = asyncio.get_running_loop()
-        self.last_ack = loop.time()
+        self.last_ack = self.acked_at = loop.time()
         self._failing_since = None
+        self.state = "up"
         self.stats["acks"] += 1
         if row is not None:
             try:
@@ -376,9 +433,10 @@ class Dc09Transmitter:
         if self.trouble_open:
             self._tell("restore", "DC-09 receiver acknowledges again")
 
-    def _failed(self, what: str, reason: str) -> None:
+    def _failed(self, what: str, reason: str, kind: FailureKind) -> None:
         now = asyncio.get_running_loop().time()
         self.stats["failures"] += 1
+        self.state, self.last_error, self.error_kind = "down", reason, kind
         if self._failing_since is None:
             self._failing_since = now
         log.warning("DC-09 frame not acknowledged, will retry", what=what, reason=reason)
