@@ -212,7 +212,9 @@ Check everything a working gateway needs, with the daemon stopped or
 running: the config; the signing key (present, mode 0600, kid); the center
 keys; the GPIO pins; each serial box answers PING; the broker is reachable
 with TLS and credentials; certificate expiry; the clock is synchronised;
-free disk; the NVR and bollard URLs; the outbox's integrity.
+free disk; the NVR and bollard URLs; the outbox's integrity; with [dc09],
+each receiver takes a connection and a NULL message, ACKs it, and how far
+its clock is from ours (when its answer carries its time).
 
 One line per check: PASS, WARN or FAIL and what was found; under a WARN or
 FAIL, "->" says what to do. With the daemon running, what it holds (its
@@ -235,11 +237,12 @@ example:  alarmgw test-alarm --timeout 60 --input serial:box-gate-main"""
 _QUEUE_HELP = """\
 Show the events waiting for the command center's ack, by type: how many,
 the age of the oldest, the most send attempts of one event, the last error.
-Asks the running daemon; with the daemon stopped, reads the outbox file
-(read-only).
+With [dc09], also what the DC-09 receiver still owes, and the oldest events
+with the paths that owe each an ack. Asks the running daemon; with the
+daemon stopped, reads the outbox file (read-only).
 
 exit status: 0 empty; 1 events waiting; 2 an alarm has waited longer than
-[alarm] ack_timeout_s, or the outbox cannot be read."""
+[alarm] ack_timeout_s on any path, or the outbox cannot be read."""
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -283,7 +286,7 @@ def _add_technician_tools(sub: argparse._SubParsersAction[argparse.ArgumentParse
         ("status", "how the running gateway is, at a glance", _STATUS_HELP, _cmd_status),
         ("diag", "check config, keys, pins, ports, broker, clock, disk", _DIAG_HELP, _cmd_diag),
         ("test-alarm", "prove an alarm gets through (not dispatched)", _TEST_HELP, _cmd_test_alarm),
-        ("queue", "events waiting for the center's ack", _QUEUE_HELP, _cmd_queue),
+        ("queue", "events waiting for an ack, per path", _QUEUE_HELP, _cmd_queue),
     ]
     for name, short, long, func in specs:
         p = sub.add_parser(name, help=short, description=long, formatter_class=raw)

@@ -43,6 +43,7 @@ def test_center_ack_first_then_dc09(tmp_path: Path) -> None:
     assert ob.after(None, 10) == []
     assert ob.count() == 0
     assert ob.count_dc09() == 1
+    assert ob.summary() == {}  # what the center owes, as /status counts it
     assert ob.remove([alarm.id]) == []  # a duplicate ack is not news
     assert ob.mark_dc09_delivered(alarm.id) is True
     assert ob.count_dc09() == 0

@@ -470,14 +470,16 @@ class Outbox:
         return int(n)
 
     def summary(self) -> dict[str, dict[str, float | int | str | None]]:
-        """Per type: pending count, oldest creation time, last error (for status/queue)."""
+        """Per type, of the events the center still owes an ack (as ``/status`` counts
+        them; rows only the DC-09 receiver owes are not here): pending count, oldest
+        creation time, last error."""
         out: dict[str, dict[str, float | int | str | None]] = {}
         for kind, n, oldest in self._db.execute(
-            "SELECT type, COUNT(*), MIN(created) FROM outbox GROUP BY type"
+            "SELECT type, COUNT(*), MIN(created) FROM outbox WHERE mqtt_done = 0 GROUP BY type"
         ):
             err = self._db.execute(
-                "SELECT last_error FROM outbox WHERE type = ? AND last_error IS NOT NULL "
-                "ORDER BY created DESC LIMIT 1",
+                "SELECT last_error FROM outbox WHERE type = ? AND mqtt_done = 0 "
+                "AND last_error IS NOT NULL ORDER BY created DESC LIMIT 1",
                 (kind,),
             ).fetchone()
             out[kind] = {"pending": n, "oldest": oldest, "last_error": err[0] if err else None}
