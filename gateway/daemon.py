@@ -103,6 +103,7 @@ class Gateway:
             on_message=self.relay.on_message,
             prepare=self.relay.prepare_session,
             on_state=self.relay.on_link,
+            who="gateway",
         )
         self.secondary: Uplink | None = None
         if cfg.mqtt_secondary is not None:
@@ -112,6 +113,7 @@ class Gateway:
                 subscriptions=[topic(second.prefix, g.site, g.id, "ack")],
                 on_message=self.relay.on_message,
                 on_state=functools.partial(self.relay.on_link, path="secondary"),
+                who="gateway",
             )
         self.relay.attach(self.uplink, self.secondary, failover_after_s=cfg.outbox.failover_after_s)
         self.dc09: Dc09Transmitter | None = None
@@ -189,6 +191,8 @@ class Gateway:
             core=self.snapshots.core,
             buttons=self.buttons,
         )
+        if self.secondary is not None:
+            monitors.takeover.watch(self.secondary, "secondary")
         self.snapshots.monitors = monitors.snapshot
         return monitors
 
