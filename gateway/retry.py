@@ -153,11 +153,11 @@ CONNECT = Policy("connect", first_s=0.5, cap_s=5.0)
 RECONNECT = Policy("reconnect", first_s=0.2, cap_s=3.0)
 """The MQTT connection after a session was lost (the first attempt is immediate)."""
 
-TAKEOVER = Policy("reconnect after session takeover", first_s=5.0, cap_s=30.0)
+TAKEOVER = Policy("reconnect after session takeover", first_s=6.0, cap_s=30.0)
 """The MQTT connection after the broker handed our session to another client with our
 client id (MQTT 5 reason 0x8E): reconnecting at once would only knock that client off in
-turn, so each takeover in a row waits longer, up to a cap that still lets a queued alarm out
-within half a minute."""
+turn, so each takeover in a row waits longer, from no less than RECONNECT's longest wait up
+to a cap that still lets a queued alarm out within half a minute."""
 
 SERIAL_OPEN = Policy("open serial port", first_s=0.2, cap_s=5.0)
 """Opening a button box's serial port (unplugged USB adapter, missing device)."""

@@ -1,8 +1,8 @@
 """Two gateways with one MQTT client id: the broker hands the session from one to the other
 (MQTT 5 DISCONNECT reason 0x8E). Each says so in one line, waits longer before it
 reconnects than after an outage, and raises trouble 350 (device ``gateway``) that reaches
-the center; once a session holds again the trouble is restored, and an ordinary outage is
-still followed by a fast reconnect.
+the center; once a session holds again the trouble is restored, an ordinary outage is still followed by a
+fast reconnect, and the next takeover waits from the first wait again.
 
 Relays, uplinks and an in-process center on a real Mosquitto; the gateways connect through
 ``TakeoverShim`` (tests/takeover_shim.py), which sends the takeover DISCONNECT for a
@@ -23,11 +23,13 @@ from structlog.testing import capture_logs
 from center.service import Center, Registry, Verdict
 from center.state import CenterState
 from firmware_sim.broker import Mosquitto
+from gateway import retry
 from gateway.contract.signing import SigningKey
 from gateway.contract.topics import topic
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.relay import Identity, Relay
 from gateway.delivery.seq import SeqCounter
+from gateway.delivery.takeover import Takeovers
 from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.monitors.reporter import TroubleReporter
 from gateway.monitors.takeover import TakeoverMonitor
@@ -170,6 +172,13 @@ def takeover_lines(logs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in logs if TAKEOVER_LINE in str(e.get("event", ""))]
 
 
+def test_a_takeover_waits_longer_than_any_ordinary_reconnect() -> None:
+    assert retry.TAKEOVER.first_s / 2 >= retry.RECONNECT.cap_s
+    assert retry.TAKEOVER.cap_s <= 30.0  # a queued alarm still goes out within half a minute
+    taken = Takeovers(who="gateway", client_id="x", broker="b")
+    assert taken.clear_s == 2 * retry.TAKEOVER.cap_s
+
+
 def test_the_shim_reads_the_client_id_of_a_connect() -> None:
     from tests.takeover_shim import parse_connect
 
@@ -267,3 +276,9 @@ async def test_the_trouble_is_restored_once_a_session_holds_and_outages_stay_fas
             assert len(takeover_lines(logs)) == taken
             waits = [e["retry_in_s"] for e in logs[mark:] if "retry_in_s" in e]
             assert all(w <= NORMAL_CAP_S for w in waits), waits
+
+            # The clone comes back: a new run of takeovers, whose waits start from the first.
+            again = r.gateway("again", first_s=0.5, cap_s=1.0)
+            r.start(again)
+            await wait_until(lambda: len(takeover_lines(logs)) > taken, timeout=30)
+            assert takeover_lines(logs)[taken]["attempt"] == 1

@@ -570,7 +570,7 @@ class Uplink:
             log.info("subscribed", topics=len(self._subscriptions))
 
     def _handle_disconnect(
-        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+        self, client: mqtt.Client, _ud: Any, flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
         if client is not self._client:
             return
@@ -580,7 +580,9 @@ class Uplink:
             t = self.takeovers
             self._mark_lost(f"{t.problem}; {t.fix}", quiet=True)
         else:
-            self._mark_lost(f"disconnected: {reason}")
+            # Our own DISCONNECT (``close``) is no lost link worth a warning.
+            ours = not flags.is_disconnect_packet_from_server and reason.value == 0
+            self._mark_lost(f"disconnected: {reason}", quiet=ours)
 
     def _handle_publish(
         self, client: mqtt.Client, _ud: Any, mid: int, reason: ReasonCode, _props: Any
