@@ -82,7 +82,10 @@ def wait_ready(sock: socket.socket, started: float, timeout_s: float = 30.0) -> 
         if left <= 0:
             raise SystemExit("the gateway never sent READY=1")
         sock.settimeout(left)
-        data = sock.recv(4096)
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            raise SystemExit("the gateway never sent READY=1 (see its output)") from None
         if b"READY=1" in data.split(b"\n"):
             return time.monotonic() - started
 
