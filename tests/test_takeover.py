@@ -1,8 +1,8 @@
 """Two gateways with one MQTT client id: the broker hands the session from one to the other
 (MQTT 5 DISCONNECT reason 0x8E). Each says so in one line, waits longer before it
 reconnects than after an outage, and raises trouble 350 (device ``gateway``) that reaches
-the center; once a session holds again the trouble is restored, an ordinary outage is still followed by a
-fast reconnect, and the next takeover waits from the first wait again.
+the center; once a session holds again the trouble is restored, an ordinary outage is
+still followed by a fast reconnect, and the next takeover waits from the first wait again.
 
 Relays, uplinks and an in-process center on a real Mosquitto; the gateways connect through
 ``TakeoverShim`` (tests/takeover_shim.py), which sends the takeover DISCONNECT for a
