@@ -9,7 +9,9 @@ Measured on the ``alarmgw run`` process from /proc: its RSS (the largest of samp
 disk <= 5 MB/h, ready <= 1 s. The reference center runs too, as at a real site.
 
 Prints figures for a person, then one JSON object as the last line (OPERATOR.md).
-Usage: bench/idle.py [--minutes 10]
+``--breakdown`` also prints where the RSS is at the end, from /proc/PID/smaps: the
+anonymous memory (Python's heap) and each shared library that holds more than 0.5 MB.
+Usage: bench/idle.py [--minutes 10] [--breakdown]
 """
 
 from __future__ import annotations
@@ -50,6 +52,20 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
+def rss_by_mapping(pid: int) -> dict[str, float]:
+    """RSS in MB per mapped file (anonymous mappings and the heap as ``[anon]``)."""
+    out: dict[str, float] = {}
+    name = "[anon]"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if head and "-" in head[0] and not head[0].endswith(":"):
+            path = head[5] if len(head) > 5 else ""
+            name = Path(path).name if path.startswith("/") else "[anon]"
+        elif head and head[0] == "Rss:":
+            out[name] = out.get(name, 0.0) + int(head[1]) / 1024
+    return out
+
+
 def written(pid: int) -> int:
     """Bytes ``pid`` caused to be written to storage (/proc/PID/io ``write_bytes``)."""
     for line in Path(f"/proc/{pid}/io").read_text().splitlines():
@@ -66,12 +82,15 @@ def wait_ready(sock: socket.socket, started: float, timeout_s: float = 30.0) -> 
         if left <= 0:
             raise SystemExit("the gateway never sent READY=1")
         sock.settimeout(left)
-        data = sock.recv(4096)
+        try:
+            data = sock.recv(4096)
+        except TimeoutError:
+            raise SystemExit("the gateway never sent READY=1 (see its output)") from None
         if b"READY=1" in data.split(b"\n"):
             return time.monotonic() - started
 
 
-async def measure(root: Path, minutes: float) -> dict[str, float]:
+async def measure(root: Path, minutes: float, breakdown: bool = False) -> dict[str, float]:
     with Mosquitto(root / "broker") as broker:
         site = Site(root=root, broker=broker, heartbeat_s=30.0)
         async with (
@@ -103,6 +122,13 @@ async def measure(root: Path, minutes: float) -> dict[str, float]:
                 wall = time.monotonic() - t0
                 cpu = cpu_s(pid) - cpu0
                 disk = written(pid) - io0
+                if breakdown:
+                    parts = sorted(rss_by_mapping(pid).items(), key=lambda kv: -kv[1])
+                    print("RSS by mapping at the end (MB):")
+                    for what, mb in parts:
+                        if mb > 0.5:
+                            print(f"  {mb:6.1f}  {what}")
+                    print(f"  {sum(mb for _, mb in parts if mb <= 0.5):6.1f}  (the rest)")
             finally:
                 sock.close()
                 site.close()
@@ -118,11 +144,14 @@ async def measure(root: Path, minutes: float) -> dict[str, float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--minutes", type=float, default=10.0, help="idle time (default 10)")
+    parser.add_argument(
+        "--breakdown", action="store_true", help="print the RSS per mapping at the end"
+    )
     args = parser.parse_args()
     if args.minutes <= 0:
         parser.error("--minutes must be > 0")
     with tempfile.TemporaryDirectory(prefix="agw-idle-", dir="/tmp") as tmp:
-        got = asyncio.run(measure(Path(tmp), args.minutes))
+        got = asyncio.run(measure(Path(tmp), args.minutes, args.breakdown))
     print(f"idle {got['minutes']} min, heartbeat every 30 s, box + bollard + NVR simulated")
     for key, target in TARGETS.items():
         verdict = "ok" if got[key] <= target else "OVER"

@@ -1,5 +1,10 @@
 """``alarmgw run``: wires config, keys, outbox, uplink, relay and inputs, and shuts down
-cleanly (inputs first, then the signed ``offline`` state, then the session)."""
+cleanly (inputs first, then the signed ``offline`` state, then the session).
+
+Start-up imports the alarm path only; ``READY=1`` goes out once it is built. The technician
+endpoint and the site monitors (which bring in the HTTP stack, aiohttp) are built right
+after, before the event loop runs any task, and the DC-09 transmitter only with ``[dc09]``.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import resource
 import signal
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -19,19 +24,21 @@ from gateway import __version__, watchdog
 from gateway.config import GatewayConfig
 from gateway.contract.signing import key_mode_problem, load_signing_key, load_verify_key
 from gateway.contract.topics import topic
-from gateway.delivery.dc09.transmitter import Dc09Transmitter, settings_from_config
 from gateway.delivery.outbox import Outbox
 from gateway.delivery.relay import Identity, Relay
 from gateway.delivery.seq import SeqCounter
 from gateway.delivery.uplink import MqttSettings, Uplink
 from gateway.errors import AlarmgwError
-from gateway.monitors.site import SiteMonitors
 from gateway.private_files import private_dir
 from gateway.sdnotify import notify
 from gateway.sources import CoreSnapshots, GatewaySnapshots
 from gateway.statelock import StateLock
 from gateway.supervise import Supervisor
-from gateway.technician.health import HealthServer
+
+if TYPE_CHECKING:
+    from gateway.delivery.dc09.transmitter import Dc09Transmitter
+    from gateway.monitors.site import SiteMonitors
+    from gateway.technician.health import HealthServer
 
 log = structlog.get_logger("alarmgw.daemon")
 
@@ -103,6 +110,7 @@ class Gateway:
             on_message=self.relay.on_message,
             prepare=self.relay.prepare_session,
             on_state=self.relay.on_link,
+            who="gateway",
         )
         self.secondary: Uplink | None = None
         if cfg.mqtt_secondary is not None:
@@ -112,10 +120,16 @@ class Gateway:
                 subscriptions=[topic(second.prefix, g.site, g.id, "ack")],
                 on_message=self.relay.on_message,
                 on_state=functools.partial(self.relay.on_link, path="secondary"),
+                who="gateway",
             )
         self.relay.attach(self.uplink, self.secondary, failover_after_s=cfg.outbox.failover_after_s)
         self.dc09: Dc09Transmitter | None = None
         if cfg.dc09 is not None:
+            from gateway.delivery.dc09.transmitter import (  # noqa: PLC0415 - only with [dc09]
+                Dc09Transmitter,
+                settings_from_config,
+            )
+
             inputs = [f"gpio:{b.name}" for b in cfg.button] + [
                 f"serial:{x.name}" for x in cfg.serial
             ]
@@ -150,13 +164,24 @@ class Gateway:
                 },
             )
         )
-        # The local endpoint (status, metrics, test alarm).
-        self.health = HealthServer(
+        self.health: HealthServer | None = None  # built by ``run``, after READY=1
+        self.monitors: SiteMonitors | None = None
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def make_health(self) -> HealthServer:
+        """The local endpoint (status, metrics, test alarm), listening to the relay's acks
+        (and the DC-09 transmitter's)."""
+        from gateway.technician.health import HealthServer  # noqa: PLC0415 - after READY=1
+
+        cfg = self.cfg
+        health = HealthServer(
             self.snapshots,
             listen=cfg.http.listen,
             host=cfg.http.host,
             port=cfg.http.port,
-            state_dir=state_dir,
+            state_dir=Path(cfg.gateway.state_dir),
             outbox=self.outbox.path,
             inputs=[f"gpio:{b.name}" for b in cfg.button]
             + [f"serial:{s.name}" for s in cfg.serial],
@@ -166,16 +191,16 @@ class Gateway:
             owes_dc09=self.outbox.owes_dc09 if self.dc09 is not None else None,
             dc09=self.dc09.snapshot if self.dc09 is not None else None,
         )
-        self.relay.ack_listeners.append(self.health.acks.record)
+        self.relay.ack_listeners.append(health.acks.record)
         if self.dc09 is not None:
-            self.dc09.ack_listeners.append(self.health.dc09_acked)
-
-    def stop(self) -> None:
-        self._stop.set()
+            self.dc09.ack_listeners.append(health.dc09_acked)
+        return health
 
     def make_monitors(self) -> SiteMonitors:
         """The site monitors, reading snapshots and callables (never this gateway); their
         snapshot joins the gateway's. After the inputs exist: it hooks the box links."""
+        from gateway.monitors.site import SiteMonitors  # noqa: PLC0415 - after READY=1
+
         relay = self.relay
         monitors = SiteMonitors(
             self.cfg,
@@ -190,6 +215,8 @@ class Gateway:
             core=self.snapshots.core,
             buttons=self.buttons,
         )
+        if self.secondary is not None:
+            monitors.takeover.watch(self.secondary, "secondary")
         self.snapshots.monitors = monitors.snapshot
         return monitors
 
@@ -277,11 +304,6 @@ class Gateway:
             )
         for name, job in self._make_inputs():
             tasks.append(asyncio.create_task(sup.run(name, job), name=name))
-        # Site supervision: heartbeat, troubles, monitors; after the inputs, whose
-        # box links it hooks. Each is a supervised task of its own, off the alarm path.
-        self.monitors = self.make_monitors()
-        for name, job in self.monitors.jobs():
-            tasks.append(asyncio.create_task(sup.run(name, job), name=name))
         # systemd's watchdog (WATCHDOG_USEC): pinged only while uplink and pump both tick.
         tasks += watchdog.start(
             {
@@ -289,21 +311,29 @@ class Gateway:
                 "outbox pump": lambda: self.relay.pump_tick,
             }
         )
-        tasks.append(asyncio.create_task(sup.run("http", self.health.run), name="http"))
         stopper = asyncio.create_task(self._stop.wait(), name="stop")
-        log.info(
-            "gateway started",
-            version=__version__,
-            site=self.cfg.gateway.site,
-            gw=self.cfg.gateway.id,
-            kid=self.key.kid,
-            pending=self.outbox.count(),
-            buttons=len(self.cfg.button),
-            boxes=len(self.cfg.serial),
-        )
-        notify("READY=1")
-        notify(f"STATUS=running, {self.outbox.count()} queued")
+        notify("READY=1")  # the alarm path is built; its tasks run from the first await
         try:
+            # Site supervision (heartbeat, troubles, monitors; after the inputs, whose box
+            # links it hooks) and the local endpoint: each a supervised task of its own,
+            # off the alarm path. Built before the loop runs any task, so the endpoint's
+            # ack log misses no ack.
+            self.monitors = self.make_monitors()
+            for name, job in self.monitors.jobs():
+                tasks.append(asyncio.create_task(sup.run(name, job), name=name))
+            self.health = self.make_health()
+            tasks.append(asyncio.create_task(sup.run("http", self.health.run), name="http"))
+            log.info(
+                "gateway started",
+                version=__version__,
+                site=self.cfg.gateway.site,
+                gw=self.cfg.gateway.id,
+                kid=self.key.kid,
+                pending=self.outbox.count(),
+                buttons=len(self.cfg.button),
+                boxes=len(self.cfg.serial),
+            )
+            notify(f"STATUS=running, {self.outbox.count()} queued")
             await asyncio.wait([stopper, *tasks], return_when=asyncio.FIRST_COMPLETED)
         finally:
             notify("STOPPING=1")

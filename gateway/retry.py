@@ -38,6 +38,7 @@ __all__ = [
     "RECONNECT",
     "RESTART",
     "SERIAL_OPEN",
+    "TAKEOVER",
     "Policy",
     "RetryLog",
 ]
@@ -75,14 +76,15 @@ class Policy:
         *errors: type[BaseException],
         log: FilteringBoundLogger | None = None,
         event: Event | None = None,
-        retry_log: RetryLog | None = None,
+        retry_log: Callable[[RetryCallState], None] | None = None,
         **context: Any,
     ) -> AsyncRetrying:
         """An ``AsyncRetrying`` that retries ``errors`` (anything else is raised at once)
         and logs every retry as ``event`` (or ``event(error)``) with ``context``. After the
         last attempt (only for a policy with ``attempts``) its error is raised. A caller
         that retries again and again (a poll) passes one ``retry_log`` for all of them, so
-        repeats of the same error stay quiet across calls."""
+        repeats of the same error stay quiet across calls; a caller with a line of its own
+        passes its own ``before_sleep`` callable as ``retry_log``."""
         stop: stop_base = stop_never if self.attempts is None else stop_after_attempt(self.attempts)
         return AsyncRetrying(
             wait=self.wait(),
@@ -150,6 +152,12 @@ CONNECT = Policy("connect", first_s=0.5, cap_s=5.0)
 
 RECONNECT = Policy("reconnect", first_s=0.2, cap_s=3.0)
 """The MQTT connection after a session was lost (the first attempt is immediate)."""
+
+TAKEOVER = Policy("reconnect after session takeover", first_s=6.0, cap_s=30.0)
+"""The MQTT connection after the broker handed our session to another client with our
+client id (MQTT 5 reason 0x8E): reconnecting at once would only knock that client off in
+turn, so each takeover in a row waits longer, from no less than RECONNECT's longest wait up
+to a cap that still lets a queued alarm out within half a minute."""
 
 SERIAL_OPEN = Policy("open serial port", first_s=0.2, cap_s=5.0)
 """Opening a button box's serial port (unplugged USB adapter, missing device)."""

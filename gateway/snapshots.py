@@ -35,6 +35,7 @@ class LinkSnapshot:
     reconnects: int
     last_error: str | None
     loop_age_s: float | None  # since the link's loop last ticked; None before its first tick
+    takeover: Verdict | None = None  # another client took the session over (failing)
 
 
 @dataclass(frozen=True, slots=True)

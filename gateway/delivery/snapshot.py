@@ -7,6 +7,7 @@ import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
+from gateway import checks
 from gateway.snapshots import (
     DeliveryCounters,
     DeliverySnapshot,
@@ -19,6 +20,7 @@ from gateway.snapshots import (
 )
 
 if TYPE_CHECKING:
+    from gateway.delivery.takeover import Takeover
     from gateway.delivery.uplink import MqttSettings
 
 Summary = Mapping[str, Mapping[str, float | int | str | None]]
@@ -37,6 +39,8 @@ class LinkLike(Protocol):
     def loop_heartbeat(self) -> float: ...
     @property
     def connected(self) -> bool: ...
+    @property
+    def takeover(self) -> Takeover | None: ...
 
 
 class RelayLike(Protocol):
@@ -75,6 +79,7 @@ def _age(now: float, then: float | None) -> float | None:
 
 def link_snapshot(link: LinkLike, path: str, now: float) -> LinkSnapshot:
     s = link.settings
+    taken = link.takeover
     return LinkSnapshot(
         path=path,
         broker=f"{s.host}:{s.port}",
@@ -84,6 +89,11 @@ def link_snapshot(link: LinkLike, path: str, now: float) -> LinkSnapshot:
         reconnects=int(link.reconnects),
         last_error=link.last_error,
         loop_age_s=_age(now, link.loop_heartbeat),
+        takeover=None
+        if taken is None
+        else checks.failing(
+            "broker-session", f"{taken.problem} ({taken.count} time(s))", taken.fix
+        ),
     )
 
 

@@ -9,6 +9,9 @@ Only the blocking TCP/TLS connect runs in a worker thread.
 
 A fresh paho client per connection: paho keeps unacked QoS 1 messages in RAM and numbers
 them per client object, so the durable outbox, not paho, owns re-sending.
+
+A session the broker hands to another client with our client id (MQTT 5 reason 0x8E) is
+said in one line and followed by longer waits (gateway/delivery/takeover.py).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from gateway import retry
 from gateway.delivery.mqtt_client import Readiness, tcp_socket
+from gateway.delivery.takeover import NewRun, SessionTakenOver, Takeover, Takeovers, is_takeover
 from gateway.errors import AlarmgwError
 
 log = structlog.get_logger("alarmgw.uplink")
@@ -82,6 +86,9 @@ class MqttSettings:
     # them shorter; None keeps the policy's.
     backoff_initial_s: float | None = None
     backoff_max_s: float | None = None
+    # The same for the waits after a session takeover (retry.TAKEOVER).
+    takeover_first_s: float | None = None
+    takeover_cap_s: float | None = None
 
     @classmethod
     def from_config(cls, section: Any, client_id: str) -> MqttSettings:
@@ -141,6 +148,7 @@ class Uplink:
     ``prepare`` is called before every connect attempt and returns the birth/will pair (the
     gateway signs a new ``state`` with a new session number each time; the center passes
     None). ``on_message(topic, payload)`` and ``on_state(connected)`` are called on the loop.
+    ``who`` names this kind of client in the takeover line ("gateway").
     """
 
     def __init__(
@@ -151,6 +159,7 @@ class Uplink:
         on_message: Callable[[str, bytes], None],
         prepare: Callable[[], Session | None] = lambda: None,
         on_state: Callable[[bool], None] = lambda _up: None,
+        who: str = "client",
     ) -> None:
         self.settings = settings
         self._subscriptions = subscriptions
@@ -171,6 +180,16 @@ class Uplink:
         self.last_error: str | None = None
         self.loop_heartbeat = 0.0  # loop time of the last misc tick: a stuck loop shows here
         self._last_rx = 0.0  # loop time the broker last sent us anything
+        self.takeovers = Takeovers(
+            who=who,
+            client_id=settings.client_id,
+            broker=f"{settings.host}:{settings.port}",
+            first_s=settings.takeover_first_s,
+            cap_s=settings.takeover_cap_s,
+        )
+        self._taken_over = False  # the current connection was taken over
+        self._pending_takeover: SessionTakenOver | None = None
+        self._was_stable = False  # a session has lasted STABLE_SESSION_S: RECONNECT policy
 
     # -- public ---------------------------------------------------------------------
 
@@ -180,6 +199,11 @@ class Uplink:
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    @property
+    def takeover(self) -> Takeover | None:
+        """The session takeover not yet over (no session has held since), or None."""
+        return self.takeovers.open
 
     def publish(
         self,
@@ -227,31 +251,47 @@ class Uplink:
         Connection attempts follow ``retry.CONNECT`` until a session is up, then
         ``retry.RECONNECT``: a stable session ends in an immediate reconnect, one that ends
         within ``STABLE_SESSION_S`` (a broker that accepts and drops us) counts as a failed
-        attempt and the waits go on growing."""
+        attempt and the waits go on growing. A session taken over by another client with
+        our id is followed by the longer waits of ``retry.TAKEOVER``, growing while the
+        takeovers go on and from the first again once a session has held."""
         self._loop = asyncio.get_running_loop()
         self._loop_thread = threading.get_ident()
-        s = self.settings
-        limits = {"first_s": s.backoff_initial_s, "cap_s": s.backoff_max_s}
-        policy = retry.CONNECT.limited(**limits)
         misc = asyncio.create_task(self._misc_loop(), name="uplink-misc")
         try:
             while True:
-                attempts = policy.retrying(
-                    *CONNECT_ERRORS, log=log, event=_retry_event, host=s.host, port=s.port
-                )
-                async for attempt in attempts:
-                    with attempt:
-                        await self._one_session()
-                policy = retry.RECONNECT.limited(**limits)
+                with contextlib.suppress(NewRun):
+                    async for attempt in self.takeovers.retrying():
+                        with attempt:
+                            await self._serve()
         finally:
             misc.cancel()
             await self.close()
 
+    async def _serve(self) -> None:
+        """Sessions, reconnecting by the connect and reconnect policies, until one is taken
+        over (``SessionTakenOver``, or ``NewRun`` for the first of a new run)."""
+        pending, self._pending_takeover = self._pending_takeover, None
+        if pending is not None:
+            raise pending  # the takeover that began this run: its wait comes first
+        s = self.settings
+        limits = {"first_s": s.backoff_initial_s, "cap_s": s.backoff_max_s}
+        while True:
+            policy = retry.RECONNECT if self._was_stable else retry.CONNECT
+            attempts = policy.limited(**limits).retrying(
+                *CONNECT_ERRORS, log=log, event=_retry_event, host=s.host, port=s.port
+            )
+            async for attempt in attempts:
+                with attempt:
+                    await self._one_session()
+            self._was_stable = True
+
     async def _one_session(self) -> None:
         """One connection: connect, serve until it is lost. Returns after a stable session;
-        raises (``CONNECT_ERRORS``) when the connection failed or ended early."""
+        raises (``CONNECT_ERRORS``) when the connection failed or ended early, and
+        ``SessionTakenOver`` (or ``NewRun``) when another client took the session over."""
         assert self._loop is not None
         self._lost.clear()
+        self._taken_over = False
         try:
             await self._connect_once()
             waits = {
@@ -272,11 +312,29 @@ class Uplink:
             self._teardown()
             raise
         started = self._loop.time()
-        await self._lost.wait()
+        if not await self._lost_within(self.takeovers.clear_s):
+            self.takeovers.held()
+            await self._lost.wait()
         self._teardown()
         self.reconnects += 1
+        if self._taken_over:
+            new_run = self.takeovers.cleared
+            taken = self.takeovers.happened()
+            if new_run:
+                self._pending_takeover = taken
+                raise NewRun
+            raise taken
         if self._loop.time() - started < STABLE_SESSION_S:
             raise SessionLost(self.last_error or "session lost")
+
+    async def _lost_within(self, timeout_s: float) -> bool:
+        """Whether the session is lost within ``timeout_s``."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self._lost.wait()
+        except TimeoutError:
+            return False
+        return True
 
     async def close(self, *, final: tuple[str, bytes] | None = None) -> None:
         """Clean shutdown: optionally publish a last retained message (the gateway's
@@ -474,10 +532,10 @@ class Uplink:
         if rc != mqtt.MQTT_ERR_SUCCESS and client is self._client:
             self._mark_lost(why or f"write: {mqtt.error_string(rc)}")
 
-    def _mark_lost(self, why: str) -> None:
+    def _mark_lost(self, why: str, *, quiet: bool = False) -> None:
         if not self._lost.is_set():
             self.last_error = why
-            if self._connected.is_set():
+            if self._connected.is_set() and not quiet:
                 log.warning("broker connection lost", error=why)
             self._lost.set()
 
@@ -519,10 +577,19 @@ class Uplink:
             log.info("subscribed", topics=len(self._subscriptions))
 
     def _handle_disconnect(
-        self, client: mqtt.Client, _ud: Any, _flags: Any, reason: ReasonCode, _props: Any
+        self, client: mqtt.Client, _ud: Any, flags: Any, reason: ReasonCode, _props: Any
     ) -> None:
-        if client is self._client:
-            self._mark_lost(f"disconnected: {reason}")
+        if client is not self._client:
+            return
+        if is_takeover(reason):
+            # Said once, with the wait, by the takeover policy's line (not as a lost link).
+            self._taken_over = True
+            t = self.takeovers
+            self._mark_lost(f"{t.problem}; {t.fix}", quiet=True)
+        else:
+            # Our own DISCONNECT (``close``) is no lost link worth a warning.
+            ours = not flags.is_disconnect_packet_from_server and reason.value == 0
+            self._mark_lost(f"disconnected: {reason}", quiet=ours)
 
     def _handle_publish(
         self, client: mqtt.Client, _ud: Any, mid: int, reason: ReasonCode, _props: Any

@@ -6,6 +6,8 @@
 - ``camera`` — the recorder's recording and retention, behind an ``NvrAdapter``.
 - ``boxlink`` — button-box link supervision (SERIAL.md "Rules").
 - ``selfcheck`` — the gateway itself: disk, clock, certificates, key permissions.
+- ``takeover`` — another client took the gateway's broker session over (a second gateway
+  with the same id).
 - ``heartbeat`` — the signed periodic snapshot (never written to disk).
 - ``site`` — ``SiteMonitors``: builds all of the above for one gateway.
 

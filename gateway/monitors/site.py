@@ -26,6 +26,7 @@ from gateway.monitors.buttons import ButtonSupervisor, SupervisedButton
 from gateway.monitors.heartbeat import Heartbeat, heartbeat_body
 from gateway.monitors.reporter import EventSink, TroubleReporter
 from gateway.monitors.selfcheck import SelfCheck
+from gateway.monitors.takeover import TakeoverMonitor
 from gateway.snapshots import (
     BollardSnapshot,
     CameraSnapshot,
@@ -133,6 +134,8 @@ class SiteMonitors:
             self.camera = CameraMonitor(cfg.camera, self.reporter)
         self.boxes = [BoxSupervisor(link, self.reporter) for link in boxes]
         self.buttons = ButtonSupervisor(buttons, self.reporter)
+        self.takeover = TakeoverMonitor(self.reporter)
+        self.takeover.watch(uplink, "primary")
         mqtt = cfg.mqtt
         self.selfcheck = SelfCheck(
             self.reporter,

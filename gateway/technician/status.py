@@ -141,7 +141,9 @@ def _input(i: InputSnapshot, monitors: MonitorsSnapshot | None) -> dict[str, Any
 
 
 def _link(link: LinkSnapshot) -> dict[str, Any]:
+    takeover = {} if link.takeover is None else {"verdict": verdict_json(link.takeover)}
     return {
+        **takeover,
         "broker": link.broker,
         "tls": link.tls,
         "protocol": link.protocol,

@@ -169,7 +169,7 @@ def _verdicts(st: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """(name, verdict) of every check the daemon judged: serial links, the bollard, the
     camera and the self-checks (device ``gateway``)."""
     out = [(i["ref"], i["verdict"]) for i in st["inputs"] if isinstance(i.get("verdict"), dict)]
-    for name in ("bollard", "camera", "acks", "dc09"):
+    for name in ("uplink", "secondary", "bollard", "camera", "acks", "dc09"):
         section = st.get(name)
         if isinstance(section, dict) and isinstance(section.get("verdict"), dict):
             out.append((name, section["verdict"]))
