@@ -191,7 +191,20 @@ def main() -> int:
     parser.add_argument("--alarms", type=int, default=20_000)
     parser.add_argument("--gateways", type=int, default=10)
     parser.add_argument("--failover", type=int, default=200)
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=["sqlite_1", "postgresql_1", "postgresql_2_shared", "failover"],
+        help="run only this case (repeatable; default: all)",
+    )
+    parser.add_argument(
+        "--pause",
+        action="store_true",
+        help="print each center's pid and wait for Enter before driving it (to attach a "
+        "profiler such as py-spy)",
+    )
     args = parser.parse_args()
+    cases = set(args.only or ["sqlite_1", "postgresql_1", "postgresql_2_shared", "failover"])
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     gws = [f"gw-{i}" for i in range(args.gateways)]
     result: dict[str, Any] = {"alarms": args.alarms, "gateways": args.gateways}
@@ -216,11 +229,18 @@ def main() -> int:
                     ),
                 ]
                 for name, count, store in runs:
+                    if name not in cases:
+                        continue
                     fl = floor(clients, args.alarms, size)
                     procs = [
                         start_center(center_config(root, f"{name}-{i}", broker.port, gws, store))
                         for i in range(count)
                     ]
+                    if args.pause:
+                        print(
+                            f"{name}: center pids {[p.pid for p in procs]}; Enter to go", flush=True
+                        )
+                        sys.stdin.readline()
                     try:
                         took = drive(clients, signed(key, gws, args.alarms, base))
                     finally:
@@ -234,32 +254,43 @@ def main() -> int:
                         f"(floor {floor_rate:.0f}/s, ratio {rate / floor_rate:.3f})",
                         flush=True,
                     )
-                store = f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'
-                procs = [
-                    start_center(center_config(root, f"failover-{i}", broker.port, gws, store))
-                    for i in range(2)
-                ]
-                try:
-                    drive(clients, signed(key, gws, 100, base))  # both warm
-                    base += 100
-                    batch = signed(key, gws, args.failover, base)
-                    t0 = time.perf_counter()
-                    procs[0].send_signal(signal.SIGKILL)
-                    drive(clients, batch)
-                    took = time.perf_counter() - t0
-                finally:
-                    stop(procs)
-                result["failover_all_acked_s"] = round(took, 3)
-                print(
-                    f"failover: {args.failover} alarms acked by the surviving instance "
-                    f"{took:.2f} s after the other was killed (SIGKILL)",
-                    flush=True,
-                )
+                if "failover" in cases:
+                    result.update(failover(root, clients, broker.port, gws, key, pg, base, args))
                 clients.close()
         finally:
             pg.close()
     print(json.dumps(result))
     return 0
+
+
+def failover(
+    root: Path,
+    clients: Gateways,
+    port: int,
+    gws: list[str],
+    key: SigningKey,
+    pg: Postgres,
+    base: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """Two instances, one killed with SIGKILL, then K alarms: seconds until all are acked."""
+    store = f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'
+    procs = [start_center(center_config(root, f"failover-{i}", port, gws, store)) for i in range(2)]
+    try:
+        drive(clients, signed(key, gws, 100, base))  # both warm
+        batch = signed(key, gws, args.failover, base + 100)
+        t0 = time.perf_counter()
+        procs[0].send_signal(signal.SIGKILL)
+        drive(clients, batch)
+        took = time.perf_counter() - t0
+    finally:
+        stop(procs)
+    print(
+        f"failover: {args.failover} alarms acked by the surviving instance "
+        f"{took:.2f} s after the other was killed (SIGKILL)",
+        flush=True,
+    )
+    return {"failover_all_acked_s": round(took, 3)}
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 from center.check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_precheck
 from center.liveness import STALE_INTERVALS, GatewayStatus, Liveness
 from center.outbound import Outbound, resync_body, sign
-from center.store import Store, StoreError
+from center.store import Admission, Arrival, Store, StoreError
 from gateway.contract.envelope import EVENT_TYPES, Envelope, build, parse_ts
 from gateway.contract.signing import SigningKey, VerifyKey
 from gateway.contract.topics import topic
@@ -269,8 +269,8 @@ class Center:
         began = time.perf_counter()
         try:
             self.state.begin_batch()
-            for (name, payload, via, received), pre in zip(burst, checked, strict=True):
-                verdict = self._judge(name, pre, received, self._path(via))
+            verdicts = self._judge_all(burst, checked)
+            for (_, payload, via, _), verdict in zip(burst, verdicts, strict=True):
                 if verdict.result == "rejected":
                     self._keep_rejection(verdict, payload)
                 batch.append((verdict, via))
@@ -429,32 +429,30 @@ class Center:
         (decided by the store, inside the burst's transaction)."""
         if isinstance(pre, Verdict):
             return replace(pre, received=received, path=path)
-        env = pre
-        latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
         verified_at = time.perf_counter()
-        got = self.state.admit(env, received=received, path=path)
-        if got.result == "rejected":
-            return Verdict(
-                "rejected",
-                name,
-                got.reason,
-                got.detail,
-                env,
-                latency_ms=latency,
-                unproven=got.unproven,
-                path=path,
-                received=received,
-            )
-        return Verdict(
-            got.result,
-            name,
-            env=env,
-            latency_ms=latency,
-            stale=got.stale,
-            verified_at=verified_at if got.result == "accepted" else 0.0,
-            path=path,
-            received=received,
-        )
+        got = self.state.admit(pre, received=received, path=path)
+        return _verdict(name, pre, got, received=received, path=path, verified_at=verified_at)
+
+    def _judge_all(self, burst: list[Received], checked: list[Verdict | Envelope]) -> list[Verdict]:
+        """``_judge`` for each of a checked burst, with one store call for its envelopes."""
+        arrivals = [
+            Arrival(pre, received, self._path(via))
+            for (_, _, via, received), pre in zip(burst, checked, strict=True)
+            if not isinstance(pre, Verdict)
+        ]
+        verified_at = time.perf_counter()
+        admitted = iter(self.state.admit_all(arrivals) if arrivals else ())
+        out = []
+        for (name, _, via, received), pre in zip(burst, checked, strict=True):
+            if isinstance(pre, Verdict):
+                out.append(replace(pre, received=received, path=self._path(via)))
+            else:
+                got = next(admitted)
+                path = self._path(via)
+                out.append(
+                    _verdict(name, pre, got, received=received, path=path, verified_at=verified_at)
+                )
+        return out
 
     def _resync(self, env: Envelope, via: Uplink | None) -> None:
         """PROTOCOL.md "resync": at most one per signer per 10 s, whichever instance."""
@@ -498,6 +496,34 @@ class Center:
         )
         fut = via.publish(topic(self.prefix, site, gw, "ack"), ack.to_bytes())
         fut.add_done_callback(_ignore_failure)
+
+
+def _verdict(
+    name: str, env: Envelope, got: Admission, *, received: float, path: str, verified_at: float
+) -> Verdict:
+    latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
+    if got.result == "rejected":
+        return Verdict(
+            "rejected",
+            name,
+            got.reason,
+            got.detail,
+            env,
+            latency_ms=latency,
+            unproven=got.unproven,
+            path=path,
+            received=received,
+        )
+    return Verdict(
+        got.result,
+        name,
+        env=env,
+        latency_ms=latency,
+        stale=got.stale,
+        verified_at=verified_at if got.result == "accepted" else 0.0,
+        path=path,
+        received=received,
+    )
 
 
 def _ignore_failure(fut: asyncio.Future[int]) -> None:

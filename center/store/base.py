@@ -40,6 +40,16 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class Arrival:
+    """One verified envelope of a burst, for ``admit_all``."""
+
+    env: Envelope
+    received: float
+    path: str = "primary"
+    body: str | None = None  # env.body as JSON text, when the checker made it already
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxItem:
     """A center -> gateway envelope a person caused, waiting to be signed and published."""
 
@@ -65,6 +75,7 @@ class Store(Protocol):
 
     # ingest
     def admit(self, env: Envelope, *, received: float, path: str = "primary") -> Admission: ...
+    def admit_all(self, arrivals: Sequence[Arrival]) -> list[Admission]: ...
     def reject(
         self,
         *,

@@ -11,31 +11,67 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from center.store.base import StoreError
+from center.store.base import Arrival, StoreError
+from center.store.rows import new_rows
 from center.store.schema import DIALECTS
-from center.store.sql import ALARM_TYPES, SqlStore, dumps
+from center.store.sql import SqlStore
 from gateway.contract.envelope import Envelope
 
-_RECORD_EVENT = """
+# A run of new events in one round trip (data-modifying CTEs): each row is written only if
+# the row before it in this chain was (accepted -> envelope -> alarm -> audit), so a
+# (kid, seq) or id another instance recorded first leaves no trace; rows are inserted in
+# key order, so that two instances' bursts lock them in the same order.
+_WRITE_NEW = """
 WITH acc AS (
-    INSERT INTO accepted (kid, seq, id, type, at) VALUES (%s, %s, %s, %s, %s)
-    ON CONFLICT (kid, seq) DO NOTHING RETURNING id
+    INSERT INTO accepted (kid, seq, id, type, at)
+    SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::float8[])
+        AS r(kid, seq, id, type, at)
+    ORDER BY kid, seq
+    ON CONFLICT (kid, seq) DO NOTHING RETURNING kid, seq
 ), env AS (
     INSERT INTO envelopes (id, kid, seq, type, site, gw, ts, received_at, path, body)
-    SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM acc)
-    ON CONFLICT (id) DO NOTHING RETURNING id
+    SELECT r.* FROM unnest(
+        %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+        %b::float8[], %b::text[], %b::text[]
+    ) AS r(id, kid, seq, type, site, gw, ts, received_at, path, body)
+    JOIN acc ON acc.kid = r.kid AND acc.seq = r.seq
+    ORDER BY r.id
+    ON CONFLICT (id) DO NOTHING RETURNING id, kid, seq
 ), al AS (
     INSERT INTO alarms (id, site, gw, type, code, kind, input, ts, received_at, path, fresh, body)
-    SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s
-    WHERE %s AND EXISTS (SELECT 1 FROM env)
+    SELECT r.* FROM unnest(
+        %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+        %b::text[], %b::float8[], %b::text[], %b::bigint[], %b::text[]
+    ) AS r(id, site, gw, type, code, kind, input, ts, received_at, path, fresh, body)
+    JOIN env ON env.id = r.id
+    ORDER BY r.id
     ON CONFLICT (id) DO UPDATE SET fresh = excluded.fresh WHERE alarms.fresh < excluded.fresh
     RETURNING id
 ), au AS (
     INSERT INTO alarm_audit (alarm_id, at, action, actor, detail)
-    SELECT %s, %s, 'received', %s, %s WHERE EXISTS (SELECT 1 FROM al)
+    SELECT r.alarm_id, r.at, r.action, r.actor, r.detail FROM unnest(
+        %b::text[], %b::float8[], %b::text[], %b::text[], %b::text[]
+    ) WITH ORDINALITY AS r(alarm_id, at, action, actor, detail, n)
+    JOIN al ON al.id = r.alarm_id
+    ORDER BY r.n
 )
-SELECT EXISTS (SELECT 1 FROM acc), EXISTS (SELECT 1 FROM env)
+SELECT acc.kid, acc.seq, env.id IS NOT NULL
+FROM acc LEFT JOIN env ON env.kid = acc.kid AND env.seq = acc.seq
 """
+_COLUMNS = (5, 10, 12, 5)  # columns of each table's rows, in NewRows.statements() order
+
+# Which of a burst's envelopes the store has seen (SqlStore._seen_any): their positions.
+# Each one probes the indexes (LATERAL ... LIMIT 1), whatever the tables' statistics say.
+_SEEN = """
+SELECT v.n FROM unnest(%b::text[], %b::bigint[], %b::text[]) WITH ORDINALITY AS v(kid, seq, id, n),
+LATERAL (
+    SELECT 1 FROM accepted a WHERE a.kid = v.kid AND a.seq = v.seq
+    UNION ALL SELECT 1 FROM accepted a WHERE a.id = v.id
+    UNION ALL SELECT 1 FROM envelopes e WHERE e.id = v.id
+    LIMIT 1
+) AS hit
+"""
+
 # The pool logs each failed connection attempt as a multi-line warning; the store reports
 # what matters in one line (StoreError) and the service logs that.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -136,51 +172,42 @@ class PostgresStore(SqlStore):
         finally:
             self._pool.putconn(conn)  # a broken one is discarded by the pool
 
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        assert self._conn is not None
+        with self._conn.cursor() as cur:
+            cur.executemany(sql, rows)
+            return int(cur.rowcount)
+
+    def _seen_any(self, envs: Sequence[Envelope]) -> set[object]:
+        """As the base class, with arrays: one statement (prepared once) for any burst."""
+        if not envs:
+            return set()
+        kids, seqs, ids = [e.kid for e in envs], [e.seq for e in envs], [e.id for e in envs]
+        found: set[object] = set()
+        for (n,) in self._run(_SEEN, (kids, seqs, ids)):
+            env = envs[int(n) - 1]
+            found |= {(env.kid, env.seq), env.id}
+        return found
+
+    def _write_new(self, new: Sequence[Arrival]) -> list[tuple[bool, bool]]:
+        """As the base class, in one round trip (``_WRITE_NEW``), and exact: an event
+        another instance recorded meanwhile is (False, False), or (True, False) when only
+        its id was there (the same event under another seq)."""
+        params: list[list[Any]] = []
+        for (_, rows), width in zip(new_rows(new).statements(), _COLUMNS, strict=True):
+            params += [list(column) for column in zip(*rows, strict=True)] or [[]] * width
+        written = {(str(k), int(s)): bool(f) for k, s, f in self._run(_WRITE_NEW, params)}
+        out = []
+        for a in new:
+            first = written.get((a.env.kid, a.env.seq))
+            out.append((first is not None, bool(first)))
+        return out
+
     def _record_event(self, env: Envelope, received: float, path: str) -> tuple[bool, bool]:
-        """As the base class, in one round trip (data-modifying CTEs): each statement runs
-        only if the one before it inserted its row."""
-        body = env.body
-        is_alarm = env.type in ALARM_TYPES
-        row = self._run(
-            _RECORD_EVENT,
-            (
-                env.kid,
-                env.seq,
-                env.id,
-                env.type,
-                received,
-                env.id,
-                env.kid,
-                env.seq,
-                env.type,
-                env.site,
-                env.gw,
-                env.ts,
-                received,
-                path,
-                dumps(body),
-                env.id,
-                env.site,
-                env.gw,
-                env.type,
-                str(body.get("code")),
-                str(body.get("kind")),
-                str(body.get("input")),
-                env.ts,
-                received,
-                path,
-                dumps(body),
-                is_alarm,
-                env.id,
-                received,
-                f"{env.site}/{env.gw}",
-                f"seq {env.seq} via {path}",
-            ),
-        ).fetchone()
-        accepted, first = bool(row[0]), bool(row[1])
-        if accepted and env.seq > self.high(env.kid):
-            self._high[env.kid] = env.seq
-            self._dirty.add(env.kid)
+        """As the base class, in one round trip (``_write_new``)."""
+        accepted, first = self._write_new([Arrival(env, received, path)])[0]
+        if accepted:
+            self._raise_high(env)
         return accepted, first
 
     def _lock_for_migration(self) -> None:

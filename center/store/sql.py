@@ -10,19 +10,39 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, NoReturn
 
-from center.store.base import WINDOW, Admission, OutboxItem, SchemaTooNew, StoreError, rows
+from center.store.base import (
+    WINDOW,
+    Admission,
+    Arrival,
+    OutboxItem,
+    SchemaTooNew,
+    StoreError,
+    rows,
+)
 from center.store.consoledata import ConsoleQueries
+from center.store.rows import (
+    ACCEPTED,
+    ALARM_TYPES,
+    DUPLICATE,
+    INSERT_ACCEPTED,
+    INSERT_ALARM,
+    INSERT_AUDIT,
+    INSERT_ENVELOPE,
+    SEEN_MAX,
+    accepted_row,
+    alarm_row,
+    dumps,
+    envelope_row,
+    new_rows,
+    received_audit,
+    seen_query,
+)
 from center.store.schema import LATEST, statements
-from gateway.contract.envelope import Envelope
+from gateway.contract.envelope import EVENT_TYPES, Envelope
 
-ALARM_TYPES = frozenset({"alarm", "test"})
 LIFECYCLE_COLUMNS = frozenset(
     {"status", "acked_by", "acked_at", "resolved_by", "resolved_at", "outcome", "note"}
 )
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
 class SqlStore(ConsoleQueries, ABC):
@@ -45,6 +65,10 @@ class SqlStore(ConsoleQueries, ABC):
         """Execute one statement (native parameter style) in the open transaction; a cursor."""
 
     @abstractmethod
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Execute one statement for each of ``rows``; the number of rows changed."""
+
+    @abstractmethod
     def _begin(self) -> None: ...
 
     @abstractmethod
@@ -60,11 +84,18 @@ class SqlStore(ConsoleQueries, ABC):
 
     # -- transactions -----------------------------------------------------------------
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _text(self, sql: str) -> str:
         text = self._sql.get(sql)
         if text is None:
             text = self._sql[sql] = self._native(sql.format(**self.words) if "{" in sql else sql)
-        return self._run(text, params)
+        return text
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._run(self._text(sql), params)
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Execute one statement for each of ``rows``; how many rows it changed in all."""
+        return self._run_many(self._text(sql), rows) if rows else 0
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -211,6 +242,76 @@ class SqlStore(ConsoleQueries, ABC):
         with self.transaction():
             return self._admit(env, received, path)
 
+    def admit_all(self, arrivals: Sequence[Arrival]) -> list[Admission]:
+        """``admit`` each envelope of a burst, in order and with the same decisions, in a
+        few statements for the whole burst: the events the store has not seen (most of a
+        burst) are looked up together and written together (``_write_new``); anything else
+        (a heartbeat, a state, an envelope the store or the burst already has) takes
+        ``admit``'s path once everything before it is written."""
+        out: list[Admission] = []
+        with self.transaction():
+            seen = self._seen_any([a.env for a in arrivals if a.env.type in EVENT_TYPES])
+            new: list[Arrival] = []
+            before: tuple[dict[str, int], set[str]] = ({}, set())
+            for a in arrivals:
+                env = a.env
+                if (
+                    env.type in EVENT_TYPES
+                    and (env.kid, env.seq) not in seen
+                    and env.id not in seen
+                    and env.seq > self.high(env.kid) - WINDOW
+                ):
+                    if not new:  # the window as it was before this run of new events
+                        before = dict(self._high), set(self._dirty)
+                    new.append(a)
+                    self._raise_high(env)  # a later envelope's window counts this one
+                else:
+                    out += self._admit_new(new, before)
+                    new = []
+                    out.append(self._admit(env, a.received, a.path))
+                seen.add((env.kid, env.seq))
+                seen.add(env.id)
+            out += self._admit_new(new, before)
+        return out
+
+    def _admit_new(
+        self, new: list[Arrival], before: tuple[dict[str, int], set[str]]
+    ) -> list[Admission]:
+        if not new:
+            return []
+        written = self._write_new(new)
+        if written is None:  # one of them was there after all: one by one, as admit does
+            self._high, self._dirty = before
+            return [self._admit(a.env, a.received, a.path) for a in new]
+        out = []
+        for a, (accepted, first) in zip(new, written, strict=True):
+            if not accepted:
+                out.append(self._seen_meanwhile(a.env, a.received, a.path))
+            else:
+                out.append(ACCEPTED if first else DUPLICATE)
+        return out
+
+    def _seen_any(self, envs: Sequence[Envelope]) -> set[object]:
+        """The (kid, seq) pairs and ids among ``envs`` the store already has (accepted, or
+        an envelope with that id); over-inclusive is fine (such an envelope takes
+        ``admit``'s path)."""
+        found: set[object] = set()
+        for start in range(0, len(envs), SEEN_MAX):
+            for kid, seq, found_id in self._x(*seen_query(envs[start : start + SEEN_MAX])):
+                found.add(found_id if kid is None else (kid, int(seq)))
+        return found
+
+    def _write_new(self, new: Sequence[Arrival]) -> list[tuple[bool, bool]] | None:
+        """Write events the store did not have with one statement per table: (accepted,
+        first) per event as ``_record_event``, or None, with nothing written, if a row was
+        there after all (another writer; with one SQLite writer, never)."""
+        self._x("SAVEPOINT new_events")
+        written = all(self._many(sql, b) == len(b) for sql, b in new_rows(new).statements())
+        if not written:
+            self._x("ROLLBACK TO SAVEPOINT new_events")
+        self._x("RELEASE SAVEPOINT new_events")
+        return [(True, True)] * len(new) if written else None
+
     def _admit(self, env: Envelope, received: float, path: str) -> Admission:
         earlier, id_seen = self.lookup(env.kid, env.seq, env.id)
         if earlier is not None:
@@ -260,43 +361,28 @@ class SqlStore(ConsoleQueries, ABC):
 
     def _insert_accepted(self, env: Envelope, received: float) -> bool:
         """Record (kid, seq, id); False if another instance recorded that (kid, seq) first."""
-        inserted = self._x(
-            "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (kid, seq) DO NOTHING RETURNING id",
-            (env.kid, env.seq, env.id, env.type, received),
-        ).fetchone()
-        if inserted is None:
+        inserted = self._x(INSERT_ACCEPTED + " RETURNING id", accepted_row(env, received))
+        if inserted.fetchone() is None:
             return False
+        self._raise_high(env)
+        return True
+
+    def _raise_high(self, env: Envelope) -> None:
         if env.seq > self.high(env.kid):
             self._high[env.kid] = env.seq
             self._dirty.add(env.kid)
-        return True
 
     def _record_event(self, env: Envelope, received: float, path: str) -> tuple[bool, bool]:
         """Record an event or state: (its (kid, seq) was recorded here, its id is new);
         a new alarm or test is kept with its audit row."""
         if not self._insert_accepted(env, received):
             return False, False
-        first = self._x(
-            "INSERT INTO envelopes (id, kid, seq, type, site, gw, ts, received_at, path, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
-            (
-                env.id,
-                env.kid,
-                env.seq,
-                env.type,
-                env.site,
-                env.gw,
-                env.ts,
-                received,
-                path,
-                dumps(env.body),
-            ),
-        ).fetchone()
-        if first is None:
+        body = dumps(env.body)
+        row = envelope_row(env, received, path, body)
+        if self._x(INSERT_ENVELOPE + " RETURNING id", row).fetchone() is None:
             return True, False
         if env.type in ALARM_TYPES:
-            self._keep_alarm(env, received, path, fresh=True)
+            self._keep_alarm(env, received, path, fresh=True, body=body)
         return True, True
 
     def _seen_meanwhile(self, env: Envelope, received: float, path: str) -> Admission:
@@ -323,39 +409,18 @@ class SqlStore(ConsoleQueries, ABC):
         unproven = env.type in ALARM_TYPES and self._keep_alarm(env, received, path, fresh=False)
         return Admission("rejected", reason, detail, unproven=unproven)
 
-    def _keep_alarm(self, env: Envelope, received: float, path: str, *, fresh: bool) -> bool:
-        body = env.body
-        new = self._x(
-            "INSERT INTO alarms (id, site, gw, type, code, kind, input, ts, received_at, path, "
-            "fresh, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) "
-            "DO UPDATE SET fresh = excluded.fresh WHERE alarms.fresh < excluded.fresh "
-            "RETURNING fresh",
-            (
-                env.id,
-                env.site,
-                env.gw,
-                env.type,
-                str(body.get("code")),
-                str(body.get("kind")),
-                str(body.get("input")),
-                env.ts,
-                received,
-                path,
-                int(fresh),
-                dumps(body),
-            ),
-        ).fetchone()
-        if new is None:
+    def _keep_alarm(
+        self, env: Envelope, received: float, path: str, *, fresh: bool, body: str | None = None
+    ) -> bool:
+        row = alarm_row(env, received, path, body or dumps(env.body), fresh=fresh)
+        if self._x(INSERT_ALARM + " RETURNING fresh", row).fetchone() is None:
             return False
-        action = "received" if fresh else "received-unproven"
-        self._audit(env.id, action, f"{env.site}/{env.gw}", f"seq {env.seq} via {path}", received)
+        actor, detail = received_audit(env, path)
+        self._audit(env.id, "received" if fresh else "received-unproven", actor, detail, received)
         return True
 
     def _audit(self, alarm_id: str, action: str, actor: str, detail: str, at: float) -> None:
-        self._x(
-            "INSERT INTO alarm_audit (alarm_id, at, action, actor, detail) VALUES (?, ?, ?, ?, ?)",
-            (alarm_id, at, action, actor, detail),
-        )
+        self._x(INSERT_AUDIT, (alarm_id, at, action, actor, detail))
 
     def reject(
         self,
