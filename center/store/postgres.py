@@ -12,16 +12,16 @@ from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from center.store.base import Arrival, StoreError
-from center.store.rows import new_rows
+from center.store.rows import Known, new_rows
 from center.store.schema import DIALECTS
 from center.store.sql import SqlStore
 from gateway.contract.envelope import Envelope
 
-# A run of new events in one round trip (data-modifying CTEs): each row is written only if
+# Events' rows in one round trip (data-modifying CTEs): each row is written only if
 # the row before it in this chain was (accepted -> envelope -> alarm -> audit), so a
 # (kid, seq) or id another instance recorded first leaves no trace; rows are inserted in
 # key order, so that two instances' bursts lock them in the same order.
-_WRITE_NEW = """
+_WRITE_EVENTS = """
 WITH acc AS (
     INSERT INTO accepted (kid, seq, id, type, at)
     SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::float8[])
@@ -60,16 +60,17 @@ FROM acc LEFT JOIN env ON env.kid = acc.kid AND env.seq = acc.seq
 """
 _COLUMNS = (5, 10, 12, 5)  # columns of each table's rows, in NewRows.statements() order
 
-# Which of a burst's envelopes the store has seen (SqlStore._seen_any): their positions.
-# Each one probes the indexes (LATERAL ... LIMIT 1), whatever the tables' statistics say.
-_SEEN = """
-SELECT v.n FROM unnest(%b::text[], %b::bigint[], %b::text[]) WITH ORDINALITY AS v(kid, seq, id, n),
-LATERAL (
-    SELECT 1 FROM accepted a WHERE a.kid = v.kid AND a.seq = v.seq
-    UNION ALL SELECT 1 FROM accepted a WHERE a.id = v.id
-    UNION ALL SELECT 1 FROM envelopes e WHERE e.id = v.id
-    LIMIT 1
-) AS hit
+# What the store has about a burst's events (SqlStore._known), in rows for Known.add. Each
+# probes an index (LATERAL ... LIMIT 1), whatever the tables' statistics say.
+_KNOWN = """
+SELECT 0, a.kid, a.seq, a.id FROM unnest(%b::text[], %b::bigint[]) AS v(kid, seq),
+LATERAL (SELECT * FROM accepted a WHERE a.kid = v.kid AND a.seq = v.seq LIMIT 1) AS a
+UNION ALL
+SELECT 1, a.kid, NULL, a.id FROM unnest(%b::text[], %b::text[]) AS v(kid, id),
+LATERAL (SELECT * FROM accepted a WHERE a.id = v.id AND a.kid = v.kid LIMIT 1) AS a
+UNION ALL
+SELECT 2, NULL, NULL, e.id FROM unnest(%b::text[]) AS v(id),
+LATERAL (SELECT e.id FROM envelopes e WHERE e.id = v.id LIMIT 1) AS e
 """
 
 # The pool logs each failed connection attempt as a multi-line warning; the store reports
@@ -178,34 +179,36 @@ class PostgresStore(SqlStore):
             cur.executemany(sql, rows)
             return int(cur.rowcount)
 
-    def _seen_any(self, envs: Sequence[Envelope]) -> set[object]:
+    def _known(self, envs: Sequence[Envelope]) -> Known:
         """As the base class, with arrays: one statement (prepared once) for any burst."""
-        if not envs:
-            return set()
-        kids, seqs, ids = [e.kid for e in envs], [e.seq for e in envs], [e.id for e in envs]
-        found: set[object] = set()
-        for (n,) in self._run(_SEEN, (kids, seqs, ids)):
-            env = envs[int(n) - 1]
-            found |= {(env.kid, env.seq), env.id}
-        return found
+        known = Known()
+        if envs:
+            kids, seqs, ids = [e.kid for e in envs], [e.seq for e in envs], [e.id for e in envs]
+            for row in self._run(_KNOWN, (kids, seqs, kids, ids, ids)):
+                known.add(*row)
+        return known
 
-    def _write_new(self, new: Sequence[Arrival]) -> list[tuple[bool, bool]]:
-        """As the base class, in one round trip (``_WRITE_NEW``), and exact: an event
-        another instance recorded meanwhile is (False, False), or (True, False) when only
-        its id was there (the same event under another seq)."""
+    def _write_new(self, new: Sequence[Arrival]) -> bool:
+        """As the base class, in one round trip."""
+        return all(accepted and first for accepted, first in self._write_events(new))
+
+    def _write_events(self, events: Sequence[Arrival]) -> list[tuple[bool, bool]]:
+        """Write each event's rows as ``_record_event`` does, all in one statement
+        (``_WRITE_EVENTS``): (accepted, first) for each, exactly, whatever another
+        instance wrote meanwhile."""
         params: list[list[Any]] = []
-        for (_, rows), width in zip(new_rows(new).statements(), _COLUMNS, strict=True):
+        for (_, rows), width in zip(new_rows(events).statements(), _COLUMNS, strict=True):
             params += [list(column) for column in zip(*rows, strict=True)] or [[]] * width
-        written = {(str(k), int(s)): bool(f) for k, s, f in self._run(_WRITE_NEW, params)}
+        written = {(str(k), int(s)): bool(f) for k, s, f in self._run(_WRITE_EVENTS, params)}
         out = []
-        for a in new:
+        for a in events:
             first = written.get((a.env.kid, a.env.seq))
             out.append((first is not None, bool(first)))
         return out
 
     def _record_event(self, env: Envelope, received: float, path: str) -> tuple[bool, bool]:
-        """As the base class, in one round trip (``_write_new``)."""
-        accepted, first = self._write_new([Arrival(env, received, path)])[0]
+        """As the base class, in one round trip (``_write_events``)."""
+        accepted, first = self._write_events([Arrival(env, received, path)])[0]
         if accepted:
             self._raise_high(env)
         return accepted, first

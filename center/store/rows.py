@@ -16,7 +16,7 @@ ALARM_TYPES = frozenset({"alarm", "test"})
 
 ACCEPTED = Admission("accepted")
 DUPLICATE = Admission("duplicate")
-SEEN_MAX = 1024  # envelopes looked up per statement (each one three parameters)
+KNOWN_MAX = 1024  # envelopes looked up per statement (each one three parameters)
 
 INSERT_ACCEPTED = (
     "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?, ?, ?, ?, ?) "
@@ -40,6 +40,12 @@ def dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
 
+def storable(value: str) -> str:
+    """A gateway's text as both backends can keep it: PostgreSQL refuses NUL in text, and
+    one refused row would hold back every burst after it, so NUL becomes U+FFFD."""
+    return value.replace("\x00", "\ufffd")
+
+
 def accepted_row(env: Envelope, received: float) -> tuple[Any, ...]:
     return (env.kid, env.seq, env.id, env.type, received)
 
@@ -50,7 +56,11 @@ def envelope_row(env: Envelope, received: float, path: str, body: str) -> tuple[
 
 def alarm_fields(body: Mapping[str, Any]) -> tuple[str, str, str]:
     """An alarm's own columns (code, kind, input)."""
-    return str(body.get("code")), str(body.get("kind")), str(body.get("input"))
+    return (
+        storable(str(body.get("code"))),
+        storable(str(body.get("kind"))),
+        storable(str(body.get("input"))),
+    )
 
 
 def alarm_row(
@@ -98,10 +108,31 @@ def new_rows(new: Sequence[Arrival]) -> NewRows:
     return out
 
 
-def seen_query(envs: Sequence[Envelope]) -> tuple[str, list[Any]]:
-    """One statement finding which of ``envs`` (at most ``SEEN_MAX``) the store has: rows
-    (kid, seq, NULL) for an accepted (kid, seq), (NULL, NULL, id) for a known id. The
-    list is padded to a power of two, so that a few statement shapes serve every burst."""
+@dataclass(slots=True)
+class Known:
+    """What the store has about a burst's events (``SqlStore._known``), and what the burst
+    wrote since: enough to decide a new event or a duplicate without asking again."""
+
+    by_seq: dict[tuple[str, int], str] = field(default_factory=dict)  # (kid, seq) -> id
+    ids: set[tuple[str, str]] = field(default_factory=set)  # (kid, id) accepted
+    kept: set[str] = field(default_factory=set)  # ids with an envelope row
+    unsure: set[object] = field(default_factory=set)  # (kid, seq) and ids admit's path wrote
+
+    def add(self, kind: int, kid: str | None, seq: int | None, event_id: str) -> None:
+        """One row of ``known_query``."""
+        if kind == 0 and kid is not None and seq is not None:
+            self.by_seq[(kid, int(seq))] = event_id
+        elif kind == 1 and kid is not None:
+            self.ids.add((kid, event_id))
+        else:
+            self.kept.add(event_id)
+
+
+def known_query(envs: Sequence[Envelope]) -> tuple[str, list[Any]]:
+    """One statement for what the store has about ``envs`` (at most ``KNOWN_MAX``), as rows
+    for ``Known.add``: (0, kid, seq, id) accepted under (kid, seq); (1, kid, NULL, id)
+    accepted from kid; (2, NULL, NULL, id) an envelope with that id. The list is padded to
+    a power of two, so that a few statement shapes serve every burst."""
     size = 8
     while size < len(envs):
         size *= 2
@@ -112,8 +143,9 @@ def seen_query(envs: Sequence[Envelope]) -> tuple[str, list[Any]]:
     values = ", ".join(["(?, ?, ?)"] * size)
     sql = (
         f"WITH v (kid, seq, id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
-        "SELECT a.kid, a.seq, NULL FROM v JOIN accepted a ON a.kid = v.kid AND a.seq = v.seq "
-        "UNION ALL SELECT NULL, NULL, a.id FROM v JOIN accepted a ON a.id = v.id "
-        "UNION ALL SELECT NULL, NULL, e.id FROM v JOIN envelopes e ON e.id = v.id"
+        "SELECT 0, a.kid, a.seq, a.id FROM v JOIN accepted a ON a.kid = v.kid AND a.seq = v.seq "
+        "UNION ALL SELECT 1, a.kid, NULL, a.id FROM v JOIN accepted a "
+        "ON a.id = v.id AND a.kid = v.kid "
+        "UNION ALL SELECT 2, NULL, NULL, e.id FROM v JOIN envelopes e ON e.id = v.id"
     )
     return sql, params

@@ -28,14 +28,16 @@ from center.store.rows import (
     INSERT_ALARM,
     INSERT_AUDIT,
     INSERT_ENVELOPE,
-    SEEN_MAX,
+    KNOWN_MAX,
+    Known,
     accepted_row,
     alarm_row,
     dumps,
     envelope_row,
+    known_query,
     new_rows,
     received_audit,
-    seen_query,
+    storable,
 )
 from center.store.schema import LATEST, statements
 from gateway.contract.envelope import EVENT_TYPES, Envelope
@@ -244,73 +246,75 @@ class SqlStore(ConsoleQueries, ABC):
 
     def admit_all(self, arrivals: Sequence[Arrival]) -> list[Admission]:
         """``admit`` each envelope of a burst, in order and with the same decisions, in a
-        few statements for the whole burst: the events the store has not seen (most of a
-        burst) are looked up together and written together (``_write_new``); anything else
-        (a heartbeat, a state, an envelope the store or the burst already has) takes
-        ``admit``'s path once everything before it is written."""
-        out: list[Admission] = []
+        few statements for the whole burst: one look-up of what the store has (``_known``),
+        then new events are written together (``_write_new``) and duplicates need nothing
+        more; anything else (a heartbeat, a state, a refused envelope) takes ``admit``'s
+        path once everything before it is written. Should a write find a row the look-up
+        did not (another instance wrote it meanwhile), the burst is admitted again one by
+        one."""
         with self.transaction():
-            seen = self._seen_any([a.env for a in arrivals if a.env.type in EVENT_TYPES])
-            new: list[Arrival] = []
-            before: tuple[dict[str, int], set[str]] = ({}, set())
-            for a in arrivals:
-                env = a.env
-                if (
-                    env.type in EVENT_TYPES
-                    and (env.kid, env.seq) not in seen
-                    and env.id not in seen
-                    and env.seq > self.high(env.kid) - WINDOW
-                ):
-                    if not new:  # the window as it was before this run of new events
-                        before = dict(self._high), set(self._dirty)
-                    new.append(a)
-                    self._raise_high(env)  # a later envelope's window counts this one
-                else:
-                    out += self._admit_new(new, before)
-                    new = []
-                    out.append(self._admit(env, a.received, a.path))
-                seen.add((env.kid, env.seq))
-                seen.add(env.id)
-            out += self._admit_new(new, before)
+            self._x("SAVEPOINT admit_all")
+            start = dict(self._high), set(self._dirty)
+            out = self._admit_known(arrivals)
+            if out is None:
+                self._x("ROLLBACK TO SAVEPOINT admit_all")
+                self._high, self._dirty = start
+                out = [self._admit(a.env, a.received, a.path) for a in arrivals]
         return out
 
-    def _admit_new(
-        self, new: list[Arrival], before: tuple[dict[str, int], set[str]]
-    ) -> list[Admission]:
-        if not new:
-            return []
-        written = self._write_new(new)
-        if written is None:  # one of them was there after all: one by one, as admit does
-            self._high, self._dirty = before
-            return [self._admit(a.env, a.received, a.path) for a in new]
-        out = []
-        for a, (accepted, first) in zip(new, written, strict=True):
-            if not accepted:
-                out.append(self._seen_meanwhile(a.env, a.received, a.path))
+    def _admit_known(self, arrivals: Sequence[Arrival]) -> list[Admission] | None:
+        out: list[Admission] = []
+        known = self._known([a.env for a in arrivals if a.env.type in EVENT_TYPES])
+        new: list[Arrival] = []
+        for a in arrivals:
+            env = a.env
+            got = self._decide(env, known) if env.type in EVENT_TYPES else None
+            if got is DUPLICATE:
+                out.append(got)
+            elif got is ACCEPTED:
+                new.append(a)
+                out.append(got)
+                self._raise_high(env)  # a later envelope's window counts this one
+                known.by_seq[(env.kid, env.seq)] = env.id
+                known.ids.add((env.kid, env.id))
+                known.kept.add(env.id)
             else:
-                out.append(ACCEPTED if first else DUPLICATE)
+                if new and not self._write_new(new):
+                    return None
+                new = []
+                out.append(self._admit(env, a.received, a.path))
+                known.unsure |= {(env.kid, env.seq), env.id}
+        if new and not self._write_new(new):
+            return None
         return out
 
-    def _seen_any(self, envs: Sequence[Envelope]) -> set[object]:
-        """The (kid, seq) pairs and ids among ``envs`` the store already has (accepted, or
-        an envelope with that id); over-inclusive is fine (such an envelope takes
-        ``admit``'s path)."""
-        found: set[object] = set()
-        for start in range(0, len(envs), SEEN_MAX):
-            for kid, seq, found_id in self._x(*seen_query(envs[start : start + SEEN_MAX])):
-                found.add(found_id if kid is None else (kid, int(seq)))
-        return found
+    def _decide(self, env: Envelope, known: Known) -> Admission | None:
+        """``_admit``'s decision from what is known: DUPLICATE (nothing to write), ACCEPTED
+        (new: to be written), or None (``_admit`` decides: it writes, or it must ask)."""
+        key = (env.kid, env.seq)
+        if key in known.unsure or env.id in known.unsure:
+            return None
+        earlier = known.by_seq.get(key)
+        if earlier is not None:
+            return DUPLICATE if earlier == env.id else None  # else replayed-seq
+        if env.seq <= self.high(env.kid) - WINDOW:
+            return None  # seq-below-window
+        if (env.kid, env.id) in known.ids:
+            return DUPLICATE  # the same event re-signed under a new seq
+        return None if env.id in known.kept else ACCEPTED
 
-    def _write_new(self, new: Sequence[Arrival]) -> list[tuple[bool, bool]] | None:
-        """Write events the store did not have with one statement per table: (accepted,
-        first) per event as ``_record_event``, or None, with nothing written, if a row was
-        there after all (another writer; with one SQLite writer, never)."""
-        self._x("SAVEPOINT new_events")
-        written = all(self._many(sql, b) == len(b) for sql, b in new_rows(new).statements())
-        if not written:
-            self._x("ROLLBACK TO SAVEPOINT new_events")
-        self._x("RELEASE SAVEPOINT new_events")
-        return [(True, True)] * len(new) if written else None
+    def _known(self, envs: Sequence[Envelope]) -> Known:
+        """What the store has about ``envs`` (see ``Known``)."""
+        known = Known()
+        for start in range(0, len(envs), KNOWN_MAX):
+            for row in self._x(*known_query(envs[start : start + KNOWN_MAX])):
+                known.add(*row)
+        return known
+
+    def _write_new(self, new: Sequence[Arrival]) -> bool:
+        """Write events the store did not have with one statement per table; False if a row
+        was there after all (another writer; with one SQLite writer, never)."""
+        return all(self._many(sql, b) == len(b) for sql, b in new_rows(new).statements())
 
     def _admit(self, env: Envelope, received: float, path: str) -> Admission:
         earlier, id_seen = self.lookup(env.kid, env.seq, env.id)
@@ -433,12 +437,12 @@ class SqlStore(ConsoleQueries, ABC):
         received: float,
     ) -> None:
         """Keep a rejection with its reason and (the start of) the payload."""
-        text = payload[:65536].decode("utf-8", "replace")
+        kept = storable(payload[:65536].decode("utf-8", "replace"))
         with self.transaction():
             self._x(
                 "INSERT INTO rejections (at, topic, reason, detail, site, gw, kid, seq, id, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (received, topic, reason, detail, *_who(env), text),
+                (received, storable(topic), reason, storable(detail), *_who(env), kept),
             )
 
     def session(self, site: str, gw: str) -> int:
