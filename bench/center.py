@@ -34,6 +34,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import paho.mqtt.client as mqtt
+import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 
 from firmware_sim.broker import Mosquitto, free_port
@@ -63,6 +64,8 @@ class Gateways:
         self.got = 0
         self.lock = threading.Lock()
         self.clients: dict[str, mqtt.Client] = {}
+        self.names, self.port = gws, port
+        self.others: dict[str, int] = {}  # broker and database pids, for their CPU
         ready = threading.Semaphore(0)
         for gw in gws:
             c = mqtt.Client(
@@ -268,50 +271,35 @@ def main() -> int:
                 clients = Gateways(broker.port, gws, tag="bench")
                 size = len(signed(key, gws, 1, 0)[0][2])
                 base = 0
-                runs = [
-                    ("sqlite_1", 1, ""),
-                    ("postgresql_1", 1, f'store = "postgresql"\ndsn = "{pg.new_database()}"\n'),
-                    (
-                        "postgresql_2_shared",
-                        2,
-                        f'store = "postgresql"\ndsn = "{pg.new_database()}"\n',
-                    ),
-                ]
-                for name, count, store in runs:
+                pg_pid = int((pg.data / "postmaster.pid").read_text().split()[0])
+                clients.others = {
+                    "broker": broker.proc.pid if broker.proc else 0,
+                    "database": pg_pid,
+                }
+                runs = [("sqlite_1", 1, None), ("postgresql_1", 1, pg.new_database())]
+                runs.append(("postgresql_2_shared", 2, pg.new_database()))
+                for name, count, dsn in runs:
                     if name not in cases:
                         continue
                     fl = floor(clients, args.alarms, size)
-                    procs = [
-                        start_center(center_config(root, f"{name}-{i}", broker.port, gws, store))
-                        for i in range(count)
-                    ]
-                    if args.pause:
-                        print(
-                            f"{name}: center pids {[p.pid for p in procs]}; Enter to go", flush=True
-                        )
-                        sys.stdin.readline()
-                    clients.resent, clients.gap = 0, 0.0
-                    main0, checker0 = cpu_of(procs)
-                    try:
-                        took = drive(clients, signed(key, gws, args.alarms, base))
-                        main1, checker1 = cpu_of(procs)
-                    finally:
-                        stop(procs)
+                    got = run_case(
+                        root, clients, name, count=count, dsn=dsn, key=key, base=base, args=args
+                    )
                     base += args.alarms
-                    rate, floor_rate = args.alarms / took, args.alarms / fl
-                    result[f"{name}_per_s"] = round(rate, 1)
+                    result.update({f"{name}_{k}": v for k, v in got.items()})
+                    rate, floor_rate = got["per_s"], args.alarms / fl
                     result[f"{name}_floor_per_s"] = round(floor_rate, 1)
-                    result[f"{name}_resent"] = clients.resent
-                    main_us = (main1 - main0) / args.alarms * 1e6
-                    checker_us = (checker1 - checker0) / args.alarms * 1e6
-                    result[f"{name}_center_cpu_us"] = round(main_us, 1)
-                    result[f"{name}_checker_cpu_us"] = round(checker_us, 1)
-                    result[f"{name}_longest_ack_gap_s"] = round(clients.gap, 3)
+                    cpu = got["cpu_us_per_alarm"]
                     print(
                         f"{name}: {rate:.0f} alarms/s verified+committed+acked "
-                        f"(floor {floor_rate:.0f}/s, ratio {rate / floor_rate:.3f}; "
-                        f"CPU µs per alarm: center {main_us:.0f}, checker {checker_us:.0f}; "
-                        f"{clients.resent} re-sent; longest wait between acks {clients.gap:.2f} s)",
+                        f"(floor {floor_rate:.0f}/s, ratio {rate / floor_rate:.3f}); CPU µs per "
+                        f"alarm: {', '.join(f'{k} {v:.0f}' for k, v in cpu.items())}; "
+                        f"{got['resent']} re-sent; longest wait between acks {got['gap_s']:.2f} s"
+                        + (
+                            f"; {got['db_commits']} commits, {got['db_rollbacks']} rollbacks"
+                            if dsn
+                            else ""
+                        ),
                         flush=True,
                     )
                 if "failover" in cases:
@@ -321,6 +309,65 @@ def main() -> int:
             pg.close()
     print(json.dumps(result))
     return 0
+
+
+def run_case(
+    root: Path,
+    clients: Gateways,
+    name: str,
+    *,
+    count: int,
+    dsn: str | None,
+    key: SigningKey,
+    base: int,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    """One case: ``count`` instances on SQLite (dsn None) or on PostgreSQL ``dsn``; the
+    broker's and the database's CPU (``clients.others``: their pids) is measured too."""
+    port, others = clients.port, clients.others
+    store = f'store = "postgresql"\ndsn = "{dsn}"\n' if dsn else ""
+    procs = [
+        start_center(center_config(root, f"{name}-{i}", port, clients.names, store))
+        for i in range(count)
+    ]
+    if args.pause:
+        print(f"{name}: center pids {[p.pid for p in procs]}; Enter to go", flush=True)
+        sys.stdin.readline()
+    clients.resent, clients.gap = 0, 0.0
+    tx0 = transactions(dsn)
+    before = {"center": cpu_of(procs)[0], "checker": cpu_of(procs)[1]}
+    before.update({k: sum(cpu_s(pid)) for k, pid in others.items()})
+    try:
+        took = drive(clients, signed(key, clients.names, args.alarms, base))
+        after = {"center": cpu_of(procs)[0], "checker": cpu_of(procs)[1]}
+        after.update({k: sum(cpu_s(pid)) for k, pid in others.items()})
+    finally:
+        stop(procs)
+    return {
+        "per_s": round(args.alarms / took, 1),
+        "cpu_us_per_alarm": {
+            k: round((after[k] - before[k]) / args.alarms * 1e6, 1)
+            for k in after
+            if dsn or k != "database"
+        },
+        "resent": clients.resent,
+        "gap_s": round(clients.gap, 3),
+        "db_commits": transactions(dsn)[0] - tx0[0],
+        "db_rollbacks": transactions(dsn)[1] - tx0[1],
+    }
+
+
+def transactions(dsn: str | None) -> tuple[int, int]:
+    """Transactions committed and rolled back so far in database ``dsn`` (a rollback: a
+    deadlock between instances, a failed burst); zeros without one."""
+    if not dsn:
+        return 0, 0
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT xact_commit, xact_rollback FROM pg_stat_database "
+            "WHERE datname = current_database()"
+        ).fetchone()
+    return (int(row[0]), int(row[1])) if row else (0, 0)
 
 
 def failover(

@@ -135,9 +135,27 @@ class Center:
         it is a lone envelope with nothing ahead of it: that one is checked at once, without
         a hop. Bursts are decided in the order they arrived, each in one transaction (group
         commit); after its single sync the center acknowledges them, one ``ack`` per gateway
-        naming all their ids, on the session each came in on."""
+        naming all their ids, on the session each came in on.
+
+        A full burst goes to the checker at once, even in the middle of a loop turn: one
+        turn may read thousands of envelopes (a broker handing over a backlog), and the
+        checker should not wait for its end."""
         self._incoming.append((name, payload, via or self._uplink, time.time()))
+        if len(self._incoming) >= BURST_MAX and len(self._checking) < CHECKING_MAX:
+            self._submit_full()
         self._want_dispatch()
+
+    def _submit_full(self) -> None:
+        if self._closed:
+            return
+        burst = self._incoming[:BURST_MAX]
+        try:
+            fut = self._submit(burst)
+        except (BrokenExecutor, RuntimeError):
+            return  # _dispatch (next turn) checks it here and starts a new checker
+        del self._incoming[:BURST_MAX]
+        self._checking.append((burst, fut))
+        fut.add_done_callback(self._checked)
 
     def _want_dispatch(self) -> None:
         if self._incoming and not self._dispatching and len(self._checking) < CHECKING_MAX:
