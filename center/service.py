@@ -139,10 +139,13 @@ class Center:
 
         A full burst goes to the checker at once, even in the middle of a loop turn: one
         turn may read thousands of envelopes (a broker handing over a backlog), and the
-        checker should not wait for its end."""
+        checker should not wait for its end, nor for the decision of what it checked
+        before (that waits for the turn's end)."""
         self._incoming.append((name, payload, via or self._uplink, time.time()))
-        if len(self._incoming) >= BURST_MAX and len(self._checking) < CHECKING_MAX:
-            self._submit_full()
+        if len(self._incoming) >= BURST_MAX:
+            unchecked = sum(not fut.done() for _, fut in self._checking)
+            if unchecked < CHECKING_MAX:
+                self._submit_full()
         self._want_dispatch()
 
     def _submit_full(self) -> None:
