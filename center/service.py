@@ -29,7 +29,14 @@ from typing import Any
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from center.check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_precheck
+from center.check import (
+    TOPIC_TYPES,
+    Verdict,
+    precheck,
+    remote_init,
+    remote_precheck,
+    wire_body,
+)
 from center.liveness import STALE_INTERVALS, GatewayStatus, Liveness
 from center.outbound import Outbound, resync_body, sign
 from center.store import Admission, Arrival, Store, StoreError
@@ -457,8 +464,8 @@ class Center:
     def _judge_all(self, burst: list[Received], checked: list[Verdict | Envelope]) -> list[Verdict]:
         """``_judge`` for each of a checked burst, with one store call for its envelopes."""
         arrivals = [
-            Arrival(pre, received, self._path(via))
-            for (_, _, via, received), pre in zip(burst, checked, strict=True)
+            Arrival(pre, received, self._path(via), wire_body(pre, payload))
+            for (_, payload, via, received), pre in zip(burst, checked, strict=True)
             if not isinstance(pre, Verdict)
         ]
         verified_at = time.perf_counter()
