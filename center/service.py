@@ -302,6 +302,12 @@ class Center:
                 if verdict.result == "rejected":
                     self._keep_rejection(verdict, payload)
                 batch.append((verdict, via))
+            beating = {
+                (v.env.site, v.env.gw)
+                for v in verdicts
+                if v.result == "accepted" and v.env is not None and v.env.type == "heartbeat"
+            }
+            sessions = self.state.sessions(beating) if beating else {}  # for observe
             self.state.commit_batch()
         except StoreError as err:
             # Nothing of the burst is kept or acknowledged yet.
@@ -334,7 +340,7 @@ class Center:
                 )
             for listener in self.listeners:
                 listener(verdict)
-            change = self.observe(verdict)
+            change = self.observe(verdict, sessions)
             if change is not None:
                 self._status_changed(change)
         for after in self.burst_listeners:
@@ -378,14 +384,19 @@ class Center:
             received=v.received or time.time(),
         )
 
-    def observe(self, v: Verdict) -> GatewayStatus | None:
-        """Feed an accepted heartbeat or state to the liveness view; the change, if any."""
+    def observe(
+        self, v: Verdict, sessions: Mapping[tuple[str, str], int] | None = None
+    ) -> GatewayStatus | None:
+        """Feed an accepted heartbeat or state to the liveness view; the change, if any.
+        ``sessions``: each gateway's latest session, when the caller read them already."""
         env = v.env
         if v.result != "accepted" or env is None:
             return None  # a duplicate is an old envelope again: no sign of life now
         if env.type == "heartbeat":
             session = int(env.body["session"])
-            current = session >= self.state.session(env.site, env.gw)
+            known = (sessions or {}).get((env.site, env.gw))
+            latest = self.state.session(env.site, env.gw) if known is None else known
+            current = session >= latest
             return self.liveness.heartbeat(env.site, env.gw, session, current=current)
         if env.type == "state" and not v.stale:
             status, session = str(env.body["status"]), int(env.body["session"])

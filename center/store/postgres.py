@@ -17,10 +17,12 @@ from center.store.schema import DIALECTS
 from center.store.sql import SqlStore
 from gateway.contract.envelope import Envelope
 
-# Events' rows in one round trip (data-modifying CTEs): each row is written only if
-# the row before it in this chain was (accepted -> envelope -> alarm -> audit), so a
-# (kid, seq) or id another instance recorded first leaves no trace; rows are inserted in
-# key order, so that two instances' bursts lock them in the same order.
+# Envelopes' rows in one round trip (data-modifying CTEs): each row is written only if
+# the row before it in its chain was (accepted -> envelope -> alarm -> audit; accepted ->
+# heartbeat), so a (kid, seq) or id another instance recorded first leaves no trace; rows
+# are inserted in key order, so that two instances' bursts lock them in the same order. Of
+# one gateway's heartbeats the latest is kept (the newest ts, the last of equals), as
+# writing them one after the other would.
 _WRITE_EVENTS = """
 WITH acc AS (
     INSERT INTO accepted (kid, seq, id, type, at)
@@ -54,11 +56,23 @@ WITH acc AS (
     ) WITH ORDINALITY AS r(alarm_id, at, action, actor, detail, n)
     JOIN al ON al.id = r.alarm_id
     ORDER BY r.n
+), hb AS (
+    INSERT INTO heartbeats (site, gw, id, session, ts, received_at, body)
+    SELECT DISTINCT ON (r.site, r.gw) r.site, r.gw, r.id, r.session, r.ts, r.received_at, r.body
+    FROM unnest(
+        %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::float8[], %b::text[],
+        %b::text[], %b::bigint[]
+    ) WITH ORDINALITY AS r(site, gw, id, session, ts, received_at, body, kid, seq, n)
+    JOIN acc ON acc.kid = r.kid AND acc.seq = r.seq
+    ORDER BY r.site, r.gw, r.ts DESC, r.n DESC
+    ON CONFLICT (site, gw) DO UPDATE SET id = excluded.id, session = excluded.session,
+        ts = excluded.ts, received_at = excluded.received_at, body = excluded.body
+    WHERE heartbeats.ts <= excluded.ts
 )
 SELECT acc.kid, acc.seq, env.id IS NOT NULL
 FROM acc LEFT JOIN env ON env.kid = acc.kid AND env.seq = acc.seq
 """
-_COLUMNS = (5, 10, 12, 5)  # columns of each table's rows, in NewRows.statements() order
+_COLUMNS = (5, 10, 12, 5, 7)  # columns of each table's rows, in NewRows.statements() order
 
 # What the store has about a burst's events (SqlStore._known), in rows for Known.add. Each
 # probes an index (LATERAL ... LIMIT 1), whatever the tables' statistics say.
@@ -190,15 +204,21 @@ class PostgresStore(SqlStore):
 
     def _write_new(self, new: Sequence[Arrival]) -> bool:
         """As the base class, in one round trip."""
-        return all(accepted and first for accepted, first in self._write_events(new))
+        written = self._write_events(new)
+        return all(
+            accepted and (first or a.env.type == "heartbeat")
+            for a, (accepted, first) in zip(new, written, strict=True)
+        )
 
     def _write_events(self, events: Sequence[Arrival]) -> list[tuple[bool, bool]]:
-        """Write each event's rows as ``_record_event`` does, all in one statement
-        (``_WRITE_EVENTS``): (accepted, first) for each, exactly, whatever another
-        instance wrote meanwhile."""
+        """Write each envelope's rows as ``_record_event`` (or a heartbeat's as ``_admit``)
+        does, all in one statement (``_WRITE_EVENTS``): (accepted, first) for each, exactly,
+        whatever another instance wrote meanwhile (a heartbeat is never first)."""
         params: list[list[Any]] = []
-        for (_, rows), width in zip(new_rows(events).statements(), _COLUMNS, strict=True):
+        for (_, rows, _), width in zip(new_rows(events).statements(), _COLUMNS, strict=True):
             params += [list(column) for column in zip(*rows, strict=True)] or [[]] * width
+        beats = [a.env for a in events if a.env.type == "heartbeat"]
+        params += [[e.kid for e in beats], [e.seq for e in beats]]
         written = {(str(k), int(s)): bool(f) for k, s, f in self._run(_WRITE_EVENTS, params)}
         out = []
         for a in events:

@@ -17,6 +17,8 @@ ALARM_TYPES = frozenset({"alarm", "test"})
 ACCEPTED = Admission("accepted")
 DUPLICATE = Admission("duplicate")
 KNOWN_MAX = 1024  # envelopes looked up per statement (each one three parameters)
+# What admit_all decides from its look-up and writes together (a state goes one by one).
+BULK_TYPES = frozenset({"alarm", "test", "trouble", "restore", "heartbeat"})
 
 INSERT_ACCEPTED = (
     "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?, ?, ?, ?, ?) "
@@ -30,6 +32,13 @@ INSERT_ALARM = (
     "INSERT INTO alarms (id, site, gw, type, code, kind, input, ts, received_at, path, fresh, "
     "body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) "
     "DO UPDATE SET fresh = excluded.fresh WHERE alarms.fresh < excluded.fresh"
+)
+INSERT_HEARTBEAT = (
+    "INSERT INTO heartbeats (site, gw, id, session, ts, received_at, body) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, gw) DO UPDATE SET "
+    "id = excluded.id, session = excluded.session, ts = excluded.ts, "
+    "received_at = excluded.received_at, body = excluded.body "
+    "WHERE heartbeats.ts <= excluded.ts"
 )
 INSERT_AUDIT = (
     "INSERT INTO alarm_audit (alarm_id, at, action, actor, detail) VALUES (?, ?, ?, ?, ?)"
@@ -52,6 +61,11 @@ def accepted_row(env: Envelope, received: float) -> tuple[Any, ...]:
 
 def envelope_row(env: Envelope, received: float, path: str, body: str) -> tuple[Any, ...]:
     return (env.id, env.kid, env.seq, env.type, env.site, env.gw, env.ts, received, path, body)
+
+
+def heartbeat_row(env: Envelope, received: float, body: str) -> tuple[Any, ...]:
+    """The gateway's latest heartbeat (kept only if not older than the one there)."""
+    return (env.site, env.gw, env.id, int(env.body["session"]), env.ts, received, body)
 
 
 def alarm_fields(body: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -78,20 +92,24 @@ def received_audit(env: Envelope, path: str) -> tuple[str, str]:
 
 @dataclass(slots=True)
 class NewRows:
-    """The rows of a run of events the store has not seen: each one's accepted row and
-    envelope, and for an alarm or test its row (fresh) and ``received`` audit row."""
+    """The rows of a run of envelopes the store has not seen: each one's accepted row; for
+    an event its envelope, and for an alarm or test its row (fresh) and ``received`` audit
+    row; for a heartbeat the gateway's latest one."""
 
     accepted: list[tuple[Any, ...]] = field(default_factory=list)
     envelopes: list[tuple[Any, ...]] = field(default_factory=list)
     alarms: list[tuple[Any, ...]] = field(default_factory=list)
     audits: list[tuple[Any, ...]] = field(default_factory=list)
+    heartbeats: list[tuple[Any, ...]] = field(default_factory=list)
 
-    def statements(self) -> list[tuple[str, list[tuple[Any, ...]]]]:
+    def statements(self) -> list[tuple[str, list[tuple[Any, ...]], bool]]:
+        """(statement, rows, whether each row must change one row), in writing order."""
         return [
-            (INSERT_ACCEPTED, self.accepted),
-            (INSERT_ENVELOPE, self.envelopes),
-            (INSERT_ALARM, self.alarms),
-            (INSERT_AUDIT, self.audits),
+            (INSERT_ACCEPTED, self.accepted, True),
+            (INSERT_ENVELOPE, self.envelopes, True),
+            (INSERT_ALARM, self.alarms, True),
+            (INSERT_AUDIT, self.audits, True),
+            (INSERT_HEARTBEAT, self.heartbeats, False),  # an older one changes nothing
         ]
 
 
@@ -101,6 +119,9 @@ def new_rows(new: Sequence[Arrival]) -> NewRows:
         env = a.env
         body = a.body if a.body is not None else dumps(env.body)
         out.accepted.append(accepted_row(env, a.received))
+        if env.type == "heartbeat":
+            out.heartbeats.append(heartbeat_row(env, a.received, body))
+            continue
         out.envelopes.append(envelope_row(env, a.received, a.path, body))
         if env.type in ALARM_TYPES:
             out.alarms.append(alarm_row(env, a.received, a.path, body, fresh=True))
@@ -128,24 +149,40 @@ class Known:
             self.kept.add(event_id)
 
 
+def padded_values(rows: Sequence[Sequence[Any]], width: int) -> tuple[str, list[Any]]:
+    """``VALUES (?, ...), ...`` for ``rows`` and their parameters, padded with NULL rows to
+    a power of two (at least 8), so that a few statement shapes serve every burst."""
+    size = 8
+    while size < len(rows):
+        size *= 2
+    params: list[Any] = [value for row in rows for value in row]
+    params += [None] * (width * (size - len(rows)))
+    marks = "(" + ", ".join(["?"] * width) + ")"
+    return "VALUES " + ", ".join([marks] * size), params
+
+
 def known_query(envs: Sequence[Envelope]) -> tuple[str, list[Any]]:
     """One statement for what the store has about ``envs`` (at most ``KNOWN_MAX``), as rows
     for ``Known.add``: (0, kid, seq, id) accepted under (kid, seq); (1, kid, NULL, id)
-    accepted from kid; (2, NULL, NULL, id) an envelope with that id. The list is padded to
-    a power of two, so that a few statement shapes serve every burst."""
-    size = 8
-    while size < len(envs):
-        size *= 2
-    params: list[Any] = []
-    for env in envs:
-        params += (env.kid, env.seq, env.id)
-    params += (None, None, None) * (size - len(envs))
-    values = ", ".join(["(?, ?, ?)"] * size)
+    accepted from kid; (2, NULL, NULL, id) an envelope with that id."""
+    values, params = padded_values([(e.kid, e.seq, e.id) for e in envs], 3)
     sql = (
-        f"WITH v (kid, seq, id) AS (VALUES {values}) "  # noqa: S608 - placeholders only
+        f"WITH v (kid, seq, id) AS ({values}) "  # noqa: S608 - placeholders only
         "SELECT 0, a.kid, a.seq, a.id FROM v JOIN accepted a ON a.kid = v.kid AND a.seq = v.seq "
         "UNION ALL SELECT 1, a.kid, NULL, a.id FROM v JOIN accepted a "
         "ON a.id = v.id AND a.kid = v.kid "
         "UNION ALL SELECT 2, NULL, NULL, e.id FROM v JOIN envelopes e ON e.id = v.id"
+    )
+    return sql, params
+
+
+def sessions_query(gateways: Sequence[tuple[str, str]]) -> tuple[str, list[Any]]:
+    """One statement for the latest session of each of ``gateways`` (at most
+    ``KNOWN_MAX``): rows (site, gw, session), none for a gateway without a state yet."""
+    values, params = padded_values(gateways, 2)
+    sql = (
+        f"WITH v (site, gw) AS ({values}) "  # noqa: S608 - placeholders only
+        "SELECT s.site, s.gw, s.session FROM v JOIN gateway_state s "
+        "ON s.site = v.site AND s.gw = v.gw"
     )
     return sql, params

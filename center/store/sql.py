@@ -6,48 +6,46 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, NoReturn
 
 from center.store.base import (
     WINDOW,
     Admission,
-    Arrival,
     OutboxItem,
     SchemaTooNew,
     StoreError,
     rows,
 )
+from center.store.burst import BurstAdmission
 from center.store.consoledata import ConsoleQueries
 from center.store.rows import (
-    ACCEPTED,
     ALARM_TYPES,
-    DUPLICATE,
     INSERT_ACCEPTED,
     INSERT_ALARM,
     INSERT_AUDIT,
     INSERT_ENVELOPE,
+    INSERT_HEARTBEAT,
     KNOWN_MAX,
-    Known,
     accepted_row,
     alarm_row,
     dumps,
     envelope_row,
-    known_query,
-    new_rows,
+    heartbeat_row,
     received_audit,
+    sessions_query,
     storable,
 )
 from center.store.schema import LATEST, statements
-from gateway.contract.envelope import EVENT_TYPES, Envelope
+from gateway.contract.envelope import Envelope
 
 LIFECYCLE_COLUMNS = frozenset(
     {"status", "acked_by", "acked_at", "resolved_by", "resolved_at", "outcome", "note"}
 )
 
 
-class SqlStore(ConsoleQueries, ABC):
+class SqlStore(ConsoleQueries, BurstAdmission, ABC):
     """Everything but the connection (see the module docstring)."""
 
     dialect = "sql"
@@ -244,78 +242,6 @@ class SqlStore(ConsoleQueries, ABC):
         with self.transaction():
             return self._admit(env, received, path)
 
-    def admit_all(self, arrivals: Sequence[Arrival]) -> list[Admission]:
-        """``admit`` each envelope of a burst, in order and with the same decisions, in a
-        few statements for the whole burst: one look-up of what the store has (``_known``),
-        then new events are written together (``_write_new``) and duplicates need nothing
-        more; anything else (a heartbeat, a state, a refused envelope) takes ``admit``'s
-        path once everything before it is written. Should a write find a row the look-up
-        did not (another instance wrote it meanwhile), the burst is admitted again one by
-        one."""
-        with self.transaction():
-            self._x("SAVEPOINT admit_all")
-            start = dict(self._high), set(self._dirty)
-            out = self._admit_known(arrivals)
-            if out is None:
-                self._x("ROLLBACK TO SAVEPOINT admit_all")
-                self._high, self._dirty = start
-                out = [self._admit(a.env, a.received, a.path) for a in arrivals]
-        return out
-
-    def _admit_known(self, arrivals: Sequence[Arrival]) -> list[Admission] | None:
-        out: list[Admission] = []
-        known = self._known([a.env for a in arrivals if a.env.type in EVENT_TYPES])
-        new: list[Arrival] = []
-        for a in arrivals:
-            env = a.env
-            got = self._decide(env, known) if env.type in EVENT_TYPES else None
-            if got is DUPLICATE:
-                out.append(got)
-            elif got is ACCEPTED:
-                new.append(a)
-                out.append(got)
-                self._raise_high(env)  # a later envelope's window counts this one
-                known.by_seq[(env.kid, env.seq)] = env.id
-                known.ids.add((env.kid, env.id))
-                known.kept.add(env.id)
-            else:
-                if new and not self._write_new(new):
-                    return None
-                new = []
-                out.append(self._admit(env, a.received, a.path))
-                known.unsure |= {(env.kid, env.seq), env.id}
-        if new and not self._write_new(new):
-            return None
-        return out
-
-    def _decide(self, env: Envelope, known: Known) -> Admission | None:
-        """``_admit``'s decision from what is known: DUPLICATE (nothing to write), ACCEPTED
-        (new: to be written), or None (``_admit`` decides: it writes, or it must ask)."""
-        key = (env.kid, env.seq)
-        if key in known.unsure or env.id in known.unsure:
-            return None
-        earlier = known.by_seq.get(key)
-        if earlier is not None:
-            return DUPLICATE if earlier == env.id else None  # else replayed-seq
-        if env.seq <= self.high(env.kid) - WINDOW:
-            return None  # seq-below-window
-        if (env.kid, env.id) in known.ids:
-            return DUPLICATE  # the same event re-signed under a new seq
-        return None if env.id in known.kept else ACCEPTED
-
-    def _known(self, envs: Sequence[Envelope]) -> Known:
-        """What the store has about ``envs`` (see ``Known``)."""
-        known = Known()
-        for start in range(0, len(envs), KNOWN_MAX):
-            for row in self._x(*known_query(envs[start : start + KNOWN_MAX])):
-                known.add(*row)
-        return known
-
-    def _write_new(self, new: Sequence[Arrival]) -> bool:
-        """Write events the store did not have with one statement per table; False if a row
-        was there after all (another writer; with one SQLite writer, never)."""
-        return all(self._many(sql, b) == len(b) for sql, b in new_rows(new).statements())
-
     def _admit(self, env: Envelope, received: float, path: str) -> Admission:
         earlier, id_seen = self.lookup(env.kid, env.seq, env.id)
         if earlier is not None:
@@ -331,22 +257,7 @@ class SqlStore(ConsoleQueries, ABC):
         if env.type == "heartbeat":
             if not self._insert_accepted(env, received):
                 return self._seen_meanwhile(env, received, path)
-            self._x(
-                "INSERT INTO heartbeats (site, gw, id, session, ts, received_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, gw) DO UPDATE SET "
-                "id = excluded.id, session = excluded.session, ts = excluded.ts, "
-                "received_at = excluded.received_at, body = excluded.body "
-                "WHERE heartbeats.ts <= excluded.ts",
-                (
-                    env.site,
-                    env.gw,
-                    env.id,
-                    int(env.body["session"]),
-                    env.ts,
-                    received,
-                    dumps(env.body),
-                ),
-            )
+            self._x(INSERT_HEARTBEAT, heartbeat_row(env, received, dumps(env.body)))
             return Admission("accepted")
         accepted, first = self._record_event(env, received, path)
         if not accepted:
@@ -451,6 +362,19 @@ class SqlStore(ConsoleQueries, ABC):
                 "SELECT session FROM gateway_state WHERE site = ? AND gw = ?", (site, gw)
             ).fetchone()
         return -1 if row is None else int(row[0])
+
+    def sessions(self, gateways: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """``session`` of each of ``gateways`` (-1 for one without a state), in one
+        statement per ``KNOWN_MAX``."""
+        out = dict.fromkeys(gateways, -1)
+        listed = list(out)
+        with self.transaction():
+            for start in range(0, len(listed), KNOWN_MAX):
+                for site, gw, session in self._x(
+                    *sessions_query(listed[start : start + KNOWN_MAX])
+                ):
+                    out[(site, gw)] = int(session)
+        return out
 
     def set_state(self, site: str, gw: str, session: int, status: str, at: float = 0.0) -> None:
         with self.transaction():

@@ -16,7 +16,7 @@ import pytest
 from center.store import WINDOW, Admission, Arrival, Store, StoreError, open_store
 from gateway.contract import envelope as E
 from gateway.contract.signing import SigningKey
-from tests.center.helpers import GW, GW_KEY, SITE, alarm, heartbeat
+from tests.center.helpers import GW, GW_KEY, SITE, alarm
 
 OTHER_KEY = SigningKey.from_seed(bytes(range(7, 39)))  # a second gateway's key
 
@@ -24,6 +24,22 @@ OTHER_KEY = SigningKey.from_seed(bytes(range(7, 39)))  # a second gateway's key
 def trouble(seq: int, *, key: SigningKey = GW_KEY, gw: str = GW) -> E.Envelope:
     body = {"code": "301", "device": "button", "detail": "cut"}
     return E.build(type="trouble", site=SITE, gw=gw, seq=seq, body=body, key=key)
+
+
+def beat(seq: int, rng: random.Random) -> E.Envelope:
+    """A heartbeat of one of two gateways, stamped within a few seconds (so some arrive
+    after a newer one, and some carry the same time)."""
+    gw = rng.choice([GW, "gw-2"])
+    body = {
+        "uptime_s": 5,
+        "session": rng.randint(1, 3),
+        "queue": {"pending": 0, "oldest_s": 0},
+        "inputs": {},
+        "clock": {"synced": True},
+        "disk": {"free_bytes": 1},
+    }
+    ts = f"2026-12-03T10:00:0{rng.randint(0, 3)}.000Z"
+    return E.build(type="heartbeat", site=SITE, gw=gw, seq=seq, body=body, key=GW_KEY, ts=ts)
 
 
 def state(seq: int, session: int, status: str = "online") -> E.Envelope:
@@ -64,7 +80,7 @@ def stream(rng: random.Random) -> list[E.Envelope]:
             out.append(alarm(max(1, seqs[GW_KEY.kid] - WINDOW - rng.randint(0, 3))))
         elif pick < 0.93:
             seqs[GW_KEY.kid] += 1
-            out.append(heartbeat(seqs[GW_KEY.kid], session=rng.randint(1, 3)))
+            out.append(beat(seqs[GW_KEY.kid], rng))
         else:
             seqs[GW_KEY.kid] += 1
             out.append(
@@ -84,7 +100,9 @@ def tables(store: Store) -> dict[str, list[Any]]:
         "alarms": "SELECT id, type, code, kind, fresh, received_at, body FROM alarms ORDER BY id",
         "audit": "SELECT alarm_id, at, action, actor, detail FROM alarm_audit ORDER BY n",
         "state": "SELECT site, gw, session, status FROM gateway_state ORDER BY gw",
-        "heartbeats": "SELECT site, gw, id, session FROM heartbeats ORDER BY gw",
+        "heartbeats": (
+            "SELECT site, gw, id, session, ts, received_at, body FROM heartbeats ORDER BY gw"
+        ),
     }
     with store.transaction():
         return {
@@ -214,3 +232,42 @@ def test_nul_in_a_gateways_text_does_not_hold_back_the_store(store: Store) -> No
     assert kept is not None and kept["kind"] == "panic\ufffd"
     assert kept["body"]["kind"] == "panic\x00"  # the body as signed
     assert store.summary(now=3.0)["rejected"] == {"not-json": 1}
+
+
+def test_a_bursts_heartbeats_leave_the_gateways_latest(two_stores: tuple[Store, Store]) -> None:
+    # The newest ts wins, and the last of equal ones, as when written one after the other.
+    rng = random.Random(5)
+    stamps = ["02", "03", "03", "01", "03", "00"]
+    envs = []
+    for seq, sec in enumerate(stamps, start=1):
+        env = beat(seq, rng)
+        envs.append(
+            E.build(
+                type="heartbeat",
+                site=SITE,
+                gw=GW,
+                seq=seq,
+                body=env.body,
+                key=GW_KEY,
+                ts=f"2026-12-03T10:00:{sec}.000Z",
+            )
+        )
+    one, at_once = two_stores
+    one.begin_batch()
+    for env in envs:
+        one.admit(env, received=1.0)
+    one.commit_batch()
+    at_once.begin_batch()
+    at_once.admit_all([Arrival(env, 1.0) for env in envs])
+    at_once.commit_batch()
+    assert tables(at_once)["heartbeats"] == tables(one)["heartbeats"]
+    assert tables(one)["heartbeats"][0][2] == envs[4].id
+
+
+def test_sessions_of_many_gateways_in_one_look_up(store: Store) -> None:
+    store.set_state(SITE, GW, 2, "online")
+    store.set_state(SITE, "gw-2", 5, "offline")
+    got = store.sessions({(SITE, GW), (SITE, "gw-2"), (SITE, "gw-3")})
+    assert got == {(SITE, GW): 2, (SITE, "gw-2"): 5, (SITE, "gw-3"): -1}
+    many = {(SITE, f"gw-{n}") for n in range(2000)}  # more than one statement's worth
+    assert store.sessions(many)[(SITE, "gw-2")] == 5
