@@ -51,9 +51,9 @@ class BurstAdmission(ABC):
         few statements for the whole burst: one look-up of what the store has (``_known``),
         then new events and heartbeats are written together (``_write_new``) and
         duplicates need nothing more; anything else (a state, a refused envelope) takes
-        ``admit``'s path once everything before it is written. Should a write find a row the look-up
-        did not (another instance wrote it meanwhile), the burst is admitted again one by
-        one."""
+        ``admit``'s path once everything before it is written. Should a write find a row
+        the look-up did not (another instance wrote it meanwhile), the burst is admitted
+        again one by one."""
         with self.transaction():
             self._x("SAVEPOINT admit_all")
             start = dict(self._high), set(self._dirty)

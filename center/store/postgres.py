@@ -194,7 +194,8 @@ class PostgresStore(SqlStore):
             return int(cur.rowcount)
 
     def _known(self, envs: Sequence[Envelope]) -> Known:
-        """As the base class, with arrays: one statement (prepared once) for any burst."""
+        """As the base class, with arrays: one statement text for any burst (psycopg
+        prepares it after a few uses)."""
         known = Known()
         if envs:
             kids, seqs, ids = [e.kid for e in envs], [e.seq for e in envs], [e.id for e in envs]
