@@ -29,10 +29,17 @@ from typing import Any
 import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential
 
-from center.check import TOPIC_TYPES, Verdict, precheck, remote_init, remote_precheck
+from center.check import (
+    TOPIC_TYPES,
+    Verdict,
+    precheck,
+    remote_init,
+    remote_precheck,
+    wire_body,
+)
 from center.liveness import STALE_INTERVALS, GatewayStatus, Liveness
 from center.outbound import Outbound, resync_body, sign
-from center.store import Store, StoreError
+from center.store import Admission, Arrival, Store, StoreError
 from gateway.contract.envelope import EVENT_TYPES, Envelope, build, parse_ts
 from gateway.contract.signing import SigningKey, VerifyKey
 from gateway.contract.topics import topic
@@ -135,9 +142,30 @@ class Center:
         it is a lone envelope with nothing ahead of it: that one is checked at once, without
         a hop. Bursts are decided in the order they arrived, each in one transaction (group
         commit); after its single sync the center acknowledges them, one ``ack`` per gateway
-        naming all their ids, on the session each came in on."""
+        naming all their ids, on the session each came in on.
+
+        A full burst goes to the checker at once, even in the middle of a loop turn: one
+        turn may read thousands of envelopes (a broker handing over a backlog), and the
+        checker should not wait for its end, nor for the decision of what it checked
+        before (that waits for the turn's end)."""
         self._incoming.append((name, payload, via or self._uplink, time.time()))
+        if len(self._incoming) >= BURST_MAX:
+            unchecked = sum(not fut.done() for _, fut in self._checking)
+            if unchecked < CHECKING_MAX:
+                self._submit_full()
         self._want_dispatch()
+
+    def _submit_full(self) -> None:
+        if self._closed:
+            return
+        burst = self._incoming[:BURST_MAX]
+        try:
+            fut = self._submit(burst)
+        except (BrokenExecutor, RuntimeError):
+            return  # _dispatch (next turn) checks it here and starts a new checker
+        del self._incoming[:BURST_MAX]
+        self._checking.append((burst, fut))
+        fut.add_done_callback(self._checked)
 
     def _want_dispatch(self) -> None:
         if self._incoming and not self._dispatching and len(self._checking) < CHECKING_MAX:
@@ -269,11 +297,17 @@ class Center:
         began = time.perf_counter()
         try:
             self.state.begin_batch()
-            for (name, payload, via, received), pre in zip(burst, checked, strict=True):
-                verdict = self._judge(name, pre, received, self._path(via))
+            verdicts = self._judge_all(burst, checked)
+            for (_, payload, via, _), verdict in zip(burst, verdicts, strict=True):
                 if verdict.result == "rejected":
                     self._keep_rejection(verdict, payload)
                 batch.append((verdict, via))
+            beating = {
+                (v.env.site, v.env.gw)
+                for v in verdicts
+                if v.result == "accepted" and v.env is not None and v.env.type == "heartbeat"
+            }
+            sessions = self.state.sessions(beating) if beating else {}  # for observe
             self.state.commit_batch()
         except StoreError as err:
             # Nothing of the burst is kept or acknowledged yet.
@@ -306,7 +340,7 @@ class Center:
                 )
             for listener in self.listeners:
                 listener(verdict)
-            change = self.observe(verdict)
+            change = self.observe(verdict, sessions)
             if change is not None:
                 self._status_changed(change)
         for after in self.burst_listeners:
@@ -350,14 +384,19 @@ class Center:
             received=v.received or time.time(),
         )
 
-    def observe(self, v: Verdict) -> GatewayStatus | None:
-        """Feed an accepted heartbeat or state to the liveness view; the change, if any."""
+    def observe(
+        self, v: Verdict, sessions: Mapping[tuple[str, str], int] | None = None
+    ) -> GatewayStatus | None:
+        """Feed an accepted heartbeat or state to the liveness view; the change, if any.
+        ``sessions``: each gateway's latest session, when the caller read them already."""
         env = v.env
         if v.result != "accepted" or env is None:
             return None  # a duplicate is an old envelope again: no sign of life now
         if env.type == "heartbeat":
             session = int(env.body["session"])
-            current = session >= self.state.session(env.site, env.gw)
+            known = (sessions or {}).get((env.site, env.gw))
+            latest = self.state.session(env.site, env.gw) if known is None else known
+            current = session >= latest
             return self.liveness.heartbeat(env.site, env.gw, session, current=current)
         if env.type == "state" and not v.stale:
             status, session = str(env.body["status"]), int(env.body["session"])
@@ -429,32 +468,30 @@ class Center:
         (decided by the store, inside the burst's transaction)."""
         if isinstance(pre, Verdict):
             return replace(pre, received=received, path=path)
-        env = pre
-        latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
         verified_at = time.perf_counter()
-        got = self.state.admit(env, received=received, path=path)
-        if got.result == "rejected":
-            return Verdict(
-                "rejected",
-                name,
-                got.reason,
-                got.detail,
-                env,
-                latency_ms=latency,
-                unproven=got.unproven,
-                path=path,
-                received=received,
-            )
-        return Verdict(
-            got.result,
-            name,
-            env=env,
-            latency_ms=latency,
-            stale=got.stale,
-            verified_at=verified_at if got.result == "accepted" else 0.0,
-            path=path,
-            received=received,
-        )
+        got = self.state.admit(pre, received=received, path=path)
+        return _verdict(name, pre, got, received=received, path=path, verified_at=verified_at)
+
+    def _judge_all(self, burst: list[Received], checked: list[Verdict | Envelope]) -> list[Verdict]:
+        """``_judge`` for each of a checked burst, with one store call for its envelopes."""
+        arrivals = [
+            Arrival(pre, received, self._path(via), wire_body(pre, payload))
+            for (_, payload, via, received), pre in zip(burst, checked, strict=True)
+            if not isinstance(pre, Verdict)
+        ]
+        verified_at = time.perf_counter()
+        admitted = iter(self.state.admit_all(arrivals) if arrivals else ())
+        out = []
+        for (name, _, via, received), pre in zip(burst, checked, strict=True):
+            if isinstance(pre, Verdict):
+                out.append(replace(pre, received=received, path=self._path(via)))
+            else:
+                got = next(admitted)
+                path = self._path(via)
+                out.append(
+                    _verdict(name, pre, got, received=received, path=path, verified_at=verified_at)
+                )
+        return out
 
     def _resync(self, env: Envelope, via: Uplink | None) -> None:
         """PROTOCOL.md "resync": at most one per signer per 10 s, whichever instance."""
@@ -498,6 +535,34 @@ class Center:
         )
         fut = via.publish(topic(self.prefix, site, gw, "ack"), ack.to_bytes())
         fut.add_done_callback(_ignore_failure)
+
+
+def _verdict(
+    name: str, env: Envelope, got: Admission, *, received: float, path: str, verified_at: float
+) -> Verdict:
+    latency = round((received - parse_ts(env.ts).timestamp()) * 1000, 1)
+    if got.result == "rejected":
+        return Verdict(
+            "rejected",
+            name,
+            got.reason,
+            got.detail,
+            env,
+            latency_ms=latency,
+            unproven=got.unproven,
+            path=path,
+            received=received,
+        )
+    return Verdict(
+        got.result,
+        name,
+        env=env,
+        latency_ms=latency,
+        stale=got.stale,
+        verified_at=verified_at if got.result == "accepted" else 0.0,
+        path=path,
+        received=received,
+    )
 
 
 def _ignore_failure(fut: asyncio.Future[int]) -> None:

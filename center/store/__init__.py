@@ -4,11 +4,20 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from center.store.base import WINDOW, Admission, OutboxItem, SchemaTooNew, Store, StoreError
+from center.store.base import (
+    WINDOW,
+    Admission,
+    Arrival,
+    OutboxItem,
+    SchemaTooNew,
+    Store,
+    StoreError,
+)
 
 __all__ = [
     "WINDOW",
     "Admission",
+    "Arrival",
     "OutboxItem",
     "SchemaTooNew",
     "Store",

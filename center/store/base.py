@@ -9,7 +9,7 @@ inserted with ``ON CONFLICT DO NOTHING``; whoever's row is there first, accepted
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -40,6 +40,16 @@ class Admission:
 
 
 @dataclass(frozen=True, slots=True)
+class Arrival:
+    """One verified envelope of a burst, for ``admit_all``."""
+
+    env: Envelope
+    received: float
+    path: str = "primary"
+    body: str | None = None  # env.body as JSON text, when the checker made it already
+
+
+@dataclass(frozen=True, slots=True)
 class OutboxItem:
     """A center -> gateway envelope a person caused, waiting to be signed and published."""
 
@@ -65,6 +75,7 @@ class Store(Protocol):
 
     # ingest
     def admit(self, env: Envelope, *, received: float, path: str = "primary") -> Admission: ...
+    def admit_all(self, arrivals: Sequence[Arrival]) -> list[Admission]: ...
     def reject(
         self,
         *,
@@ -78,6 +89,7 @@ class Store(Protocol):
     def lookup(self, kid: str, seq: int, event_id: str) -> tuple[str | None, bool]: ...
     def high(self, kid: str) -> int: ...
     def session(self, site: str, gw: str) -> int: ...
+    def sessions(self, gateways: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]: ...
     def claim_resync(self, kid: str, *, now: float, every_s: float) -> bool: ...
     def report_liveness(self, site: str, gw: str, status: str, *, now: float) -> bool: ...
     def last_heartbeat(self, site: str, gw: str) -> float | None: ...

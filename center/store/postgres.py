@@ -11,31 +11,82 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict
 from psycopg_pool import ConnectionPool, PoolTimeout
 
-from center.store.base import StoreError
+from center.store.base import Arrival, StoreError
+from center.store.rows import Known, new_rows
 from center.store.schema import DIALECTS
-from center.store.sql import ALARM_TYPES, SqlStore, dumps
+from center.store.sql import SqlStore
 from gateway.contract.envelope import Envelope
 
-_RECORD_EVENT = """
+# Envelopes' rows in one round trip (data-modifying CTEs): each row is written only if
+# the row before it in its chain was (accepted -> envelope -> alarm -> audit; accepted ->
+# heartbeat), so a (kid, seq) or id another instance recorded first leaves no trace; rows
+# are inserted in key order, so that two instances' bursts lock them in the same order. Of
+# one gateway's heartbeats the latest is kept (the newest ts, the last of equals), as
+# writing them one after the other would.
+_WRITE_EVENTS = """
 WITH acc AS (
-    INSERT INTO accepted (kid, seq, id, type, at) VALUES (%s, %s, %s, %s, %s)
-    ON CONFLICT (kid, seq) DO NOTHING RETURNING id
+    INSERT INTO accepted (kid, seq, id, type, at)
+    SELECT * FROM unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::float8[])
+        AS r(kid, seq, id, type, at)
+    ORDER BY kid, seq
+    ON CONFLICT (kid, seq) DO NOTHING RETURNING kid, seq
 ), env AS (
     INSERT INTO envelopes (id, kid, seq, type, site, gw, ts, received_at, path, body)
-    SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s WHERE EXISTS (SELECT 1 FROM acc)
-    ON CONFLICT (id) DO NOTHING RETURNING id
+    SELECT r.* FROM unnest(
+        %b::text[], %b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[],
+        %b::float8[], %b::text[], %b::text[]
+    ) AS r(id, kid, seq, type, site, gw, ts, received_at, path, body)
+    JOIN acc ON acc.kid = r.kid AND acc.seq = r.seq
+    ORDER BY r.id
+    ON CONFLICT (id) DO NOTHING RETURNING id, kid, seq
 ), al AS (
     INSERT INTO alarms (id, site, gw, type, code, kind, input, ts, received_at, path, fresh, body)
-    SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, 1, %s
-    WHERE %s AND EXISTS (SELECT 1 FROM env)
+    SELECT r.* FROM unnest(
+        %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+        %b::text[], %b::float8[], %b::text[], %b::bigint[], %b::text[]
+    ) AS r(id, site, gw, type, code, kind, input, ts, received_at, path, fresh, body)
+    JOIN env ON env.id = r.id
+    ORDER BY r.id
     ON CONFLICT (id) DO UPDATE SET fresh = excluded.fresh WHERE alarms.fresh < excluded.fresh
     RETURNING id
 ), au AS (
     INSERT INTO alarm_audit (alarm_id, at, action, actor, detail)
-    SELECT %s, %s, 'received', %s, %s WHERE EXISTS (SELECT 1 FROM al)
+    SELECT r.alarm_id, r.at, r.action, r.actor, r.detail FROM unnest(
+        %b::text[], %b::float8[], %b::text[], %b::text[], %b::text[]
+    ) WITH ORDINALITY AS r(alarm_id, at, action, actor, detail, n)
+    JOIN al ON al.id = r.alarm_id
+    ORDER BY r.n
+), hb AS (
+    INSERT INTO heartbeats (site, gw, id, session, ts, received_at, body)
+    SELECT DISTINCT ON (r.site, r.gw) r.site, r.gw, r.id, r.session, r.ts, r.received_at, r.body
+    FROM unnest(
+        %b::text[], %b::text[], %b::text[], %b::bigint[], %b::text[], %b::float8[], %b::text[],
+        %b::text[], %b::bigint[]
+    ) WITH ORDINALITY AS r(site, gw, id, session, ts, received_at, body, kid, seq, n)
+    JOIN acc ON acc.kid = r.kid AND acc.seq = r.seq
+    ORDER BY r.site, r.gw, r.ts DESC, r.n DESC
+    ON CONFLICT (site, gw) DO UPDATE SET id = excluded.id, session = excluded.session,
+        ts = excluded.ts, received_at = excluded.received_at, body = excluded.body
+    WHERE heartbeats.ts <= excluded.ts
 )
-SELECT EXISTS (SELECT 1 FROM acc), EXISTS (SELECT 1 FROM env)
+SELECT acc.kid, acc.seq, env.id IS NOT NULL
+FROM acc LEFT JOIN env ON env.kid = acc.kid AND env.seq = acc.seq
 """
+_COLUMNS = (5, 10, 12, 5, 7)  # columns of each table's rows, in NewRows.statements() order
+
+# What the store has about a burst's events (SqlStore._known), in rows for Known.add. Each
+# probes an index (LATERAL ... LIMIT 1), whatever the tables' statistics say.
+_KNOWN = """
+SELECT 0, a.kid, a.seq, a.id FROM unnest(%b::text[], %b::bigint[]) AS v(kid, seq),
+LATERAL (SELECT * FROM accepted a WHERE a.kid = v.kid AND a.seq = v.seq LIMIT 1) AS a
+UNION ALL
+SELECT 1, a.kid, NULL, a.id FROM unnest(%b::text[], %b::text[]) AS v(kid, id),
+LATERAL (SELECT * FROM accepted a WHERE a.id = v.id AND a.kid = v.kid LIMIT 1) AS a
+UNION ALL
+SELECT 2, NULL, NULL, e.id FROM unnest(%b::text[]) AS v(id),
+LATERAL (SELECT e.id FROM envelopes e WHERE e.id = v.id LIMIT 1) AS e
+"""
+
 # The pool logs each failed connection attempt as a multi-line warning; the store reports
 # what matters in one line (StoreError) and the service logs that.
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)
@@ -136,51 +187,51 @@ class PostgresStore(SqlStore):
         finally:
             self._pool.putconn(conn)  # a broken one is discarded by the pool
 
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        assert self._conn is not None
+        with self._conn.cursor() as cur:
+            cur.executemany(sql, rows)
+            return int(cur.rowcount)
+
+    def _known(self, envs: Sequence[Envelope]) -> Known:
+        """As the base class, with arrays: one statement text for any burst (psycopg
+        prepares it after a few uses)."""
+        known = Known()
+        if envs:
+            kids, seqs, ids = [e.kid for e in envs], [e.seq for e in envs], [e.id for e in envs]
+            for row in self._run(_KNOWN, (kids, seqs, kids, ids, ids)):
+                known.add(*row)
+        return known
+
+    def _write_new(self, new: Sequence[Arrival]) -> bool:
+        """As the base class, in one round trip."""
+        written = self._write_events(new)
+        return all(
+            accepted and (first or a.env.type == "heartbeat")
+            for a, (accepted, first) in zip(new, written, strict=True)
+        )
+
+    def _write_events(self, events: Sequence[Arrival]) -> list[tuple[bool, bool]]:
+        """Write each envelope's rows as ``_record_event`` (or a heartbeat's as ``_admit``)
+        does, all in one statement (``_WRITE_EVENTS``): (accepted, first) for each, exactly,
+        whatever another instance wrote meanwhile (a heartbeat is never first)."""
+        params: list[list[Any]] = []
+        for (_, rows, _), width in zip(new_rows(events).statements(), _COLUMNS, strict=True):
+            params += [list(column) for column in zip(*rows, strict=True)] or [[]] * width
+        beats = [a.env for a in events if a.env.type == "heartbeat"]
+        params += [[e.kid for e in beats], [e.seq for e in beats]]
+        written = {(str(k), int(s)): bool(f) for k, s, f in self._run(_WRITE_EVENTS, params)}
+        out = []
+        for a in events:
+            first = written.get((a.env.kid, a.env.seq))
+            out.append((first is not None, bool(first)))
+        return out
+
     def _record_event(self, env: Envelope, received: float, path: str) -> tuple[bool, bool]:
-        """As the base class, in one round trip (data-modifying CTEs): each statement runs
-        only if the one before it inserted its row."""
-        body = env.body
-        is_alarm = env.type in ALARM_TYPES
-        row = self._run(
-            _RECORD_EVENT,
-            (
-                env.kid,
-                env.seq,
-                env.id,
-                env.type,
-                received,
-                env.id,
-                env.kid,
-                env.seq,
-                env.type,
-                env.site,
-                env.gw,
-                env.ts,
-                received,
-                path,
-                dumps(body),
-                env.id,
-                env.site,
-                env.gw,
-                env.type,
-                str(body.get("code")),
-                str(body.get("kind")),
-                str(body.get("input")),
-                env.ts,
-                received,
-                path,
-                dumps(body),
-                is_alarm,
-                env.id,
-                received,
-                f"{env.site}/{env.gw}",
-                f"seq {env.seq} via {path}",
-            ),
-        ).fetchone()
-        accepted, first = bool(row[0]), bool(row[1])
-        if accepted and env.seq > self.high(env.kid):
-            self._high[env.kid] = env.seq
-            self._dirty.add(env.kid)
+        """As the base class, in one round trip (``_write_events``)."""
+        accepted, first = self._write_events([Arrival(env, received, path)])[0]
+        if accepted:
+            self._raise_high(env)
         return accepted, first
 
     def _lock_for_migration(self) -> None:

@@ -6,26 +6,46 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, NoReturn
 
-from center.store.base import WINDOW, Admission, OutboxItem, SchemaTooNew, StoreError, rows
+from center.store.base import (
+    WINDOW,
+    Admission,
+    OutboxItem,
+    SchemaTooNew,
+    StoreError,
+    rows,
+)
+from center.store.burst import BurstAdmission
 from center.store.consoledata import ConsoleQueries
+from center.store.rows import (
+    ALARM_TYPES,
+    INSERT_ACCEPTED,
+    INSERT_ALARM,
+    INSERT_AUDIT,
+    INSERT_ENVELOPE,
+    INSERT_HEARTBEAT,
+    KNOWN_MAX,
+    accepted_row,
+    alarm_row,
+    dumps,
+    envelope_row,
+    heartbeat_row,
+    received_audit,
+    sessions_query,
+    storable,
+)
 from center.store.schema import LATEST, statements
 from gateway.contract.envelope import Envelope
 
-ALARM_TYPES = frozenset({"alarm", "test"})
 LIFECYCLE_COLUMNS = frozenset(
     {"status", "acked_by", "acked_at", "resolved_by", "resolved_at", "outcome", "note"}
 )
 
 
-def dumps(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-
-
-class SqlStore(ConsoleQueries, ABC):
+class SqlStore(ConsoleQueries, BurstAdmission, ABC):
     """Everything but the connection (see the module docstring)."""
 
     dialect = "sql"
@@ -45,6 +65,10 @@ class SqlStore(ConsoleQueries, ABC):
         """Execute one statement (native parameter style) in the open transaction; a cursor."""
 
     @abstractmethod
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Execute one statement for each of ``rows``; the number of rows changed."""
+
+    @abstractmethod
     def _begin(self) -> None: ...
 
     @abstractmethod
@@ -60,11 +84,18 @@ class SqlStore(ConsoleQueries, ABC):
 
     # -- transactions -----------------------------------------------------------------
 
-    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+    def _text(self, sql: str) -> str:
         text = self._sql.get(sql)
         if text is None:
             text = self._sql[sql] = self._native(sql.format(**self.words) if "{" in sql else sql)
-        return self._run(text, params)
+        return text
+
+    def _x(self, sql: str, params: Sequence[Any] = ()) -> Any:
+        return self._run(self._text(sql), params)
+
+    def _many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        """Execute one statement for each of ``rows``; how many rows it changed in all."""
+        return self._run_many(self._text(sql), rows) if rows else 0
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -226,22 +257,7 @@ class SqlStore(ConsoleQueries, ABC):
         if env.type == "heartbeat":
             if not self._insert_accepted(env, received):
                 return self._seen_meanwhile(env, received, path)
-            self._x(
-                "INSERT INTO heartbeats (site, gw, id, session, ts, received_at, body) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (site, gw) DO UPDATE SET "
-                "id = excluded.id, session = excluded.session, ts = excluded.ts, "
-                "received_at = excluded.received_at, body = excluded.body "
-                "WHERE heartbeats.ts <= excluded.ts",
-                (
-                    env.site,
-                    env.gw,
-                    env.id,
-                    int(env.body["session"]),
-                    env.ts,
-                    received,
-                    dumps(env.body),
-                ),
-            )
+            self._x(INSERT_HEARTBEAT, heartbeat_row(env, received, dumps(env.body)))
             return Admission("accepted")
         accepted, first = self._record_event(env, received, path)
         if not accepted:
@@ -260,43 +276,28 @@ class SqlStore(ConsoleQueries, ABC):
 
     def _insert_accepted(self, env: Envelope, received: float) -> bool:
         """Record (kid, seq, id); False if another instance recorded that (kid, seq) first."""
-        inserted = self._x(
-            "INSERT INTO accepted (kid, seq, id, type, at) VALUES (?, ?, ?, ?, ?) "
-            "ON CONFLICT (kid, seq) DO NOTHING RETURNING id",
-            (env.kid, env.seq, env.id, env.type, received),
-        ).fetchone()
-        if inserted is None:
+        inserted = self._x(INSERT_ACCEPTED + " RETURNING id", accepted_row(env, received))
+        if inserted.fetchone() is None:
             return False
+        self._raise_high(env)
+        return True
+
+    def _raise_high(self, env: Envelope) -> None:
         if env.seq > self.high(env.kid):
             self._high[env.kid] = env.seq
             self._dirty.add(env.kid)
-        return True
 
     def _record_event(self, env: Envelope, received: float, path: str) -> tuple[bool, bool]:
         """Record an event or state: (its (kid, seq) was recorded here, its id is new);
         a new alarm or test is kept with its audit row."""
         if not self._insert_accepted(env, received):
             return False, False
-        first = self._x(
-            "INSERT INTO envelopes (id, kid, seq, type, site, gw, ts, received_at, path, body) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) DO NOTHING RETURNING id",
-            (
-                env.id,
-                env.kid,
-                env.seq,
-                env.type,
-                env.site,
-                env.gw,
-                env.ts,
-                received,
-                path,
-                dumps(env.body),
-            ),
-        ).fetchone()
-        if first is None:
+        body = dumps(env.body)
+        row = envelope_row(env, received, path, body)
+        if self._x(INSERT_ENVELOPE + " RETURNING id", row).fetchone() is None:
             return True, False
         if env.type in ALARM_TYPES:
-            self._keep_alarm(env, received, path, fresh=True)
+            self._keep_alarm(env, received, path, fresh=True, body=body)
         return True, True
 
     def _seen_meanwhile(self, env: Envelope, received: float, path: str) -> Admission:
@@ -323,39 +324,18 @@ class SqlStore(ConsoleQueries, ABC):
         unproven = env.type in ALARM_TYPES and self._keep_alarm(env, received, path, fresh=False)
         return Admission("rejected", reason, detail, unproven=unproven)
 
-    def _keep_alarm(self, env: Envelope, received: float, path: str, *, fresh: bool) -> bool:
-        body = env.body
-        new = self._x(
-            "INSERT INTO alarms (id, site, gw, type, code, kind, input, ts, received_at, path, "
-            "fresh, body) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (id) "
-            "DO UPDATE SET fresh = excluded.fresh WHERE alarms.fresh < excluded.fresh "
-            "RETURNING fresh",
-            (
-                env.id,
-                env.site,
-                env.gw,
-                env.type,
-                str(body.get("code")),
-                str(body.get("kind")),
-                str(body.get("input")),
-                env.ts,
-                received,
-                path,
-                int(fresh),
-                dumps(body),
-            ),
-        ).fetchone()
-        if new is None:
+    def _keep_alarm(
+        self, env: Envelope, received: float, path: str, *, fresh: bool, body: str | None = None
+    ) -> bool:
+        row = alarm_row(env, received, path, body or dumps(env.body), fresh=fresh)
+        if self._x(INSERT_ALARM + " RETURNING fresh", row).fetchone() is None:
             return False
-        action = "received" if fresh else "received-unproven"
-        self._audit(env.id, action, f"{env.site}/{env.gw}", f"seq {env.seq} via {path}", received)
+        actor, detail = received_audit(env, path)
+        self._audit(env.id, "received" if fresh else "received-unproven", actor, detail, received)
         return True
 
     def _audit(self, alarm_id: str, action: str, actor: str, detail: str, at: float) -> None:
-        self._x(
-            "INSERT INTO alarm_audit (alarm_id, at, action, actor, detail) VALUES (?, ?, ?, ?, ?)",
-            (alarm_id, at, action, actor, detail),
-        )
+        self._x(INSERT_AUDIT, (alarm_id, at, action, actor, detail))
 
     def reject(
         self,
@@ -368,12 +348,12 @@ class SqlStore(ConsoleQueries, ABC):
         received: float,
     ) -> None:
         """Keep a rejection with its reason and (the start of) the payload."""
-        text = payload[:65536].decode("utf-8", "replace")
+        kept = storable(payload[:65536].decode("utf-8", "replace"))
         with self.transaction():
             self._x(
                 "INSERT INTO rejections (at, topic, reason, detail, site, gw, kid, seq, id, "
                 "payload) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (received, topic, reason, detail, *_who(env), text),
+                (received, storable(topic), reason, storable(detail), *_who(env), kept),
             )
 
     def session(self, site: str, gw: str) -> int:
@@ -382,6 +362,19 @@ class SqlStore(ConsoleQueries, ABC):
                 "SELECT session FROM gateway_state WHERE site = ? AND gw = ?", (site, gw)
             ).fetchone()
         return -1 if row is None else int(row[0])
+
+    def sessions(self, gateways: Collection[tuple[str, str]]) -> dict[tuple[str, str], int]:
+        """``session`` of each of ``gateways`` (-1 for one without a state), in one
+        statement per ``KNOWN_MAX``."""
+        out = dict.fromkeys(gateways, -1)
+        listed = list(out)
+        with self.transaction():
+            for start in range(0, len(listed), KNOWN_MAX):
+                for site, gw, session in self._x(
+                    *sessions_query(listed[start : start + KNOWN_MAX])
+                ):
+                    out[(site, gw)] = int(session)
+        return out
 
     def set_state(self, site: str, gw: str, session: int, status: str, at: float = 0.0) -> None:
         with self.transaction():

@@ -40,6 +40,9 @@ class SqliteStore(SqlStore):
     def _run(self, sql: str, params: Sequence[Any] = ()) -> Any:
         return self._db.execute(sql, params)
 
+    def _run_many(self, sql: str, rows: Sequence[Sequence[Any]]) -> int:
+        return int(self._db.executemany(sql, rows).rowcount)
+
     def _begin(self) -> None:
         self._db.execute("BEGIN IMMEDIATE")
 
