@@ -5,24 +5,18 @@ turns it off (SERIAL.md "LED", PROTOCOL.md "dispatch")."""
 from __future__ import annotations
 
 import asyncio
-import subprocess
 
 import pytest
 
 from tests.fault.common import boxes, linked, wait_accepted
-from tests.harness import Site, alarmgw_cmd
+from tests.harness import Site
+from tests.http_helpers import cli
 
 pytestmark = pytest.mark.slow
 
 
 def center_cli(site: Site, *args: str) -> str:
-    done = subprocess.run(
-        alarmgw_cmd("center", *args, "--config", str(site.center_toml)),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = cli("center", *args, "--config", str(site.center_toml), timeout=60)
     assert done.returncode == 0, done.stderr
     return done.stdout
 
